@@ -1,0 +1,12 @@
+"""explrobust dashboard entry: page config, navigation over pages/, shared sidebar."""
+
+import streamlit as st
+
+st.set_page_config(page_title="explrobust", page_icon="🔍", layout="wide")
+
+pages = [
+    st.Page("pages/overview.py", title="Overview", icon="🏠", default=True),
+]
+nav = st.navigation(pages)
+st.sidebar.caption("explrobust — are classification robustness and explanation robustness really correlated?")
+nav.run()

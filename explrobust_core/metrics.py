@@ -1,0 +1,607 @@
+"""Map post-processing, the explanation loss, map-vs-map comparisons and stability metrics.
+
+Conventions (see DESIGN.md, "Conventions"):
+
+* An *attribution* has the input's shape ``(N, C, H, W)``; a *map* is ``(N, H, W)``. Comparison
+  metrics take maps; most accept any ``(N, ...)`` and flatten from dim 1.
+* Everything is batched over images and returns one value per image, ``(N,)``, in the input's
+  floating dtype. Exact statistics (ranks, pair counts, correlations) are accumulated in float64
+  / int64 (float32 on MPS, which has no float64) and cast back at the end.
+* Where a number is undefined (a correlation of a constant map, a cosine or a centre of mass of an
+  all-zero map, a relative change of an all-zero explanation) the result is NaN, as scipy does;
+  it is never NaN where the number is defined. Undefined cases use safe denominators, so the
+  gradients of the *other* images in the batch stay finite.
+* Map post-processing, :func:`explanation_loss`, :func:`mse`, :func:`cosine_similarity`,
+  :func:`pearson`, :func:`center_of_mass` / :func:`center_of_mass_shift` and :func:`ssim` are
+  differentiable in torch; the rank metrics (top-k, Kendall, Spearman) are not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field
+
+from .registry import Config, Registry  # entries without options get NoConfig (the default)
+
+__all__ = [
+    "EXPLANATION_LOSS_UNIT",
+    "COMPARISONS",
+    "TopKConfig",
+    "attribution_to_map",
+    "explanation_loss",
+    "in_paper_units",
+    "topk_intersection",
+    "kendall_tau",
+    "spearman_rho",
+    "pearson",
+    "cosine_similarity",
+    "mse",
+    "center_of_mass",
+    "center_of_mass_shift",
+    "ssim",
+    "compare_maps",
+    "max_sensitivity",
+    "avg_sensitivity",
+    "local_lipschitz",
+]
+
+Tensor = torch.Tensor
+
+# The SEP paper reports the explanation loss in units of 1e-7.
+EXPLANATION_LOSS_UNIT = 1e-7
+
+# Default memory budget (elements of one pairwise temporary) for Kendall's tau: 4M int8/bool
+# elements ≈ a few tens of MB of temporaries.
+KENDALL_MAX_ELEMENTS = 1 << 22
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(t: Tensor) -> torch.dtype:
+    """Accumulation dtype: float64, except on MPS which has none."""
+    return torch.float32 if t.device.type == "mps" else torch.float64
+
+
+def _out_dtype(t: Tensor) -> torch.dtype:
+    return t.dtype if t.is_floating_point() else torch.get_default_dtype()
+
+
+def _flat_pair(a: Tensor, b: Tensor, what: str) -> tuple[Tensor, Tensor]:
+    """Check two ``(N, ...)`` tensors of one shape and flatten them to ``(N, P)``."""
+    if a.shape != b.shape:
+        raise ValueError(f"{what}: the two maps differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.dim() < 2:
+        raise ValueError(f"{what}: expected maps of shape (N, ...) with at least 2 dims, got {tuple(a.shape)}")
+    if a.shape[1:].numel() == 0:
+        raise ValueError(f"{what}: maps have no pixels: {tuple(a.shape)}")
+    return a.flatten(1), b.flatten(1)
+
+
+def _is_constant(v: Tensor) -> Tensor:
+    """(N,) bool: every entry of a row equals the row's first entry (exact comparison)."""
+    return (v == v[:, :1]).all(dim=1)
+
+
+def _safe_div(num: Tensor, den: Tensor, undefined: Tensor) -> Tensor:
+    """``num / den`` with NaN where ``undefined``; the masked denominator keeps gradients finite."""
+    den = torch.where(undefined, torch.ones_like(den), den)
+    out = num / den
+    return torch.where(undefined, torch.full_like(out, float("nan")), out)
+
+
+def _pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """Pearson correlation of the rows of two ``(N, P)`` float tensors (NaN for a constant row)."""
+    undefined = _is_constant(a) | _is_constant(b)
+    ac = a - a.mean(dim=1, keepdim=True)
+    bc = b - b.mean(dim=1, keepdim=True)
+    num = (ac * bc).sum(dim=1)
+    var = (ac * ac).sum(dim=1) * (bc * bc).sum(dim=1)
+    # sqrt of a masked (≥ 1) value: no inf gradient from sqrt(0) in the undefined rows
+    den = torch.sqrt(torch.where(undefined, torch.ones_like(var), var))
+    # rounding can leave |r| a hair above 1
+    return _safe_div(num, den, undefined).clamp(-1.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# map post-processing and the explanation loss
+# --------------------------------------------------------------------------------------------
+
+
+def attribution_to_map(attribution: Tensor, normalize: Literal["sum", "none"] = "sum") -> Tensor:
+    """Attribution ``(N, C, H, W)`` → map ``(N, H, W)``: ``|attribution|`` summed over channels.
+
+    ``normalize="sum"`` divides each map by its sum so that it sums to 1 (the Dombrowski / SEP
+    convention); an all-zero map stays all zero (no NaN). ``"none"`` returns the channel sum.
+    A ``(N, H, W)`` input is taken as a single-channel attribution. Differentiable (the gradient
+    of ``|·|`` at exactly 0 is 0, torch's convention).
+    """
+    if attribution.dim() == 3:
+        attribution = attribution.unsqueeze(1)
+    if attribution.dim() != 4:
+        raise ValueError(f"attribution must be (N, C, H, W) or (N, H, W), got {tuple(attribution.shape)}")
+    m = attribution.abs().sum(dim=1)
+    if normalize == "none":
+        return m
+    if normalize != "sum":
+        raise ValueError(f"normalize must be 'sum' or 'none', got {normalize!r}")
+    total = m.sum(dim=(1, 2), keepdim=True)
+    # all-zero maps: divide by 1 instead of 0, so they stay zero
+    return m / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def mse(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """Mean over pixels of ``(map_a − map_b)²``, per image ``(N,)``. Differentiable."""
+    a, b = _flat_pair(map_a, map_b, "mse")
+    return (a - b).pow(2).mean(dim=1)
+
+
+def explanation_loss(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """SEP explanation loss ``L_e = mean over pixels of (map_a − map_b)²``, per image ``(N,)``.
+
+    SEP paper, Definition 1 as we read it: the maps are the sum-normalised maps of
+    :func:`attribution_to_map`. Raw value; :func:`in_paper_units` gives the paper's ×10⁻⁷ units.
+    Differentiable.
+    """
+    return mse(map_a, map_b)
+
+
+def in_paper_units(value: Any) -> Any:
+    """An explanation loss in the SEP paper's reporting units (``value / 1e-7``)."""
+    return value / EXPLANATION_LOSS_UNIT
+
+
+# --------------------------------------------------------------------------------------------
+# comparisons between two maps
+# --------------------------------------------------------------------------------------------
+
+COMPARISONS: Registry[Callable[..., Tensor]] = Registry("comparison metric")
+
+
+class TopKConfig(Config):
+    k: int = Field(100, ge=1, description="Number of top pixels compared (RAR: 100; Flower 1000).")
+
+
+_SIM = "similarity"  # higher = more similar
+_DIST = "distance"  # higher = more different
+
+
+@COMPARISONS.register(
+    "topk_intersection",
+    config=TopKConfig,
+    summary="Share of the k most important pixels common to both maps (RAR's 'IN'), in [0, 1].",
+    tags=(_SIM, "rank"),
+)
+def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
+    """``|top-k(a) ∩ top-k(b)| / k`` per image, in [0, 1] (RAR's "IN").
+
+    Ties at the k-th value are broken deterministically by pixel index (lower flat index first,
+    via a stable sort), where RAR's argsort breaks them arbitrarily.
+    """
+    a, b = _flat_pair(map_a, map_b, "topk_intersection")
+    n = a.shape[1]
+    if isinstance(k, bool) or int(k) != k or not 1 <= k <= n:
+        raise ValueError(f"topk_intersection: k must be an integer in 1..{n} (the number of pixels), got {k!r}")
+    k = int(k)
+    idx_a = torch.sort(a.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+    idx_b = torch.sort(b.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+    mask_a = torch.zeros(a.shape, dtype=torch.bool, device=a.device).scatter_(1, idx_a, True)
+    mask_b = torch.zeros(b.shape, dtype=torch.bool, device=b.device).scatter_(1, idx_b, True)
+    common = (mask_a & mask_b).sum(dim=1)
+    return (common.to(_acc_dtype(a)) / k).to(_out_dtype(map_a))
+
+
+@COMPARISONS.register(
+    "kendall_tau",
+    summary="Kendall's tau-b over all pixels, ties handled as scipy.stats.kendalltau (RAR's 'CO').",
+    tags=(_SIM, "rank", "correlation"),
+)
+def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_ELEMENTS) -> Tensor:
+    """Kendall's τ-b per image, equal to ``scipy.stats.kendalltau`` (variant 'b').
+
+    ``τ_b = (C − D) / sqrt((P − T_a)(P − T_b))`` with C/D the concordant/discordant pairs, P all
+    pairs and T_a/T_b the pairs tied in a/b. Exact O(P²) pairwise count: the sign products are
+    accumulated in int64, over chunks of at most ``max_elements`` pair elements at a time (fine for
+    maps up to about 128×128). NaN where a map is constant (the denominator is 0), as scipy.
+    """
+    a, b = _flat_pair(map_a, map_b, "kendall_tau")
+    a, b = a.detach(), b.detach()
+    if not a.is_floating_point():  # unsigned/bool differences would wrap; ints ≤ 2^53 are exact
+        a, b = a.to(_acc_dtype(a)), b.to(_acc_dtype(a))
+    if max_elements < 1:
+        raise ValueError("kendall_tau: max_elements must be ≥ 1")
+    n_img, n = a.shape
+    # Counts over ordered pairs (i, j), i ≠ j: every unordered pair counts twice in each of S,
+    # T_a, T_b, so the factor 2 cancels in the ratio. A row block [r0, r1) is compared with
+    # itself in full (both orders) and with the columns after it once, doubled: half the work
+    # of the full square.
+    s = torch.zeros(n_img, dtype=torch.int64, device=a.device)
+    t_a = torch.zeros_like(s)
+    t_b = torch.zeros_like(s)
+
+    def count(ar: Tensor, br: Tensor, al: Tensor, bl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # sign(x − y) is exact for finite floats (a difference is 0 only when x == y)
+        sa = torch.sign(ar[:, :, None] - al[:, None, :]).to(torch.int8)
+        sb = torch.sign(br[:, :, None] - bl[:, None, :]).to(torch.int8)
+        return (
+            (sa * sb).sum(dim=(1, 2), dtype=torch.int64),
+            sa.ne(0).sum(dim=(1, 2), dtype=torch.int64),
+            sb.ne(0).sum(dim=(1, 2), dtype=torch.int64),
+        )
+
+    img_chunk = max(1, min(n_img, max_elements // n))
+    for i0 in range(0, n_img, img_chunk):
+        i1 = min(n_img, i0 + img_chunk)
+        ai, bi = a[i0:i1], b[i0:i1]
+        row_chunk = max(1, min(n, max_elements // ((i1 - i0) * n)))
+        for r0 in range(0, n, row_chunk):
+            r1 = min(n, r0 + row_chunk)
+            ar, br = ai[:, r0:r1], bi[:, r0:r1]
+            ds, da, db = count(ar, br, ar, br)
+            if r1 < n:
+                cs, ca, cb = count(ar, br, ai[:, r1:], bi[:, r1:])
+                ds, da, db = ds + 2 * cs, da + 2 * ca, db + 2 * cb
+            s[i0:i1] += ds
+            t_a[i0:i1] += da
+            t_b[i0:i1] += db
+    acc = _acc_dtype(a)
+    undefined = (t_a == 0) | (t_b == 0)
+    den = torch.sqrt(t_a.to(acc) * t_b.to(acc))
+    tau = _safe_div(s.to(acc), den, undefined).clamp(-1.0, 1.0)
+    return tau.to(_out_dtype(map_a))
+
+
+def _average_ranks(v: Tensor) -> Tensor:
+    """1-based ranks of each row of ``(N, P)``, ties given their average rank (scipy's 'average')."""
+    sorted_v = torch.sort(v, dim=1).values
+    v = v.contiguous()
+    lo = torch.searchsorted(sorted_v, v, right=False)  # number of values < v
+    hi = torch.searchsorted(sorted_v, v, right=True)  # number of values ≤ v
+    # ranks lo+1 .. hi are tied: their mean is (lo + 1 + hi) / 2
+    return (lo + hi + 1).to(_acc_dtype(v)) / 2
+
+
+@COMPARISONS.register(
+    "spearman_rho",
+    summary="Spearman's rho over all pixels (Pearson on average ranks), as scipy.stats.spearmanr.",
+    tags=(_SIM, "rank", "correlation"),
+)
+def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
+    equal to ``scipy.stats.spearmanr``. NaN where a map is constant, as scipy."""
+    a, b = _flat_pair(map_a, map_b, "spearman_rho")
+    rho = _pearson_rows(_average_ranks(a.detach()), _average_ranks(b.detach()))
+    return rho.to(_out_dtype(map_a))
+
+
+@COMPARISONS.register(
+    "pearson",
+    summary="Pearson correlation over all pixels, in [-1, 1].",
+    tags=(_SIM, "correlation", "differentiable"),
+)
+def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """Pearson correlation per image over the flattened maps. NaN where a map is constant
+    (as ``scipy.stats.pearsonr``). Differentiable."""
+    a, b = _flat_pair(map_a, map_b, "pearson")
+    acc = _acc_dtype(a)
+    return _pearson_rows(a.to(acc), b.to(acc)).to(_out_dtype(map_a))
+
+
+@COMPARISONS.register(
+    "cosine_similarity",
+    summary="Cosine of the angle between the flattened maps, in [-1, 1].",
+    tags=(_SIM, "differentiable"),
+)
+def cosine_similarity(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """``<a, b> / (‖a‖ ‖b‖)`` per image over the flattened maps. NaN where a map is all zero
+    (undefined; torch's ``F.cosine_similarity`` would return 0 through its eps). Differentiable."""
+    a, b = _flat_pair(map_a, map_b, "cosine_similarity")
+    acc = _acc_dtype(a)
+    a, b = a.to(acc), b.to(acc)
+    undefined = (a == 0).all(dim=1) | (b == 0).all(dim=1)
+    sq = (a * a).sum(dim=1) * (b * b).sum(dim=1)
+    den = torch.sqrt(torch.where(undefined, torch.ones_like(sq), sq))
+    cos = _safe_div((a * b).sum(dim=1), den, undefined).clamp(-1.0, 1.0)
+    return cos.to(_out_dtype(map_a))
+
+
+COMPARISONS.add(
+    "mse",
+    mse,
+    summary="Mean squared difference over pixels (on sum-normalised maps: the SEP explanation loss).",
+    tags=(_DIST, "differentiable"),
+)
+
+
+def center_of_mass(map_: Tensor) -> Tensor:
+    """Centre of mass ``(row, col)`` of each map ``(N, H, W)`` → ``(N, 2)``.
+
+    Pixel coordinates: 0-based indices of pixel centres, row 0 at the top. The weights are the
+    map's values (assumed non-negative). NaN for an all-zero map (no mass). Differentiable.
+    """
+    if map_.dim() != 3:
+        raise ValueError(f"center_of_mass: expected a map (N, H, W), got {tuple(map_.shape)}")
+    _, h, w = map_.shape
+    rows = torch.arange(h, device=map_.device, dtype=_out_dtype(map_))
+    cols = torch.arange(w, device=map_.device, dtype=_out_dtype(map_))
+    m = map_.to(_out_dtype(map_))
+    mass = m.sum(dim=(1, 2))
+    num = torch.stack([(m.sum(dim=2) * rows).sum(dim=1), (m.sum(dim=1) * cols).sum(dim=1)], dim=1)
+    undefined = (mass == 0)[:, None].expand_as(num)
+    return _safe_div(num, mass[:, None].expand_as(num), undefined)
+
+
+@COMPARISONS.register(
+    "center_of_mass_shift",
+    summary="Euclidean distance in pixels between the two maps' centres of mass.",
+    tags=(_DIST, "differentiable"),
+)
+def center_of_mass_shift(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """``‖com(a) − com(b)‖₂`` in pixels per image (see :func:`center_of_mass`; NaN if a map is
+    all zero). Unlike RAR's attack criterion the centres are not truncated to integers.
+    Differentiable."""
+    if map_a.shape != map_b.shape:
+        raise ValueError(f"center_of_mass_shift: shapes differ: {tuple(map_a.shape)} vs {tuple(map_b.shape)}")
+    return torch.linalg.vector_norm(center_of_mass(map_a) - center_of_mass(map_b), dim=1)
+
+
+def _ssim_window(h: int, w: int) -> int:
+    """min(11, largest odd ≤ min(H, W)): the window must be odd and fit the reflect padding."""
+    side = min(h, w)
+    return min(11, side if side % 2 == 1 else side - 1)
+
+
+@COMPARISONS.register(
+    "ssim",
+    summary="Structural similarity of the two maps, each scaled to max 1, averaged over pixels.",
+    tags=(_SIM, "differentiable"),
+)
+def ssim(map_a: Tensor, map_b: Tensor) -> Tensor:
+    """Mean SSIM per image via ``kornia.metrics.ssim``.
+
+    Maps ``(N, H, W)`` (or ``(N, C, H, W)``) are each divided by their own max (data range 1; a
+    map whose max is ≤ 0 is left as is), Gaussian window (σ 1.5) of size min(11, largest odd ≤
+    min(H, W)), reflect padding, ``eps=0`` so that identical maps score exactly 1.
+    Differentiable.
+    """
+    if map_a.shape != map_b.shape:
+        raise ValueError(f"ssim: shapes differ: {tuple(map_a.shape)} vs {tuple(map_b.shape)}")
+    if map_a.dim() == 3:
+        map_a, map_b = map_a.unsqueeze(1), map_b.unsqueeze(1)
+    if map_a.dim() != 4:
+        raise ValueError(f"ssim: expected maps (N, H, W) or (N, C, H, W), got {tuple(map_a.shape)}")
+    from kornia.metrics import ssim as _kornia_ssim  # imported here: kornia is slow to import
+
+    def scaled(m: Tensor) -> Tensor:
+        mx = m.amax(dim=(1, 2, 3), keepdim=True)
+        return m / torch.where(mx > 0, mx, torch.ones_like(mx))
+
+    window = _ssim_window(map_a.shape[-2], map_a.shape[-1])
+    smap = _kornia_ssim(scaled(map_a), scaled(map_b), window, max_val=1.0, eps=0.0)
+    return smap.flatten(1).mean(dim=1)
+
+
+def compare_maps(name: str, map_a: Tensor, map_b: Tensor, **config: Any) -> Tensor:
+    """Run the comparison metric ``name`` of :data:`COMPARISONS` with a validated config.
+
+    Unknown names raise ``UnknownNameError``, bad options ``ConfigError`` (from the registry).
+    """
+    entry = COMPARISONS.get(name)
+    cfg = entry.make_config(config)
+    return entry.obj(map_a, map_b, **cfg.model_dump())
+
+
+# --------------------------------------------------------------------------------------------
+# stability under input perturbations
+# --------------------------------------------------------------------------------------------
+
+ExplainFn = Callable[..., Tensor]
+_Sampler = Callable[[tuple[int, ...], "torch.Generator | None", torch.device, torch.dtype], Tensor]
+
+
+def _uniform_linf(radius: float) -> _Sampler:
+    def sample(shape, gen, device, dtype):
+        u = torch.rand(shape, generator=gen, device=device, dtype=dtype)
+        return (2 * u - 1) * radius
+
+    return sample
+
+
+def _gaussian(std: float) -> _Sampler:
+    def sample(shape, gen, device, dtype):
+        return torch.randn(shape, generator=gen, device=device, dtype=dtype) * std
+
+    return sample
+
+
+def _resolve_generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator | None:
+    if generator is not None and seed is not None:
+        raise ValueError("pass either generator or seed, not both")
+    if seed is not None:
+        # a CPU generator: the same seed gives the same perturbations on every device
+        return torch.Generator().manual_seed(int(seed))
+    return generator
+
+
+def _call(explain_fn: ExplainFn, x: Tensor, targets: Tensor | None) -> Tensor:
+    e = explain_fn(x) if targets is None else explain_fn(x, targets)
+    if not isinstance(e, Tensor) or e.dim() < 1 or e.shape[0] != x.shape[0]:
+        shape = tuple(e.shape) if isinstance(e, Tensor) else type(e).__name__
+        raise ValueError(f"explain_fn must return a tensor (N, ...) with N = {x.shape[0]}, got {shape}")
+    return e.detach()
+
+
+def _stability_core(
+    explain_fn: ExplainFn,
+    x: Tensor,
+    *,
+    sampler: _Sampler,
+    n_samples: int,
+    perturbations: Tensor | None,
+    targets: Tensor | None,
+    batch_size: int,
+    generator: torch.Generator | None,
+    seed: int | None,
+    clamp: tuple[float, float] | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Explain x and its N×S perturbations in chunks of ``batch_size`` rows.
+
+    Rows are image-major (row ``i·S + s`` is sample s of image i). Perturbed inputs are
+    ``clamp(x + δ)``. Returns, in the accumulation dtype, ``diff (N, S) = ‖e(x') − e(x)‖₂``,
+    ``step (N, S) = ‖x' − x‖₂`` (the effective step, after clamping) and ``ref (N,) = ‖e(x)‖₂``,
+    all norms over the flattened tensors (Frobenius).
+    """
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch (N, ...), got {tuple(x.shape)}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be ≥ 1")
+    n_img = x.shape[0]
+    if perturbations is not None:
+        if perturbations.dim() != x.dim() + 1 or perturbations.shape[0] != n_img or perturbations.shape[2:] != x.shape[1:]:
+            raise ValueError(
+                f"perturbations must be (N, S, *x.shape[1:]) = ({n_img}, S, {', '.join(map(str, x.shape[1:]))}), "
+                f"got {tuple(perturbations.shape)}"
+            )
+        n_samples = perturbations.shape[1]
+        flat_pert = perturbations.reshape(n_img * n_samples, *x.shape[1:])
+    elif n_samples < 1:
+        raise ValueError("n_samples must be ≥ 1")
+    if targets is not None and targets.shape[0] != n_img:
+        raise ValueError(f"targets must have one entry per image ({n_img}), got {tuple(targets.shape)}")
+    if targets is not None:
+        targets = targets.to(x.device)  # indexed with row indices that live on x's device
+    gen = _resolve_generator(generator, seed)
+    noise_device = gen.device if gen is not None else x.device
+    acc = _acc_dtype(x)
+
+    # reference explanations, in chunks
+    ref_parts = []
+    for i0 in range(0, n_img, batch_size):
+        sl = slice(i0, i0 + batch_size)
+        ref_parts.append(_call(explain_fn, x[sl], None if targets is None else targets[sl]))
+    e_ref = torch.cat(ref_parts)
+
+    n_rows = n_img * n_samples
+    diff = torch.empty(n_rows, dtype=acc, device=x.device)
+    step = torch.empty(n_rows, dtype=acc, device=x.device)
+    for r0 in range(0, n_rows, batch_size):
+        r1 = min(n_rows, r0 + batch_size)
+        img = torch.arange(r0, r1, device=x.device) // n_samples
+        x_rows = x[img]
+        if perturbations is not None:
+            delta = flat_pert[r0:r1].to(device=x.device, dtype=x.dtype)
+        else:
+            delta = sampler((r1 - r0, *x.shape[1:]), gen, noise_device, x.dtype).to(x.device)
+        x_pert = x_rows + delta
+        if clamp is not None:
+            x_pert = x_pert.clamp(clamp[0], clamp[1])
+        e_pert = _call(explain_fn, x_pert, None if targets is None else targets[img])
+        if e_pert.shape[1:] != e_ref.shape[1:]:
+            raise ValueError(f"explain_fn returned {tuple(e_pert.shape[1:])} per row, expected {tuple(e_ref.shape[1:])}")
+        diff[r0:r1] = torch.linalg.vector_norm((e_pert.to(acc) - e_ref[img].to(acc)).flatten(1), dim=1)
+        step[r0:r1] = torch.linalg.vector_norm((x_pert.to(acc) - x_rows.to(acc)).flatten(1), dim=1)
+    ref = torch.linalg.vector_norm(e_ref.to(acc).flatten(1), dim=1)
+    return diff.view(n_img, n_samples), step.view(n_img, n_samples), ref
+
+
+def _sensitivity(explain_fn, x, radius, n_samples, reduce, *, relative, **kw) -> Tensor:
+    if radius < 0:
+        raise ValueError("radius must be ≥ 0")
+    diff, _, ref = _stability_core(explain_fn, x, sampler=_uniform_linf(radius), n_samples=n_samples, **kw)
+    if relative:
+        undefined = (ref == 0)[:, None].expand_as(diff)
+        diff = _safe_div(diff, ref[:, None].expand_as(diff), undefined)
+    out = diff.amax(dim=1) if reduce == "max" else diff.mean(dim=1)
+    return out.to(_out_dtype(x))
+
+
+def max_sensitivity(
+    explain_fn: ExplainFn,
+    x: Tensor,
+    radius: float = 0.02,
+    n_samples: int = 10,
+    *,
+    relative: bool = True,
+    perturbations: Tensor | None = None,
+    targets: Tensor | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    clamp: tuple[float, float] | None = (0.0, 1.0),
+) -> Tensor:
+    """Max-sensitivity per image: ``max_s ‖e(x + δ_s) − e(x)‖_F / ‖e(x)‖_F``, ``(N,)``.
+
+    δ_s uniform in the L∞ ball of ``radius``; perturbed inputs clamped to ``clamp`` ([0, 1]; None
+    to skip). ``relative=True`` divides by ‖e(x)‖_F (Quantus' default normalisation; NaN where
+    e(x) is all zero); ``relative=False`` is captum's absolute ``sensitivity_max``.
+
+    ``explain_fn(x)`` returns an attribution or a map ``(N, ...)``; with ``targets`` (N,) it is
+    called as ``explain_fn(x_chunk, targets_chunk)`` with the targets repeated per sample. The
+    N×S perturbed inputs are explained in chunks of ``batch_size``. ``perturbations``
+    ``(N, S, *x.shape[1:])`` replaces the random δ (and ``n_samples``). Randomness comes from
+    ``generator`` or ``seed`` (a CPU generator, so the same on every device) or else torch's
+    global RNG; the draws are made per chunk, so results are reproducible for a fixed seed and
+    ``batch_size``.
+    """
+    return _sensitivity(
+        explain_fn, x, radius, n_samples, "max", relative=relative, perturbations=perturbations,
+        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
+    )
+
+
+def avg_sensitivity(
+    explain_fn: ExplainFn,
+    x: Tensor,
+    radius: float = 0.02,
+    n_samples: int = 10,
+    *,
+    relative: bool = True,
+    perturbations: Tensor | None = None,
+    targets: Tensor | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    clamp: tuple[float, float] | None = (0.0, 1.0),
+) -> Tensor:
+    """Average sensitivity per image: :func:`max_sensitivity` with the mean over samples."""
+    return _sensitivity(
+        explain_fn, x, radius, n_samples, "mean", relative=relative, perturbations=perturbations,
+        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
+    )
+
+
+def local_lipschitz(
+    explain_fn: ExplainFn,
+    x: Tensor,
+    std: float = 0.1,
+    n_samples: int = 10,
+    *,
+    perturbations: Tensor | None = None,
+    targets: Tensor | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    clamp: tuple[float, float] | None = (0.0, 1.0),
+) -> Tensor:
+    """Local Lipschitz estimate per image: ``max_s ‖e(x) − e(x')‖₂ / ‖x − x'‖₂``, ``(N,)``
+    (Alvarez-Melis & Jaakkola, 2018), with ``x' = clamp(x + δ_s)``, δ_s ~ N(0, std²).
+
+    The denominator is the *effective* step ‖x' − x‖₂ after clamping; samples whose effective
+    step is 0 are skipped (NaN only if every sample is). Other arguments as
+    :func:`max_sensitivity`.
+    """
+    if std < 0:
+        raise ValueError("std must be ≥ 0")
+    diff, step, _ = _stability_core(
+        explain_fn, x, sampler=_gaussian(std), n_samples=n_samples, perturbations=perturbations,
+        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
+    )
+    ratio = _safe_div(diff, step, step == 0)
+    # max over the defined samples; all undefined → NaN
+    best = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("-inf")), ratio).amax(dim=1)
+    best = torch.where(torch.isinf(best) & (best < 0), torch.full_like(best, float("nan")), best)
+    return best.to(_out_dtype(x))

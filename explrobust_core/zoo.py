@@ -1,0 +1,337 @@
+"""Checkpoint store: safetensors weights + a validated JSON model card, side by side.
+
+``<dir>/<name>.safetensors`` holds the weights, ``<dir>/<name>.json`` the card. Loading never
+unpickles: safetensors, or ``torch.load(weights_only=True)`` when importing a foreign ``.pt``
+state dict. Writes are atomic. Every failure is a :class:`CheckpointError` that says what is
+wrong with which file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from .device import resolve_device
+from .io import atomic_write_bytes, atomic_write_json, check_name, library_versions, sha256_file
+from .models import ARCHITECTURES, ImageClassifier, build_model
+from .registry import ConfigError, format_validation_error
+
+def shipped_zoo_dir() -> Path:
+    """The checkpoints that ship with explrobust (``models_zoo/`` beside the package)."""
+    return Path(os.environ.get("EXPLROBUST_ZOO", Path(__file__).resolve().parent.parent / "models_zoo"))
+
+
+def user_zoo_dir() -> Path:
+    """Where user-trained and uploaded checkpoints go; never mixed with the shipped ones."""
+    return Path(os.environ.get("EXPLROBUST_USER_ZOO", Path.home() / ".explrobust" / "user_zoo")).expanduser()
+
+
+CARD_MAX_BYTES = 1 << 20  # a card is a few KB; anything this large is not a card
+WEIGHTS_MAX_BYTES = 2 << 30  # refuse absurd uploads before reading them
+
+Metric = float | int | str | bool | None | dict[str, Any] | list[Any]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or card that cannot be used; the message names the file and the problem."""
+
+
+class ModelCard(BaseModel):
+    """Everything needed to rebuild, cite and compare a checkpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = Field(1, ge=1, le=1)
+    name: str = Field(..., description="file stem of the checkpoint")
+    architecture: str
+    arch_config: dict[str, Any] = Field(default_factory=dict)
+    dataset: str = Field(..., min_length=1, max_length=64)
+    input_shape: tuple[int, int, int]
+    mean: list[float]
+    std: list[float]
+    classes: list[str] = Field(..., min_length=2, max_length=100_000)
+    objective: str = Field("natural", max_length=64, description="training objective name")
+    objective_config: dict[str, Any] = Field(default_factory=dict)
+    seed: int | None = None
+    epochs: int | None = Field(None, ge=0, le=100_000)
+    wall_time_s: float | None = Field(None, ge=0)
+    versions: dict[str, str] = Field(default_factory=library_versions)
+    metrics: dict[str, Metric] = Field(default_factory=dict)
+    command: str | None = Field(None, max_length=4096, description="the exact command that rebuilt it")
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    notes: str = Field("", max_length=10_000)
+    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v, "checkpoint name")
+
+    @field_validator("architecture")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        ARCHITECTURES.get(v)  # raises with the list of valid names
+        return v
+
+    @field_validator("input_shape")
+    @classmethod
+    def _shape(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        c, h, w = v
+        if not (1 <= c <= 16 and 1 <= h <= 4096 and 1 <= w <= 4096):
+            raise ValueError(f"input_shape {v} is out of range (C ≤ 16, H, W ≤ 4096)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelCard":
+        c = self.input_shape[0]
+        if len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"mean and std need {c} values (one per channel), got {len(self.mean)} and {len(self.std)}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        ARCHITECTURES.get(self.architecture).make_config(self.arch_config)
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def card_from_json_text(text: str, source: str = "card") -> ModelCard:
+    try:
+        return ModelCard.model_validate_json(text)
+    except ValidationError as err:
+        raise CheckpointError(format_validation_error(err, f"model card {source}")) from None
+    except (ConfigError, KeyError) as err:
+        raise CheckpointError(f"invalid model card {source}: {err}") from None
+
+
+def build_from_card(card: ModelCard) -> ImageClassifier:
+    try:
+        return build_model(card.architecture, input_shape=card.input_shape, num_classes=card.num_classes,
+                           mean=card.mean, std=card.std, config=card.arch_config)
+    except (ValueError, ConfigError) as err:
+        raise CheckpointError(f"card {card.name!r} describes a model that cannot be built: {err}") from None
+
+
+# --------------------------------------------------------------------------- paths
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    weights: Path
+    card: Path
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> "CheckpointPaths":
+        """Accept ``x.safetensors``, ``x.json`` or the bare stem ``x``."""
+        p = Path(path)
+        stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+        return cls(stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json"))
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} does not exist") from None
+    if size > limit:
+        raise CheckpointError(f"{what} {path} is {size} bytes, over the {limit}-byte limit")
+    return path.read_bytes()
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_checkpoint(model: torch.nn.Module, card: ModelCard, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write ``<directory>/<card.name>.safetensors`` and its card atomically; return the weights path."""
+    paths = CheckpointPaths.of(Path(directory) / check_name(card.name, "checkpoint name"))
+    if not overwrite and (paths.weights.exists() or paths.card.exists()):
+        raise CheckpointError(f"checkpoint {paths.weights} exists already; choose another name or overwrite")
+    expected = build_from_card(card).state_dict()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _check_state_matches(state, expected, source=f"model for card {card.name!r}")
+    atomic_write_bytes(paths.weights, save_safetensors_bytes(state, metadata={"format": "explrobust"}))
+    card = card.model_copy(update={"weights_sha256": sha256_file(paths.weights)})
+    atomic_write_json(paths.card, card.model_dump(mode="json"))
+    return paths.weights
+
+
+def _check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if state[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    if wrong:
+        problems.append(f"shape mismatches ({'; '.join(wrong[:3])})")
+    if problems:
+        raise CheckpointError(f"the weights in {source} do not match the card's architecture: " + "; ".join(problems))
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    paths = CheckpointPaths.of(path)
+    text = _read_limited(paths.card, CARD_MAX_BYTES, "model card")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"model card {paths.card} is not UTF-8 text") from None
+    card = card_from_json_text(decoded, str(paths.card))
+    if card.name != paths.card.stem:
+        raise CheckpointError(f"model card {paths.card} names {card.name!r}, but the file is {paths.card.stem!r}")
+    return card
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto") -> tuple[ImageClassifier, ModelCard]:
+    """Load weights + card, verify them against each other, return the model in eval mode."""
+    paths = CheckpointPaths.of(path)
+    card = read_card(paths.card)
+    blob = _read_limited(paths.weights, WEIGHTS_MAX_BYTES, "weights file")
+    if card.weights_sha256 is not None:
+        digest = hashlib.sha256(blob).hexdigest()
+        if digest != card.weights_sha256:
+            raise CheckpointError(
+                f"weights file {paths.weights} does not match its card's checksum (truncated, corrupted or replaced)"
+            )
+    try:
+        state = load_safetensors_bytes(blob)
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"weights file {paths.weights} is not a valid safetensors file: {err}") from None
+    model = build_from_card(card)
+    _check_state_matches(state, model.state_dict(), source=str(paths.weights))
+    model.load_state_dict(state)
+    return model.to(resolve_device(device)).eval(), card
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(weights: str, mtime_ns: int, device: str) -> tuple[ImageClassifier, ModelCard]:
+    return load_checkpoint(weights, device)
+
+
+def load_checkpoint_cached(path: str | os.PathLike, device: str | torch.device = "auto"):
+    """Like :func:`load_checkpoint`, cached per (checkpoint, modification time, device).
+
+    Callers share the returned model: do not train it or change it in place.
+    """
+    paths = CheckpointPaths.of(path)
+    try:
+        mtime = paths.weights.stat().st_mtime_ns
+    except FileNotFoundError:
+        raise CheckpointError(f"weights file {paths.weights} does not exist") from None
+    return _load_cached(str(paths.weights.resolve()), mtime, str(resolve_device(device)))
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    path: Path
+    card: ModelCard | None
+    error: str | None = None
+
+
+def list_checkpoints(*directories: str | os.PathLike) -> list[CheckpointEntry]:
+    """Every ``*.json`` card under the directories (recursively), valid ones first.
+
+    A broken card is listed with its error instead of hiding it or failing the whole listing.
+    """
+    found: list[CheckpointEntry] = []
+    for directory in directories:
+        root = Path(directory)
+        if not root.is_dir():
+            continue
+        for card_path in sorted(root.rglob("*.json")):
+            weights = card_path.with_suffix(".safetensors")
+            if not weights.exists():
+                continue
+            try:
+                found.append(CheckpointEntry(weights, read_card(card_path)))
+            except CheckpointError as err:
+                found.append(CheckpointEntry(weights, None, str(err)))
+    return sorted(found, key=lambda e: (e.card is None, str(e.path)))
+
+
+# --------------------------------------------------------------------------- foreign state dicts
+
+
+def read_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.pt``/``.pth``/``.safetensors`` state dict without running any pickled code."""
+    p = Path(path)
+    blob = _read_limited(p, WEIGHTS_MAX_BYTES, "state dict")
+    if p.suffix == ".safetensors":
+        try:
+            return load_safetensors_bytes(blob)
+        except (SafetensorError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{p} is not a valid safetensors file: {err}") from None
+    import io
+    import pickle
+
+    try:
+        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"refused {p}: it contains pickled objects other than tensors and plain containers, which could run "
+            f"code when loaded; export a plain state dict (model.state_dict()) or safetensors instead{_unpickler_reason(err)}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(f"{p} is not a readable torch file (truncated or another format?): {err}") from None
+    for key in ("state_dict", "model_state_dict", "model"):  # common wrappers around a state dict
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise CheckpointError(f"{p} does not hold a state dict (a mapping of names to tensors)")
+    return obj
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's message that names the refused object (not its advice to disable the check)."""
+    for line in str(err).splitlines():
+        if "Unsupported" in line or "Unpickler error" in line:
+            return f" ({line.strip()})"
+    return ""
+
+
+def import_state_dict(path: str | os.PathLike, card: ModelCard, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Convert a foreign state dict for ``card``'s architecture into a safetensors checkpoint.
+
+    Accepts keys with a ``module.`` prefix (DataParallel) and state dicts without our
+    ``normalize.*`` buffers (the card's mean/std fill them in).
+    """
+    state = read_foreign_state_dict(path)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    model = build_from_card(card)
+    expected = model.state_dict()
+    for key in ("normalize.mean", "normalize.std"):
+        state.setdefault(key, expected[key])
+    _check_state_matches(state, expected, source=str(path))
+    model.load_state_dict(state)
+    return save_checkpoint(model, card, directory, overwrite=overwrite)
+
+
+def card_summary(card: ModelCard) -> dict[str, Any]:
+    """A flat row for tables and `explrobust info`."""
+    return {
+        "name": card.name,
+        "dataset": card.dataset,
+        "architecture": card.architecture,
+        "objective": card.objective,
+        "epochs": card.epochs,
+        **{k: v for k, v in card.metrics.items() if isinstance(v, (int, float, str))},
+    }
+

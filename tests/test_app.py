@@ -1,0 +1,80 @@
+"""The dashboard starts: an AppTest run of the script, and the real server in Debian's chromium."""
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+
+
+def test_overview_lists_the_registries():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["explrobust"]
+    assert [s.value for s in at.subheader][:4] == ["Datasets", "Architectures", "Explanation methods",
+                                                   "Comparison metrics"]
+    explainers = at.dataframe[2].value
+    assert {"integrated_gradients", "deeplift"} <= set(explainers["name"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("server") / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail("the streamlit server did not become healthy within 90 s")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.mark.browser
+def test_browser_renders_the_overview(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server)
+            expect(page.get_by_role("heading", name="Explanation methods")).to_be_visible(timeout=90_000)
+            page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=90_000)
+            expect(page.get_by_test_id("stDataFrame")).to_have_count(4, timeout=60_000)
+            expect(page.get_by_role("heading", name="Model zoo")).to_be_visible()
+            page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+            errors = page.locator("[data-testid='stException']").count()
+            assert errors == 0
+        finally:
+            browser.close()

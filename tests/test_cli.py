@@ -1,0 +1,90 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from explrobust_core.cli import main
+from explrobust_core.explain import explanation_maps
+from explrobust_core.zoo import ModelCard, save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, digits_convnet, digits_train):
+    info = digits_train.info
+    card = ModelCard(name="digits_convnet", architecture="convnet", dataset="digits", input_shape=info.input_shape,
+                     mean=info.mean, std=info.std, classes=info.classes, epochs=3, seed=0)
+    return save_checkpoint(digits_convnet, card, tmp_path_factory.mktemp("zoo"))
+
+
+def test_import_does_not_pull_streamlit():
+    code = ("import sys, explrobust_core, explrobust_core.cli, explrobust_core.explain, explrobust_core.zoo, "
+            "explrobust_core.metrics, explrobust_core.data; assert 'streamlit' not in sys.modules, 'streamlit'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_console_script_info_json():
+    exe = Path(sys.executable).parent / "explrobust"
+    out = subprocess.run([str(exe), "info", "--json"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "EXPLROBUST_ZOO": str(REPO / "models_zoo")})
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert {"mnist5k", "digits", "cifar10", "tinyimagenet"} <= {d["name"] for d in report["datasets"]}
+    assert {"convnet", "rar_cnn", "resnet18", "wideresnet", "mobilenetv2"} <= {a["name"] for a in report["architectures"]}
+    explainers = {e["name"]: e for e in report["explainers"]}
+    assert "differentiable" in explainers["integrated_gradients"]["tags"]
+    assert "display" in explainers["deeplift"]["tags"]
+    assert explainers["integrated_gradients"]["defaults"]["n_steps"] == 50
+    assert {"kendall_tau", "spearman_rho", "topk_intersection"} <= {m["name"] for m in report["metrics"]}
+
+
+def test_explain_writes_pngs_and_the_numbers(tmp_path, checkpoint, digits_convnet, digits_test):
+    out = tmp_path / "out"
+    code = main(["explain", "--checkpoint", str(checkpoint), "--indices", "0,3,5", "--method", "integrated_gradients",
+                 "--n-steps", "16", "--rule", "riemann_middle", "--target", "true", "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    result = json.loads((out / "explain_integrated_gradients.json").read_text())
+    assert result["config"]["n_steps"] == 16 and result["config"]["rule"] == "riemann_middle"
+    assert [r["index"] for r in result["images"]] == [0, 3, 5]
+    for row in result["images"]:
+        png = out / row["png"]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    x, y = digits_test.batch([0, 3, 5])
+    expected = explanation_maps(digits_convnet, x, "integrated_gradients", target=y, n_steps=16, rule="riemann_middle")
+    got = torch.tensor([r["map"] for r in result["images"]])
+    torch.testing.assert_close(got, expected)
+    assert [r["label"] for r in result["images"]] == y.tolist()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "nope"], "unknown explanation method 'nope'"),
+    (["--method", "integrated_gradients", "--n-steps", "0"], "n_steps"),
+    (["--indices", "0,99999"], "out of range"),
+])
+def test_explain_errors_are_one_clear_line(tmp_path, checkpoint, capsys, args, message):
+    base = {"--checkpoint": str(checkpoint), "--indices": "0", "--out": str(tmp_path)}
+    for flag, value in zip(args[::2], args[1::2]):
+        base[flag] = value
+    argv = ["explain"] + [part for kv in base.items() for part in kv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main(["explain", "--checkpoint", str(tmp_path / "none.safetensors"), "--indices", "0",
+                 "--out", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_method_help_lists_its_own_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["explain", "--method", "smoothgrad", "--help"])
+    text = capsys.readouterr().out
+    assert "--n-samples" in text and "--stdev" in text and "--n-steps" not in text

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from explrobust_core.data import DATASETS, DatasetNotFoundError, load_dataset
+from explrobust_core.registry import ConfigError
+
+
+def test_mnist5k_is_real_mnist_split_4000_1000():
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    assert (len(train), len(test)) == (4000, 1000)
+    assert train.info.input_shape == (1, 28, 28) and train.info.classes == [str(i) for i in range(10)]
+    assert torch.bincount(test.labels).tolist() == [100] * 10
+    assert 0.0 == float(train.images.min()) and float(train.images.max()) == 1.0
+    # MNIST's published statistics are 0.1307 / 0.3081; 4,000 real digits are close to them
+    assert abs(train.info.mean[0] - 0.1307) < 0.01 and abs(train.info.std[0] - 0.3081) < 0.01
+    # no image is in both splits
+    flat_train = {tuple(r) for r in (train.images.view(4000, -1) * 255).round().to(torch.uint8).tolist()}
+    assert not any(tuple(r) in flat_train for r in (test.images.view(1000, -1) * 255).round().to(torch.uint8).tolist())
+
+
+def test_split_is_deterministic():
+    from explrobust_core.data import _stratified_split
+
+    labels = np.repeat(np.arange(10), 50)
+    a = _stratified_split(labels, 10, seed=0)
+    b = _stratified_split(labels, 10, seed=0)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_digits_batch_access():
+    ds = load_dataset("digits", "test")
+    x, y = ds.batch([0, 5, 7])
+    assert x.shape == (3, 1, 8, 8) and y.dtype == torch.long
+    assert torch.equal(x[1], ds[5][0]) and int(y[2]) == ds[7][1]
+    with pytest.raises(IndexError, match="out of range"):
+        ds.batch([len(ds)])
+
+
+@pytest.mark.parametrize("name", DATASETS.names("torchvision"))
+def test_missing_torchvision_dataset_says_where_to_put_files(tmp_path, name):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset(name, "test", {"root": str(tmp_path)})
+    assert str(tmp_path) in str(err.value) and "Put the files there" in str(err.value)
+
+
+def test_bad_dataset_config_and_name():
+    with pytest.raises(ConfigError, match="rot"):
+        load_dataset("cifar10", "test", {"rot": "/x"})
+    with pytest.raises(ValueError, match="unknown dataset 'cifar11'"):
+        load_dataset("cifar11")
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("digits", "validation")
+
+
+def _write_images(folder, n, size, mode="RGB"):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(arr).convert(mode).save(folder / f"img{i}.png")
+
+
+def test_imagefolder_tree(tmp_path):
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            _write_images(tmp_path / split / cls, 3, (20, 12), mode="L" if cls == "dog" else "RGB")
+    ds = load_dataset("imagefolder", "test", {"root": str(tmp_path), "image_size": 16})
+    assert len(ds) == 6 and ds.info.classes == ["cat", "dog"] and ds.info.input_shape == (3, 16, 16)
+    x, y = ds.batch(range(6))
+    assert x.shape == (6, 3, 16, 16) and 0 <= float(x.min()) and float(x.max()) <= 1
+    assert y.tolist() == [0, 0, 0, 1, 1, 1]
+    grey = load_dataset("imagefolder", "train", {"root": str(tmp_path), "image_size": 8, "grayscale": True})
+    assert grey.batch([0])[0].shape == (1, 1, 8, 8)
+    with pytest.raises(DatasetNotFoundError, match="not found"):
+        load_dataset("imagefolder", "test", {"root": str(tmp_path / "nowhere")})
+
+
+def test_tinyimagenet_layout(tmp_path):
+    base = tmp_path / "tiny-imagenet-200"
+    wnids = ["n01", "n02"]
+    (base).mkdir()
+    (base / "wnids.txt").write_text("\n".join(wnids))
+    for w in wnids:
+        _write_images(base / "train" / w / "images", 2, (64, 64))
+        for p in (base / "train" / w / "images").glob("*.png"):
+            p.rename(p.with_suffix(".JPEG"))
+    _write_images(base / "val" / "images", 3, (64, 64))
+    (base / "val" / "val_annotations.txt").write_text(
+        "img0.png\tn02\t0\t0\t1\t1\nimg1.png\tn01\t0\t0\t1\t1\nimg2.png\tn02\t0\t0\t1\t1\n")
+    train = load_dataset("tinyimagenet", "train", {"root": str(tmp_path)})
+    test = load_dataset("tinyimagenet", "test", {"root": str(tmp_path)})
+    assert len(train) == 4 and train.info.classes == wnids
+    assert test.batch([0, 1, 2])[1].tolist() == [1, 0, 1]
+    assert test.info.input_shape == (3, 64, 64)

@@ -1,0 +1,141 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explrobust_core.explain import attribute
+from explrobust_core.metrics import attribution_to_map, explanation_loss
+from explrobust_core.models import ARCHITECTURES, Normalize, beta_schedule, build_model, softplus_view
+from explrobust_core.registry import ConfigError
+
+SMALL = {
+    "convnet": {},
+    "rar_cnn": {"hidden": 64},
+    "resnet18": {"base_width": 8},
+    "wideresnet": {"depth": 10, "widen_factor": 1},
+    "mobilenetv2": {"width_mult": 0.25},
+}
+
+
+def make(arch, shape=(1, 8, 8), classes=10, **cfg):
+    c = shape[0]
+    return build_model(arch, input_shape=shape, num_classes=classes, mean=[0.5] * c, std=[0.25] * c,
+                       config={**SMALL[arch], **cfg}).eval()
+
+
+def test_registry_covers_the_seed_families():
+    assert set(SMALL) <= set(ARCHITECTURES.names())
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+@pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 43), ((1, 8, 8), 3)])
+def test_every_architecture_any_shape(arch, shape, classes):
+    model = make(arch, shape, classes)
+    x = torch.rand(2, *shape)
+    assert model(x).shape == (2, classes)
+    assert model.embed(x).ndim == 2
+    assert isinstance(next(iter(model.children())), Normalize)
+
+
+def test_normalize_is_the_first_layer_and_uses_card_statistics():
+    model = make("convnet")
+    x = torch.rand(3, 1, 8, 8)
+    expected = model.head(model.features((x - 0.5) / 0.25))
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_wrn_presets_and_bad_depth():
+    wrn_28_10 = build_model("wideresnet", input_shape=(3, 32, 32), num_classes=10, mean=[0.5] * 3, std=[0.5] * 3)
+    # WRN-28-10 has about 36.5M parameters (Zagoruyko & Komodakis, Table 1)
+    assert 36.0e6 < sum(p.numel() for p in wrn_28_10.parameters()) < 36.6e6
+    wrn_40_2 = build_model("wideresnet", input_shape=(3, 32, 32), num_classes=10, mean=[0.5] * 3, std=[0.5] * 3,
+                           config={"depth": 40, "widen_factor": 2})
+    assert 2.1e6 < sum(p.numel() for p in wrn_40_2.parameters()) < 2.3e6
+    with pytest.raises(ValueError, match="6n\\+4"):
+        make("wideresnet", depth=27)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="width1"):
+        make("convnet", width1=0)
+    with pytest.raises(ConfigError, match="colour"):
+        make("convnet", colour=3)
+
+
+def test_softplus_view_shares_storage_and_beta_is_adjustable():
+    model = make("resnet18")
+    view = softplus_view(model, beta=10.0)
+    assert [p.data_ptr() for p in view.parameters()] == [p.data_ptr() for p in model.parameters()]
+    x = torch.rand(4, 1, 8, 8)
+    before = view(x)
+    with torch.no_grad():
+        model.head.bias.add_(1.0)  # a change to the model is seen by the view: no copy exists
+    torch.testing.assert_close(view(x), before + 1.0)
+    view.beta = 50.0
+    assert view.beta == 50.0
+    with pytest.raises(ValueError):
+        view.beta = 0.0
+
+
+@pytest.mark.parametrize("arch", sorted(SMALL))
+def test_softplus_view_converges_to_the_model_as_beta_grows(arch):
+    model = make(arch).double()
+    x = torch.rand(6, 1, 8, 8, dtype=torch.float64)
+    reference = model(x)
+    gaps = [(softplus_view(model, b)(x) - reference).abs().max().item() for b in (1.0, 10.0, 100.0, 1e4)]
+    assert gaps[0] > 1e-3  # the view really differs from ReLU at small β
+    assert all(a > b for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] < 1e-2 * gaps[0]
+
+
+class _Functional(nn.Module):
+    """A foreign model that calls F.relu, Tensor.relu, relu6 and leaky_relu directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 8)
+        self.b = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = F.relu(h) + h.relu() + F.relu6(h) + F.leaky_relu(h, 0.1)
+        return self.b(h)
+
+
+def test_softplus_view_catches_functional_relus():
+    model = _Functional().double()
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    view = softplus_view(model, beta=5.0)
+    (g,) = torch.autograd.grad(view(x).sum(), x, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), x)
+    assert h.abs().sum() > 0  # ReLU-family second derivatives are zero; these are not
+    torch.testing.assert_close(softplus_view(model, 1e6)(x), model(x), atol=1e-5, rtol=0)
+
+
+def test_second_order_on_the_view_is_nonzero_and_matches_finite_differences():
+    torch.manual_seed(0)
+    model = make("convnet", width1=4, width2=4, hidden=8).double()
+    x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
+    target_map = attribution_to_map(torch.rand(2, 1, 8, 8, dtype=torch.float64))
+    cls = torch.tensor([1, 2])
+
+    def loss(inp, net):
+        m = attribution_to_map(attribute(net, inp, "gradient", target=cls, create_graph=True))
+        return explanation_loss(m, target_map).sum()
+
+    xr = x.clone().requires_grad_(True)
+    (g_relu,) = torch.autograd.grad(loss(xr, model), xr, allow_unused=True)
+    assert g_relu is None or g_relu.abs().max() == 0  # ReLU: the map's input gradient vanishes
+
+    view = softplus_view(model, beta=10.0)
+    xs = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(xs, view), xs)
+    assert g.abs().max() > 0
+    assert torch.autograd.gradcheck(lambda inp: loss(inp, view), (xs,), eps=1e-6, atol=1e-8, rtol=1e-4)
+
+
+def test_beta_schedule_is_geometric():
+    s = beta_schedule(10, 100, 5)
+    assert s[0] == pytest.approx(10) and s[-1] == pytest.approx(100)
+    ratios = [b / a for a, b in zip(s, s[1:])]
+    assert max(ratios) == pytest.approx(min(ratios))
