@@ -2,9 +2,12 @@
 
     explrobust info [--json]
     explrobust explain --checkpoint PATH --indices 0,1,2 --method NAME --out DIR [method options]
+    explrobust attack-classifier --checkpoint PATH --n-images 500 --attack pgd --eps 0.3 --json OUT
+    explrobust attack-explanation --checkpoint PATH --indices 0,1 [--target-indices 5,6] --out DIR
+    explrobust evaluate --checkpoint PATH [--preset rar_mnist] --json OUT
 
-``explrobust explain --method integrated_gradients --help`` lists that method's own options,
-generated from its typed config (the same config the dashboard's forms use).
+``explrobust explain --method integrated_gradients --help`` (likewise ``--attack``) lists that
+method's own options, generated from its typed config — the same config the dashboard's forms use.
 """
 
 from __future__ import annotations
@@ -20,30 +23,39 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from .registry import ConfigError, UnknownNameError
-
+from .registry import ConfigError, config_defaults
 
 # --------------------------------------------------------------------------- config → flags
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def _flag(path: Sequence[str]) -> str:
+    return "--" + "-".join(p.replace("_", "-") for p in path)
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel], title: str) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel], title: str,
+                         prefix: tuple[str, ...] = (), skip: Sequence[str] = ()) -> None:
     """One flag per config field, typed, with the field's help text and default.
 
-    Defaults stay in the config: flags default to "not given" so only what the user typed
-    overrides them, and the config validates ranges with its own messages.
+    Nested configs get prefixed flags (``pgd.steps`` → ``--pgd-steps``). Defaults stay in the
+    config: flags default to "not given", so only what the user typed overrides them, and the
+    config validates ranges with its own messages.
     """
     group = parser.add_argument_group(title)
+    defaults = config_defaults(config)
     for name, field in config.model_fields.items():
+        if name in skip:
+            continue
         ann = field.annotation
+        path = prefix + (name,)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            add_config_arguments(parser, ann, f"{title}: {name}", path)
+            continue
         args = typing.get_args(ann)
-        help_text = f"{field.description or ''} (default: {field.default})".strip()
-        kwargs: dict[str, Any] = {"dest": f"cfg__{name}", "default": argparse.SUPPRESS, "help": help_text}
+        shown = defaults.get(name, "required")
+        help_text = f"{field.description or ''} (default: {shown})".strip()
+        kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
         if ann is bool:
-            group.add_argument(_flag(name), action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(_flag(path), action=argparse.BooleanOptionalAction, **kwargs)
             continue
         if typing.get_origin(ann) is typing.Literal:
             kwargs["choices"] = list(args)
@@ -54,25 +66,98 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel
             inner = [a for a in args if a is not type(None)]
             kwargs["type"] = inner[0] if len(inner) == 1 and inner[0] in (int, float, str) else str
         else:
-            kwargs["type"] = json.loads  # lists/dicts given as JSON
+            kwargs["type"] = json.loads  # lists and dicts are given as JSON
             kwargs["metavar"] = "JSON"
-        group.add_argument(_flag(name), **kwargs)
+        group.add_argument(_flag(path), **kwargs)
 
 
 def config_values(ns: argparse.Namespace) -> dict[str, Any]:
-    return {k.removeprefix("cfg__"): v for k, v in vars(ns).items() if k.startswith("cfg__")}
+    """The flags the user gave, as a (nested) dict for the config to validate."""
+    out: dict[str, Any] = {}
+    for key, value in vars(ns).items():
+        if not key.startswith("cfg__"):
+            continue
+        *parents, leaf = key.removeprefix("cfg__").split("__")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one index")
+    if len(out) > 4096:
+        raise argparse.ArgumentTypeError("at most 4096 indices per call")
+    return out
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _parse_target(text: str):
+    if text in ("true", "predicted"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("target must be 'true', 'predicted' or a class index") from None
+
+
+# --------------------------------------------------------------------------- shared loading
+
+
+def _load(ns: argparse.Namespace):
+    """Checkpoint, card, the split of its dataset, and the model's device."""
+    from .data import load_dataset
+    from .zoo import load_checkpoint
+
+    model, card = load_checkpoint(ns.checkpoint, ns.device)
+    dataset = load_dataset(card.dataset, ns.split)
+    if tuple(dataset.info.input_shape) != tuple(card.input_shape):
+        raise ValueError(f"checkpoint expects inputs {card.input_shape}, dataset {card.dataset} gives "
+                         f"{dataset.info.input_shape}")
+    return model, card, dataset, next(model.parameters()).device
+
+
+def _images(ns: argparse.Namespace, dataset, device):
+    indices = ns.indices if ns.indices is not None else list(range(min(ns.n_images, len(dataset))))
+    x, y = dataset.batch(indices)
+    return indices, x.to(device), y.to(device)
+
+
+def _write_result(result, ns: argparse.Namespace) -> None:
+    if ns.json:
+        result.save(ns.json, getattr(ns, "csv", None))
+        print(f"wrote {ns.json}" + (f" and {ns.csv}" if getattr(ns, "csv", None) else ""))
+
+
+def _fmt(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, default=str)
 
 
 # --------------------------------------------------------------------------- info
 
 
 def _registries() -> dict[str, Any]:
+    from .attacks.classification import CLASSIFICATION_ATTACKS
+    from .attacks.explanation import EXPLANATION_ATTACKS
     from .data import DATASETS
     from .explain import EXPLAINERS
     from .metrics import COMPARISONS
     from .models import ARCHITECTURES
 
-    return {"datasets": DATASETS, "architectures": ARCHITECTURES, "explainers": EXPLAINERS, "metrics": COMPARISONS}
+    return {"datasets": DATASETS, "architectures": ARCHITECTURES, "explainers": EXPLAINERS, "metrics": COMPARISONS,
+            "classification_attacks": CLASSIFICATION_ATTACKS, "explanation_attacks": EXPLANATION_ATTACKS}
 
 
 def info_report() -> dict[str, Any]:
@@ -100,8 +185,8 @@ def cmd_info(ns: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, default=str))
         return 0
     print(f"explrobust {report['explrobust']}  ({', '.join(f'{k} {v}' for k, v in report['versions'].items())})")
-    for key in ("datasets", "architectures", "explainers", "metrics"):
-        print(f"\n{key}:")
+    for key in _registries():
+        print(f"\n{key.replace('_', ' ')}:")
         for e in report[key]:
             tags = f" [{', '.join(e['tags'])}]" if e["tags"] else ""
             print(f"  {e['name']:<22}{e['summary']}{tags}")
@@ -116,63 +201,32 @@ def cmd_info(ns: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- explain
 
 
-def _parse_indices(text: str) -> list[int]:
-    try:
-        out = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"indices must be comma-separated integers, got {text!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("give at least one index")
-    if len(out) > 1024:
-        raise argparse.ArgumentTypeError("at most 1024 indices per call")
-    return out
-
-
-def _parse_target(text: str):
-    if text in ("true", "predicted"):
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("target must be 'true', 'predicted' or a class index") from None
-
-
 def cmd_explain(ns: argparse.Namespace) -> int:
     import torch
 
-    from .data import load_dataset
     from .explain import EXPLAINERS, attribute, resolve_target
     from .figures import explanation_figure, save_figure
     from .io import atomic_write_json, library_versions
     from .metrics import attribution_to_map
-    from .zoo import load_checkpoint
 
     started = time.perf_counter()
-    model, card = load_checkpoint(ns.checkpoint, ns.device)
-    device = next(model.parameters()).device
-    dataset = load_dataset(card.dataset, ns.split)
-    if tuple(dataset.info.input_shape) != tuple(card.input_shape):
-        raise ValueError(f"checkpoint expects inputs {card.input_shape}, dataset {card.dataset} gives {dataset.info.input_shape}")
-    images, labels = dataset.batch(ns.indices)
-    images, labels = images.to(device), labels.to(device)
+    model, card, dataset, device = _load(ns)
+    images, labels = (t.to(device) for t in dataset.batch(ns.indices))
     with torch.no_grad():
         probs = torch.softmax(model(images), dim=1)
     cfg = EXPLAINERS.get(ns.method).make_config(config_values(ns))
     targets = resolve_target(model, images, ns.target, labels)
     maps = attribution_to_map(attribute(model, images, ns.method, target=targets, config=cfg), normalize=ns.normalize)
     out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, idx in enumerate(ns.indices):
         pred = int(probs[i].argmax())
         png = out / f"{ns.split}_{idx}_{ns.method}.png"
-        title = f"{card.name} · {ns.method} · #{idx} label {card.classes[int(labels[i])]} → pred {card.classes[pred]} ({float(probs[i, pred]):.2f})"
+        title = (f"{card.name} · {ns.method} · #{idx} label {card.classes[int(labels[i])]} → pred "
+                 f"{card.classes[pred]} ({float(probs[i, pred]):.2f})")
         save_figure(explanation_figure(images[i], maps[i], title), png)
-        rows.append({
-            "index": idx, "label": int(labels[i]), "predicted": pred, "confidence": float(probs[i, pred]),
-            "target": int(targets[i]), "png": png.name,
-            "map": maps[i].detach().cpu().tolist(),
-        })
+        rows.append({"index": idx, "label": int(labels[i]), "predicted": pred, "confidence": float(probs[i, pred]),
+                     "target": int(targets[i]), "png": png.name, "map": maps[i].detach().cpu().tolist()})
     result = {
         "command": "explain", "checkpoint": str(ns.checkpoint), "model": card.name, "dataset": card.dataset,
         "split": ns.split, "method": ns.method, "config": cfg.model_dump(mode="json"), "target": ns.target,
@@ -184,50 +238,182 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- attacks
+
+
+def cmd_attack_classifier(ns: argparse.Namespace) -> int:
+    from .attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
+
+    model, card, dataset, device = _load(ns)
+    indices, x, y = _images(ns, dataset, device)
+    cfg = CLASSIFICATION_ATTACKS.get(ns.attack).make_config(config_values(ns))
+    result = run_classification_attack(model, x, y, ns.attack, cfg)
+    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
+    result.per_image = {"index": indices, **result.per_image}
+    if ns.eps_list:
+        curve = [{"eps": eps, **run_classification_attack(model, x, y, ns.attack, cfg, eps=eps).summary}
+                 for eps in ns.eps_list]
+        result.extra["accuracy_vs_eps"] = curve
+    if ns.minimal_eps is not None:
+        pgd_cfg = cfg.model_dump() if ns.attack == "pgd" else {}
+        result.per_image["minimal_flip_eps"] = minimal_flip_eps(model, x, y, eps_max=ns.minimal_eps, config=pgd_cfg)
+    print(f"{card.name}: {ns.attack} on {len(indices)} {ns.split} images")
+    print(_fmt(result.summary))
+    for row in result.extra.get("accuracy_vs_eps", []):
+        print(f"  ε={row['eps']:<8g} adversarial accuracy {row.get('adversarial_accuracy')}")
+    _write_result(result, ns)
+    return 0
+
+
+def cmd_attack_explanation(ns: argparse.Namespace) -> int:
+    from .attacks.explanation import EXPLANATION_ATTACKS, run_explanation_attack
+    from .figures import attack_panels_figure, save_figure
+
+    model, card, dataset, device = _load(ns)
+    indices = ns.indices
+    x, y = (t.to(device) for t in dataset.batch(indices))
+    attack = ns.attack or ("targeted" if ns.target_indices else "ifia")
+    targets = None
+    if ns.target_indices:
+        if attack != "targeted":
+            raise ValueError(f"--target-indices goes with the targeted attack, not {attack!r}")
+        tidx = ns.target_indices * len(indices) if len(ns.target_indices) == 1 else ns.target_indices
+        if len(tidx) != len(indices):
+            raise ValueError(f"give one target index, or one per victim ({len(indices)}), got {len(tidx)}")
+        targets = dataset.batch(tidx)[0].to(device)
+    elif attack == "targeted":
+        raise ValueError("the targeted attack needs --target-indices (the images whose maps to imitate)")
+    cfg = EXPLANATION_ATTACKS.get(attack).make_config(config_values(ns))
+    result = run_explanation_attack(model, x, attack, config=cfg, target_images=targets)
+    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
+    result.per_image = {"index": indices, **result.per_image}
+    if targets is not None:
+        result.per_image["target_index"] = tidx
+    out = Path(ns.out)
+    for i, idx in enumerate(indices):
+        t = result.tensors
+        fig = attack_panels_figure(x[i], t["adversarial"][i], t["original_map"][i], t["attacked_map"][i],
+                                   t["target_map"][i] if "target_map" in t else None,
+                                   title=f"{card.name} · {attack} · {cfg.explainer} · #{idx}")
+        save_figure(fig, out / f"{attack}_{ns.split}_{idx}.png")
+    result.save(out / f"{attack}.json", out / f"{attack}.csv")
+    print(f"{card.name}: {attack} ({cfg.explainer}) on {len(indices)} images — attack model: "
+          f"{result.config['attack_model']}")
+    print(_fmt(result.summary))
+    print(f"wrote {out / f'{attack}.json'}, {attack}.csv and {len(indices)} PNG panels")
+    return 0
+
+
+def cmd_evaluate(ns: argparse.Namespace) -> int:
+    from .evaluate import make_evaluation_config, evaluate_model
+
+    model, card, dataset, _ = _load(ns)
+    cfg = make_evaluation_config(ns.preset, **config_values(ns), split=ns.split)
+
+    def progress(stage: str, fraction: float) -> None:
+        print(f"  {stage}: {fraction:.0%}", file=sys.stderr, flush=True)
+
+    result = evaluate_model(model, dataset, cfg, progress=progress)
+    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, preset=ns.preset)
+    print(f"{card.name} on {card.dataset}/{ns.split}:")
+    print(_fmt(result.summary))
+    _write_result(result, ns)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
-def build_parser(method: str | None = None) -> argparse.ArgumentParser:
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint with its .json card")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+
+
+def build_parser(command: str | None = None, choice: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``choice`` is the --method/--attack of ``command`` already on the command line,
+    whose own options are then added to that sub-command (so ``--help`` lists them)."""
+    from .attacks.classification import CLASSIFICATION_ATTACKS
+    from .attacks.explanation import EXPLANATION_ATTACKS
+    from .evaluate import PRESETS, EvaluationConfig
+    from .explain import EXPLAINERS
+
     parser = argparse.ArgumentParser(prog="explrobust", description="Classification vs explanation robustness workbench.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="list datasets, architectures, explainers, metrics and checkpoints")
+    p = sub.add_parser("info", help="list datasets, architectures, explainers, metrics, attacks and checkpoints")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("explain", help="explanation maps for dataset images: PNGs + a JSON of the numbers")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint with its .json card")
-    p.add_argument("--indices", required=True, type=_parse_indices, help="comma-separated image indices, e.g. 0,1,2")
+    _common(p)
+    p.add_argument("--indices", required=True, type=_int_list, help="comma-separated image indices, e.g. 0,1,2")
     p.add_argument("--method", default="gradient", help="explanation method (see `explrobust info`)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--target", type=_parse_target, default="predicted", help="true | predicted | class index")
     p.add_argument("--normalize", choices=["sum", "none"], default="sum", help="map post-processing")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    if method is not None:
-        from .explain import EXPLAINERS
-
-        add_config_arguments(p, EXPLAINERS.get(method).config, f"options of {method}")
+    if command == "explain" and choice:
+        add_config_arguments(p, EXPLAINERS.get(choice).config, f"options of {choice}")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("attack-classifier", help="FGSM/PGD on dataset images (the seed's adv_acc.py)")
+    _common(p)
+    p.add_argument("--indices", type=_int_list, default=None, help="image indices (default: the first --n-images)")
+    p.add_argument("--n-images", type=int, default=500, help="how many images from the start of the split")
+    p.add_argument("--attack", default="pgd", help=f"one of {', '.join(CLASSIFICATION_ATTACKS.names())}")
+    p.add_argument("--eps-list", type=_float_list, default=None, help="also report accuracy at each ε, e.g. 0.1,0.2,0.3")
+    p.add_argument("--minimal-eps", type=float, default=None, metavar="EPS_MAX",
+                   help="also find each image's minimal flipping ε up to EPS_MAX (bisection)")
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--csv", default=None, help="write the per-image table here")
+    if command == "attack-classifier" and choice:
+        add_config_arguments(p, CLASSIFICATION_ATTACKS.get(choice).config, f"options of {choice}")
+    p.set_defaults(func=cmd_attack_classifier)
+
+    p = sub.add_parser("attack-explanation", help="attack explanations, keeping the prediction (the seed's explAttack.py)")
+    _common(p)
+    p.add_argument("--indices", required=True, type=_int_list, help="victim image indices")
+    p.add_argument("--target-indices", "--target-index", type=_int_list, default=None,
+                   help="target image index (one for all victims, or one per victim): runs the targeted attack")
+    p.add_argument("--attack", default=None, help=f"one of {', '.join(EXPLANATION_ATTACKS.names())} (default: by targets)")
+    p.add_argument("--out", required=True, help="output directory (JSON, CSV and PNG panels)")
+    if command == "attack-explanation" and choice:
+        add_config_arguments(p, EXPLANATION_ATTACKS.get(choice).config, f"options of {choice}")
+    p.set_defaults(func=cmd_attack_explanation)
+
+    p = sub.add_parser("evaluate", help="clean + PGD accuracy and explanation robustness of a checkpoint")
+    _common(p)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a paper protocol (RAR per dataset, ART CIFAR)")
+    p.add_argument("--json", default=None, help="write the result here")
+    p.add_argument("--csv", default=None, help="write the per-image explanation table here")
+    add_config_arguments(p, EvaluationConfig, "evaluation", skip=("split",))
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
-def _method_in(argv: Sequence[str]) -> str | None:
-    if not argv or argv[0] != "explain":
+def _choice_in(argv: Sequence[str]) -> str | None:
+    """The --method (explain) or --attack (attack commands) given, to add its options' flags."""
+    flag = {"explain": "--method", "attack-classifier": "--attack", "attack-explanation": "--attack"}.get(
+        argv[0] if argv else "")
+    if flag is None:
         return None
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--method", default="gradient")
-    return pre.parse_known_args(list(argv[1:]))[0].method
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument(flag, dest="choice", default=None)
+    pre.add_argument("--target-indices", "--target-index", dest="targets", default=None)
+    known = pre.parse_known_args(list(argv[1:]))[0]
+    defaults = {"explain": "gradient", "attack-classifier": "pgd",
+                "attack-explanation": "targeted" if known.targets else "ifia"}
+    return known.choice or defaults[argv[0]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser(_method_in(argv))
+        parser = build_parser(argv[0] if argv else None, _choice_in(argv))
         ns = parser.parse_args(argv)
         return ns.func(ns)
-    except (UnknownNameError, ConfigError, ValueError, IndexError, FileNotFoundError) as err:
-        # Every expected failure is one clear line, never a traceback.
+    except (ConfigError, ValueError, IndexError, FileNotFoundError) as err:
+        # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError).
         print(f"explrobust: error: {err}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,7 @@ captum does) and batch over images and over IG steps / noise samples, bounded by
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Literal, Protocol, Sequence
 
 import numpy as np
@@ -284,8 +285,10 @@ def _captum_method(build: Callable[[nn.Module, torch.Tensor, torch.Tensor, Confi
     def run(model, x, target, cfg, create_graph: bool) -> torch.Tensor:
         if create_graph:
             raise NotDifferentiableError("this captum method is for display only and cannot give a differentiable result")
-        with torch.enable_grad():
-            out = build(model, x.detach().clone(), target, cfg)
+        with torch.enable_grad(), warnings.catch_warnings():
+            # captum announces its temporary hooks on every call; they are removed afterwards
+            warnings.filterwarnings("ignore", message=r"Setting .*hooks", category=UserWarning)
+            out = build(model, x.detach().clone().requires_grad_(True), target, cfg)
         return out.detach()
 
     return run

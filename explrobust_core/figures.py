@@ -57,3 +57,36 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def attack_panels_figure(original: torch.Tensor, perturbed: torch.Tensor, original_map: torch.Tensor,
+                         attacked_map: torch.Tensor, target_map: torch.Tensor | None = None, title: str = "",
+                         cmap: str = "inferno"):
+    """Original, perturbed, amplified perturbation, original map, attacked map (and target map)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    delta = (perturbed - original).detach().cpu()
+    scale = float(delta.abs().max()) or 1.0
+    amplified = (delta / (2 * scale) + 0.5).clamp(0, 1)  # ±max perturbation → [0, 1]
+    panels = [("original", image_to_display(original), None), ("perturbed", image_to_display(perturbed), None),
+              (f"perturbation ×{0.5 / scale:.0f}", image_to_display(amplified), None),
+              ("original map", original_map.detach().cpu().numpy(), cmap),
+              ("attacked map", attacked_map.detach().cpu().numpy(), cmap)]
+    if target_map is not None:
+        panels.append(("target map", target_map.detach().cpu().numpy(), cmap))
+    vmax = max(float(p[1].max()) for p in panels[3:])
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6), dpi=120)
+    for ax, (name, arr, cm) in zip(axes, panels):
+        if cm is None:
+            ax.imshow(arr, cmap="gray" if arr.ndim == 2 else None, vmin=0, vmax=1)
+        else:
+            ax.imshow(arr, cmap=cm, vmin=0, vmax=vmax)  # one colour scale for all maps
+        ax.set_title(name, fontsize=8)
+        ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -349,3 +349,48 @@ def beta_schedule(start: float, end: float, steps: int) -> list[float]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+class eval_mode:
+    """Context manager: the model in eval mode inside, its previous mode restored after.
+
+    Attacks run in eval mode (BatchNorm statistics frozen, no dropout) even when called from a
+    training loop.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __enter__(self) -> nn.Module:
+        self.was_training = self.model.training
+        return self.model.eval()
+
+    def __exit__(self, *exc) -> None:
+        self.model.train(self.was_training)
+
+
+_PIECEWISE_LINEAR = _RELU_FUNCS | {F.relu6, F.hardtanh, F.leaky_relu}
+
+
+class _ActivationProbe(TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _PIECEWISE_LINEAR:
+            self.seen = True
+        return func(*args, **(kwargs or {}))
+
+
+def has_piecewise_linear_activations(model: nn.Module, sample: torch.Tensor) -> bool:
+    """True if a forward pass on ``sample`` calls a ReLU-family function (second derivatives vanish).
+
+    Observed on a real forward pass, so models that call ``F.relu`` directly are caught too.
+    """
+    if isinstance(model, SoftplusView):
+        return False
+    probe = _ActivationProbe()
+    with torch.no_grad(), probe:
+        model(sample[:1])
+    return probe.seen

@@ -18,8 +18,9 @@ def _report():
 
 report = _report()
 titles = {"datasets": "Datasets", "architectures": "Architectures", "explainers": "Explanation methods",
-          "metrics": "Comparison metrics"}
-for col, (key, title) in zip(st.columns(2) + st.columns(2), titles.items()):
+          "metrics": "Comparison metrics", "classification_attacks": "Attacks on predictions",
+          "explanation_attacks": "Attacks on explanations"}
+for col, (key, title) in zip(st.columns(2) + st.columns(2) + st.columns(2), titles.items()):
     with col:
         st.subheader(title)
         st.dataframe(

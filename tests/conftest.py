@@ -49,3 +49,23 @@ def digits_convnet(digits_train):
     model = build_model("convnet", input_shape=info.input_shape, num_classes=info.num_classes,
                         mean=info.mean, std=info.std)
     return fit(model, digits_train.images, digits_train.labels)
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    from explrobust_core.data import load_dataset
+
+    return load_dataset("mnist5k", "test")
+
+
+@pytest.fixture(scope="session")
+def mnist_convnet():
+    """A real natural model: the ConvNet trained for 2 epochs on the 4,000 mnist5k training digits."""
+    from explrobust_core.data import load_dataset
+    from explrobust_core.models import build_model
+
+    train = load_dataset("mnist5k", "train")
+    info = train.info
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=info.input_shape, num_classes=10, mean=info.mean, std=info.std)
+    return fit(model, train.images, train.labels, epochs=2)

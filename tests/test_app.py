@@ -21,8 +21,9 @@ def test_overview_lists_the_registries():
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert not at.exception
     assert [t.value for t in at.title] == ["explrobust"]
-    assert [s.value for s in at.subheader][:4] == ["Datasets", "Architectures", "Explanation methods",
-                                                   "Comparison metrics"]
+    assert [s.value for s in at.subheader][:6] == ["Datasets", "Architectures", "Explanation methods",
+                                                   "Comparison metrics", "Attacks on predictions",
+                                                   "Attacks on explanations"]
     explainers = at.dataframe[2].value
     assert {"integrated_gradients", "deeplift"} <= set(explainers["name"])
 
@@ -71,7 +72,7 @@ def test_browser_renders_the_overview(server, tmp_path):
             page.goto(server)
             expect(page.get_by_role("heading", name="Explanation methods")).to_be_visible(timeout=90_000)
             page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=90_000)
-            expect(page.get_by_test_id("stDataFrame")).to_have_count(4, timeout=60_000)
+            expect(page.get_by_test_id("stDataFrame")).to_have_count(6, timeout=60_000)
             expect(page.get_by_role("heading", name="Model zoo")).to_be_visible()
             page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
             errors = page.locator("[data-testid='stException']").count()

@@ -88,3 +88,53 @@ def test_method_help_lists_its_own_options(capsys):
         main(["explain", "--method", "smoothgrad", "--help"])
     text = capsys.readouterr().out
     assert "--n-samples" in text and "--stdev" in text and "--n-steps" not in text
+
+
+def test_attack_classifier_command(tmp_path, checkpoint, capsys):
+    out = tmp_path / "pgd.json"
+    assert main(["attack-classifier", "--checkpoint", str(checkpoint), "--n-images", "40", "--eps", "0.1",
+                 "--steps", "5", "--eps-list", "0.05,0.2", "--minimal-eps", "0.3", "--json", str(out),
+                 "--csv", str(tmp_path / "pgd.csv")]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["eps"] == 0.1 and result["config"]["steps"] == 5
+    assert [row["eps"] for row in result["extra"]["accuracy_vs_eps"]] == [0.05, 0.2]
+    assert len(result["per_image"]["minimal_flip_eps"]) == 40
+    assert (tmp_path / "pgd.csv").read_text().count("\n") == 41
+    assert "adversarial_accuracy" in capsys.readouterr().out
+
+
+def test_attack_explanation_command(tmp_path, checkpoint):
+    out = tmp_path / "ae"
+    assert main(["attack-explanation", "--checkpoint", str(checkpoint), "--indices", "0,1,2", "--steps", "3",
+                 "--k", "10", "--eval-k", "10", "--out", str(out)]) == 0
+    result = json.loads((out / "ifia.json").read_text())
+    assert result["config"]["k"] == 10 and "softplus_view" in result["config"]["attack_model"]
+    assert len(list(out.glob("ifia_test_*.png"))) == 3
+    assert main(["attack-explanation", "--checkpoint", str(checkpoint), "--indices", "0,1", "--target-index", "7",
+                 "--steps", "4", "--out", str(out)]) == 0
+    targeted = json.loads((out / "targeted.json").read_text())
+    assert targeted["per_image"]["target_index"] == [7, 7]
+    assert "explanation_loss_end" in targeted["summary"]
+
+
+def test_evaluate_command(tmp_path, checkpoint):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--n-images", "30", "--eps-list", "[0.1]",
+                 "--pgd-steps", "3", "--n-explanation-images", "4", "--ifia-steps", "2", "--ifia-k", "10",
+                 "--ifia-eval-k", "10", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["pgd"]["steps"] == 3 and result["config"]["ifia"]["k"] == 10
+    assert result["summary"]["explanation"]["n_images"] == 4
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["attack-explanation", "--indices", "0", "--k", "999", "--out", "X"], "larger than the map"),
+    (["attack-explanation", "--indices", "0", "--attack", "targeted", "--out", "X"], "needs --target-indices"),
+    (["attack-classifier", "--attack", "pgd", "--eps", "-1"], "eps"),
+    (["evaluate", "--preset", "rar_mnist", "--ifia-steps", "0"], "ifia.steps"),
+])
+def test_attack_errors_are_one_line(tmp_path, checkpoint, capsys, argv, message):
+    argv = [a.replace("X", str(tmp_path)) for a in argv]
+    assert main(argv[:1] + ["--checkpoint", str(checkpoint)] + argv[1:]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -1,0 +1,1 @@
+"""Attacks on predictions (classification.py) and on explanations (explanation.py)."""

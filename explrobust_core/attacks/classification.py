@@ -1,0 +1,236 @@
+"""Attacks on predictions: FGSM and PGD (L∞ / L2), batched, with per-image success tracking.
+
+Shape as torchattacks: an attack takes ``(images, labels)`` in pixel space [0, 1] and returns
+adversarial images; :func:`run_classification_attack` wraps that into a :class:`Result`.
+:func:`pgd_perturb` is the one implementation that adversarial training and TRADES reuse.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..models import eval_mode
+from ..registry import Config, Registry
+from ..results import Result
+
+Norm = Literal["linf", "l2"]
+LossName = Literal["ce", "cw"]
+
+
+class FGSMConfig(Config):
+    eps: float = Field(0.1, ge=0, le=100, description="perturbation budget in pixel units ([0,1] images)")
+    norm: Norm = Field("linf", description="threat model: L∞ (sign step) or L2 (normalised gradient step)")
+    loss: LossName = Field("ce", description="cross-entropy or Carlini–Wagner margin")
+    targeted: bool = Field(False, description="labels are target classes to reach, not true classes to leave")
+
+
+class PGDConfig(FGSMConfig):
+    steps: int = Field(40, ge=1, le=10_000, description="iterations per restart")
+    step_size: float | None = Field(None, gt=0, le=100, description="step length; default 2.5·ε/steps (Madry et al.)")
+    random_start: bool = Field(True, description="start from a uniform point of the ε-ball")
+    restarts: int = Field(1, ge=1, le=100, description="independent random restarts; images already broken are kept")
+    seed: int = Field(0, ge=0, description="seed for the random starts")
+
+    @model_validator(mode="after")
+    def _restarts_need_random_start(self) -> "PGDConfig":
+        if self.restarts > 1 and not self.random_start:
+            raise ValueError("restarts > 1 repeat the same deterministic run without random_start")
+        return self
+
+
+CLASSIFICATION_ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("classification attack")
+
+
+def margin_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Carlini–Wagner margin per image: max_{j≠y} z_j − z_y (positive once misclassified)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.masked_fill(F.one_hot(labels, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return other - true
+
+
+def attack_loss(logits: torch.Tensor, labels: torch.Tensor, loss: LossName, targeted: bool) -> torch.Tensor:
+    """Per-image loss that the attack *increases*."""
+    value = F.cross_entropy(logits, labels, reduction="none") if loss == "ce" else margin_loss(logits, labels)
+    return -value if targeted else value
+
+
+def _per_image(value: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(value, dtype=x.dtype, device=x.device)
+    return t.expand(x.shape[0]).reshape(-1, *([1] * (x.ndim - 1))) if t.ndim == 0 else t.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def _l2(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(-1, *([1] * (v.ndim - 1)))
+
+
+def project(delta: torch.Tensor, eps: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """Project perturbations onto the ε-ball (``eps`` broadcast per image)."""
+    if norm == "linf":
+        return torch.maximum(torch.minimum(delta, eps), -eps)
+    return delta * torch.clamp(eps / _l2(delta), max=1.0)
+
+
+def random_start(x: torch.Tensor, eps: torch.Tensor, norm: Norm, generator: torch.Generator) -> torch.Tensor:
+    """A uniform point of the L∞ ball, or a uniform point of the L2 ball."""
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        return (2 * u - 1) * eps
+    direction = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+    radius = torch.rand((x.shape[0],), generator=generator, dtype=x.dtype).to(x.device) ** (1.0 / x[0].numel())
+    return direction / _l2(direction) * radius.reshape(-1, *([1] * (x.ndim - 1))) * eps
+
+
+def success_of(logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> torch.Tensor:
+    pred = logits.argmax(1)
+    return pred == labels if targeted else pred != labels
+
+
+def pgd_perturb(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float | torch.Tensor,
+    steps: int,
+    step_size: float | torch.Tensor | None = None,
+    norm: Norm = "linf",
+    loss: LossName = "ce",
+    targeted: bool = False,
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One PGD run. Returns ``(x_adv, success)``.
+
+    ``x_adv`` is, per image, the last iterate that met the goal (misclassified, or the target
+    reached) if any did, else the final iterate. ``eps``/``step_size`` may be per-image tensors.
+    ``loss_fn(logits, labels) → per-image loss to increase`` overrides ``loss``/``targeted``
+    (TRADES passes its KL term). Runs in the model's current mode; callers use ``eval_mode``.
+    """
+    eps_t = _per_image(eps, x)
+    step_t = _per_image(2.5 * eps_t / steps if step_size is None else step_size, x)
+    objective = loss_fn or (lambda z, y: attack_loss(z, y, loss, targeted))
+    gen = generator or torch.Generator().manual_seed(0)
+    x = x.detach()
+    delta = random_start(x, eps_t, norm, gen) if random_init else torch.zeros_like(x)
+    x_adv = (x + delta).clamp(0, 1)
+    best = x_adv.clone()
+    succeeded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for step in range(steps + 1):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x_adv)
+            now = success_of(logits.detach(), labels, targeted)
+            best = torch.where(_per_image(now, x).bool(), x_adv.detach(), best)
+            succeeded |= now
+            if step == steps:
+                break
+            (grad,) = torch.autograd.grad(objective(logits, labels).sum(), x_adv)
+        with torch.no_grad():
+            direction = grad.sign() if norm == "linf" else grad / _l2(grad)
+            delta = project(x_adv + step_t * direction - x, eps_t, norm)
+            x_adv = (x + delta).clamp(0, 1)
+    x_adv = x_adv.detach()
+    return torch.where(_per_image(succeeded, x).bool(), best, x_adv), succeeded
+
+
+@CLASSIFICATION_ATTACKS.register("fgsm", config=FGSMConfig, summary="Fast gradient sign method (one step of size ε)")
+def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: FGSMConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    return pgd_perturb(model, images, labels, eps=cfg.eps, steps=1, step_size=cfg.eps, norm=cfg.norm, loss=cfg.loss,
+                       targeted=cfg.targeted, random_init=False)
+
+
+@CLASSIFICATION_ATTACKS.register("pgd", config=PGDConfig, summary="Projected gradient descent (Madry et al.), L∞ or L2, restarts")
+def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: PGDConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_adv, success = pgd_perturb(model, images, labels, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
+                                 norm=cfg.norm, loss=cfg.loss, targeted=cfg.targeted, random_init=cfg.random_start,
+                                 generator=gen)
+    for _ in range(cfg.restarts - 1):
+        todo = (~success).nonzero().squeeze(1)
+        if todo.numel() == 0:
+            break  # restarts only for the images still standing
+        again, ok = pgd_perturb(model, images[todo], labels[todo], eps=cfg.eps, steps=cfg.steps,
+                                step_size=cfg.step_size, norm=cfg.norm, loss=cfg.loss, targeted=cfg.targeted,
+                                random_init=True, generator=gen)
+        x_adv[todo] = torch.where(ok.view(-1, *([1] * (images.ndim - 1))), again, x_adv[todo])
+        success[todo] = ok
+    return x_adv, success
+
+
+def run_classification_attack(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    name: str = "pgd",
+    config: dict | Config | None = None,
+    **options,
+) -> Result:
+    """Attack a batch; per image: clean/adversarial prediction, success, perturbation norms.
+
+    ``labels`` are the true classes (or the target classes when ``targeted``). Adversarial
+    accuracy counts images that are still classified correctly after the attack.
+    """
+    entry = CLASSIFICATION_ATTACKS.get(name)
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    cfg = entry.make_config({**values, **options})
+    started = time.perf_counter()
+    labels = labels.to(images.device)
+    with eval_mode(model):
+        x_adv, success = entry.obj(model, images, labels, cfg)
+        with torch.no_grad():
+            clean_pred = model(images).argmax(1)
+            adv_pred = model(x_adv).argmax(1)
+    delta = (x_adv - images).flatten(1)
+    per_image = {
+        "label": labels, "clean_pred": clean_pred, "adv_pred": adv_pred, "success": success,
+        "linf": delta.abs().amax(1), "l2": delta.norm(dim=1),
+    }
+    n = images.shape[0]
+    summary = {"n": n, "success_rate": float(success.float().mean()) if n else None}
+    if not cfg.targeted:
+        summary["clean_accuracy"] = float((clean_pred == labels).float().mean()) if n else None
+        summary["adversarial_accuracy"] = float((adv_pred == labels).float().mean()) if n else None
+    return Result(kind=f"classification_attack/{name}", config={"attack": name, **cfg.model_dump(mode="json")},
+                  per_image=per_image, summary=summary, tensors={"adversarial": x_adv},
+                  seconds=time.perf_counter() - started)
+
+
+def minimal_flip_eps(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps_max: float,
+    iterations: int = 8,
+    config: dict | PGDConfig | None = None,
+) -> torch.Tensor:
+    """Per image, the smallest ε (to within eps_max / 2^iterations) at which PGD flips it.
+
+    A batched bisection: every image moves its own [lo, hi] bracket each round. Images that are
+    misclassified already get 0; images PGD cannot flip at ``eps_max`` get ``inf``.
+    """
+    cfg = CLASSIFICATION_ATTACKS.get("pgd").make_config(config)
+    labels = labels.to(images.device)
+    with eval_mode(model):
+        with torch.no_grad():
+            wrong = model(images).argmax(1) != labels
+        _, flips = pgd(model, images, labels, cfg.model_copy(update={"eps": eps_max}))
+        lo = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
+        hi = torch.full_like(lo, eps_max)
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            _, ok = pgd_perturb(model, images, labels, eps=mid, steps=cfg.steps,
+                                step_size=None if cfg.step_size is None else cfg.step_size * mid / eps_max,
+                                norm=cfg.norm, loss=cfg.loss, random_init=cfg.random_start,
+                                generator=torch.Generator().manual_seed(cfg.seed))
+            hi = torch.where(ok, mid, hi)
+            lo = torch.where(ok, lo, mid)
+    out = torch.where(flips, hi, torch.full_like(hi, float("inf")))
+    return torch.where(wrong, torch.zeros_like(out), out)

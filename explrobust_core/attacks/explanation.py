@@ -1,0 +1,333 @@
+"""Attacks on explanations that keep the prediction: Ghorbani's IFIA and Dombrowski's targeted attack.
+
+Both run batched over images, differentiate through a differentiable explainer
+(``explain.EXPLAINERS`` tagged ``differentiable``) and, when the model has ReLU-family
+activations, do so on its Softplus(β) view (second derivatives of ReLU vanish); every number they
+report is measured on the original model. The result's config says which view was used.
+
+Images for which no iterate keeps the original prediction are never silently scored as "perfectly
+robust": they are counted, and by default (``unattackable="exclude"``) their metrics are NaN and
+left out of the summary.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..explain import EXPLAINERS, attribute
+from ..metrics import (attribution_to_map, center_of_mass, center_of_mass_shift, explanation_loss, in_paper_units,
+                       kendall_tau, spearman_rho, topk_intersection)
+from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, softplus_view
+from ..registry import Config, Registry
+from ..results import Result, summarize
+
+Measure = Literal["topk_intersection", "kendall_tau", "spearman_rho", "center_of_mass_shift"]
+
+
+class _ExplainerChoice(Config):
+    explainer: str = Field("gradient", description="differentiable explanation method to attack")
+    explainer_options: dict[str, Any] = Field(default_factory=dict, description="options of that method")
+    unattackable: Literal["exclude", "count_as_robust"] = Field(
+        "exclude", description="images where no iterate keeps the prediction: left out (NaN) or scored as unchanged")
+    seed: int = Field(0, ge=0, description="seed for random starts / random directions")
+
+    @model_validator(mode="after")
+    def _differentiable_explainer(self):
+        entry = EXPLAINERS.get(self.explainer)
+        if "differentiable" not in entry.tags:
+            raise ValueError(f"explainer {self.explainer!r} is display-only; attacks need one of "
+                             f"{', '.join(EXPLAINERS.names('differentiable'))}")
+        entry.make_config(self.explainer_options)
+        return self
+
+
+class IFIAConfig(_ExplainerChoice):
+    """Iterative feature-importance attack (Ghorbani et al.), as RAR runs it, batched."""
+
+    objective: Literal["topk", "center_of_mass", "random"] = Field(
+        "topk", description="move mass off the top-k pixels, move the centre of mass, or random sign steps")
+    eps: float = Field(0.1, gt=0, le=1, description="L∞ budget in pixel units")
+    steps: int = Field(100, ge=1, le=5000, description="iterations per restart")
+    step_size: float = Field(0.01, gt=0, le=1, description="sign-step length in pixel units")
+    k: int = Field(100, ge=1, le=1_000_000, description="size of the top-k mask the attack pushes mass out of")
+    eval_k: int = Field(100, ge=1, le=1_000_000, description="k of the reported top-k intersection")
+    measure: Measure = Field("kendall_tau", description="keeps the iterate that is worst by this measure")
+    random_start: bool = Field(False, description="start from a uniform point of the ε-ball")
+    restarts: int = Field(1, ge=1, le=50, description="independent runs; the worst iterate over all is kept")
+    on_label_flip: Literal["continue", "rollback"] = Field(
+        "continue", description="after an iterate changes the prediction: walk on from it (RAR) or step back")
+    beta: float = Field(10.0, gt=0, le=1e4, description="softplus β of the view the gradients are taken on")
+
+    @model_validator(mode="after")
+    def _restarts_need_randomness(self):
+        if self.restarts > 1 and not self.random_start and self.objective != "random":
+            raise ValueError("restarts > 1 repeat a deterministic run; set random_start or use objective='random'")
+        return self
+
+
+class TargetedConfig(_ExplainerChoice):
+    """Dombrowski et al.'s targeted manipulation: drive the map toward a target's, keep the output."""
+
+    steps: int = Field(300, ge=1, le=20_000, description="Adam iterations (the paper: 1500)")
+    lr: float = Field(1e-3, gt=0, le=1, description="Adam learning rate on the input (pixel units; paper 2e-4)")
+    expl_weight: float = Field(1e11, gt=0, description="weight of the map MSE to the target map")
+    output_weight: float = Field(1e6, ge=0, description="weight of the softmax MSE to the original output")
+    beta_start: float = Field(10.0, gt=0, le=1e4, description="softplus β at the first step")
+    beta_end: float = Field(100.0, gt=0, le=1e4, description="softplus β at the last step (geometric growth)")
+    eps: float | None = Field(None, gt=0, le=1, description="optional L∞ budget; none = unconstrained as the paper")
+    record_every: int = Field(10, ge=1, le=10_000, description="record L_e, output drift and label every n steps")
+    keep: Literal["best", "last"] = Field(
+        "best", description="report the recorded iterate with the lowest L_e that keeps the label, or the last")
+
+
+EXPLANATION_ATTACKS: Registry[Callable[..., Result]] = Registry("explanation attack")
+
+
+# --------------------------------------------------------------------------- shared pieces
+
+
+def attack_view(model: nn.Module, sample: torch.Tensor, beta: float) -> tuple[nn.Module, str]:
+    """The network to differentiate through, and a note for the result's config."""
+    if has_piecewise_linear_activations(model, sample):
+        return softplus_view(model, beta), f"softplus_view(beta={beta:g}) of a ReLU-family model"
+    return model, "the model itself (no ReLU-family activations)"
+
+
+def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice, create_graph: bool = False):
+    attr = attribute(net, x, cfg.explainer, target=labels, create_graph=create_graph, config=cfg.explainer_options)
+    return attribution_to_map(attr)
+
+
+def _check_k(k: int, pixels: int, name: str) -> None:
+    if k > pixels:
+        raise ValueError(f"{name}={k} is larger than the map ({pixels} pixels)")
+
+
+def _lower_is_stronger(measure: Measure, original: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
+    """A score the attack minimises: similarity to the original map, or minus the centre shift."""
+    if measure == "topk_intersection":
+        return topk_intersection(original, current, k)
+    if measure == "kendall_tau":
+        return kendall_tau(original, current)
+    if measure == "spearman_rho":
+        return spearman_rho(original, current)
+    return -center_of_mass_shift(original, current)
+
+
+def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return flags.view(-1, *([1] * (like.ndim - 1)))
+
+
+def _apply_policy(values: dict[str, torch.Tensor], attacked: torch.Tensor, policy: str) -> dict[str, torch.Tensor]:
+    if policy == "count_as_robust":
+        return values
+    return {k: torch.where(attacked, v.to(torch.float64), torch.full_like(v, float("nan"), dtype=torch.float64))
+            for k, v in values.items()}
+
+
+# the per-image columns each attack summarises (mean, std, bootstrap CI over attacked images)
+SUMMARISED = {
+    "ifia": ["topk_intersection", "kendall_tau", "spearman_rho", "center_of_mass_shift", "explanation_loss"],
+    "targeted": ["explanation_loss_start", "explanation_loss_end", "explanation_loss_start_paper",
+                 "explanation_loss_end_paper"],
+}
+
+
+def attack_summary(name: str, per_image: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Counts and metric summaries of an explanation attack from its per-image columns."""
+    attacked = torch.as_tensor(per_image["attacked"]).bool()
+    kept = torch.as_tensor(per_image["final_pred"]) == torch.as_tensor(per_image["label"])
+    return {
+        "n_images": int(attacked.numel()), "n_attacked": int(attacked.sum()),
+        "n_unattackable": int((~attacked).sum()),
+        "label_kept": float(kept.float().mean()) if kept.numel() else None,
+        **{k: summarize(per_image[k], seed=seed) for k in SUMMARISED[name]},
+    }
+
+
+# --------------------------------------------------------------------------- IFIA (untargeted)
+
+
+@EXPLANATION_ATTACKS.register("ifia", config=IFIAConfig,
+                              summary="Untargeted (Ghorbani IFIA): top-k, centre of mass or random; label kept")
+def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.Tensor | None = None) -> Result:
+    """Push each image's map away from its own, within an L∞ ε-ball, keeping the prediction.
+
+    ``labels`` are the predictions to keep (default: the model's predictions on ``images``).
+    Per image, the iterate kept is the one with the lowest ``measure`` score among those whose
+    prediction equals the original, over all steps and restarts.
+    """
+    started = time.perf_counter()
+    x = images.detach()
+    pixels = x.shape[-2] * x.shape[-1]
+    _check_k(cfg.k, pixels, "k")
+    _check_k(cfg.eval_k, pixels, "eval_k")
+    with eval_mode(model):
+        net, view_note = attack_view(model, x, cfg.beta)
+        with torch.no_grad():
+            keep = model(x).argmax(1) if labels is None else labels.to(x.device)
+        original = _maps(model, x, keep, cfg).detach()
+        mask = torch.zeros_like(original.flatten(1), dtype=torch.bool)
+        mask.scatter_(1, original.flatten(1).topk(cfg.k, dim=1).indices, True)
+        centre = center_of_mass(original)
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        best_score = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=torch.float64)
+        best_x = x.clone()
+        for _ in range(cfg.restarts):
+            x_adv = x.clone()
+            if cfg.random_start:
+                x_adv = (x + (torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 2 - 1) * cfg.eps).clamp(0, 1)
+            for _ in range(cfg.steps):
+                if cfg.objective == "random":
+                    direction = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+                else:
+                    x_req = x_adv.detach().requires_grad_(True)
+                    current = _maps(net, x_req, keep, cfg, create_graph=True)
+                    if cfg.objective == "topk":
+                        objective = (current.flatten(1) * mask).sum(1)  # mass left on the original top-k
+                    else:
+                        objective = -(center_of_mass(current) - centre).pow(2).sum(1)
+                    (grad,) = torch.autograd.grad(objective.sum(), x_req)
+                    direction = -grad
+                with torch.no_grad():
+                    candidate = (x + (x_adv + cfg.step_size * direction.sign() - x).clamp(-cfg.eps, cfg.eps)).clamp(0, 1)
+                    kept = model(candidate).argmax(1) == keep
+                score = _lower_is_stronger(cfg.measure, original, _maps(model, candidate, keep, cfg).detach(),
+                                           cfg.k).to(torch.float64)
+                better = kept & (score < best_score)
+                best_score = torch.where(better, score, best_score)
+                best_x = torch.where(_mask(better, x), candidate, best_x)
+                if cfg.on_label_flip == "rollback":
+                    x_adv = torch.where(_mask(kept, x), candidate, x_adv)
+                else:
+                    x_adv = candidate
+
+        attacked = torch.isfinite(best_score)
+        final = _maps(model, best_x, keep, cfg).detach()
+        with torch.no_grad():
+            final_pred = model(best_x).argmax(1)
+    metrics = _apply_policy({
+        "topk_intersection": topk_intersection(original, final, cfg.eval_k),
+        "kendall_tau": kendall_tau(original, final),
+        "spearman_rho": spearman_rho(original, final),
+        "center_of_mass_shift": center_of_mass_shift(original, final),
+        "explanation_loss": explanation_loss(original, final),
+    }, attacked, cfg.unattackable)
+    per_image = {"label": keep, "final_pred": final_pred, "attacked": attacked,
+                 "linf": (best_x - x).flatten(1).abs().amax(1), **metrics}
+    summary = attack_summary("ifia", per_image, cfg.seed)
+    config = {"attack": "ifia", **cfg.model_dump(mode="json"), "attack_model": view_note}
+    return Result(kind="explanation_attack/ifia", config=config, per_image=per_image, summary=summary,
+                  tensors={"adversarial": best_x, "original_map": original, "attacked_map": final},
+                  seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- targeted (Dombrowski)
+
+
+@EXPLANATION_ATTACKS.register("targeted", config=TargetedConfig,
+                              summary="Targeted (Dombrowski): map toward a target image's map, output kept")
+def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels: torch.Tensor | None = None,
+             target_images: torch.Tensor | None = None) -> Result:
+    """Minimise ``expl_weight·MSE(m(x'), m(x_t)) + output_weight·MSE(softmax f(x'), softmax f(x))``.
+
+    Adam on the input with β grown geometrically from ``beta_start`` to ``beta_end`` on the
+    softplus view; pixels clamped to [0, 1] (and to the ε-ball if ``eps``). L_e start/end and the
+    recorded trajectory are measured on the original model; the target's map is its explanation
+    for its own predicted class.
+    """
+    if target_images is None or target_images.shape != images.shape:
+        raise ValueError("the targeted attack needs one target image per victim image, of the same shape")
+    started = time.perf_counter()
+    x = images.detach()
+    with eval_mode(model):
+        net, view_note = attack_view(model, x, cfg.beta_start)
+        with torch.no_grad():
+            logits = model(x)
+            keep = logits.argmax(1) if labels is None else labels.to(x.device)
+            p0 = torch.softmax(logits, 1)
+            target_pred = model(target_images).argmax(1)
+        target_map = _maps(model, target_images.detach(), target_pred, cfg).detach()
+        start_map = _maps(model, x, keep, cfg).detach()
+        le_start = explanation_loss(start_map, target_map)
+
+        x_adv = x.clone().requires_grad_(True)
+        opt = torch.optim.Adam([x_adv], lr=cfg.lr)
+        betas = beta_schedule(cfg.beta_start, cfg.beta_end, cfg.steps)
+        trajectory: dict[str, list] = {"step": [], "explanation_loss": [], "output_drift": [], "label_kept": []}
+        best_le = torch.full_like(le_start, float("inf"), dtype=torch.float64)
+        best_x = x.clone()
+
+        def record(step: int, candidate: torch.Tensor) -> None:
+            nonlocal best_le, best_x
+            with torch.no_grad():
+                probs = torch.softmax(model(candidate), 1)
+            le = explanation_loss(_maps(model, candidate, keep, cfg).detach(), target_map).to(torch.float64)
+            kept = probs.argmax(1) == keep
+            trajectory["step"].append(step)
+            trajectory["explanation_loss"].append(le.tolist())
+            trajectory["output_drift"].append((probs - p0).abs().amax(1).tolist())
+            trajectory["label_kept"].append(kept.tolist())
+            better = kept & (le < best_le) if cfg.keep == "best" else torch.ones_like(kept)
+            best_le = torch.where(better, le, best_le)
+            best_x = torch.where(_mask(better, x), candidate, best_x)
+
+        record(0, x)
+        for step, beta in enumerate(betas, start=1):
+            if hasattr(net, "beta"):
+                net.beta = beta
+            opt.zero_grad(set_to_none=True)
+            maps = _maps(net, x_adv, keep, cfg, create_graph=True)
+            out = torch.softmax(net(x_adv), 1)
+            loss = cfg.expl_weight * explanation_loss(maps, target_map) + cfg.output_weight * (out - p0).pow(2).mean(1)
+            loss.sum().backward()  # per-image terms: Adam's elementwise steps keep the images independent
+            opt.step()
+            with torch.no_grad():
+                if cfg.eps is not None:
+                    x_adv.copy_(x + (x_adv - x).clamp(-cfg.eps, cfg.eps))
+                x_adv.clamp_(0, 1)
+            if step % cfg.record_every == 0 or step == cfg.steps:
+                record(step, x_adv.detach().clone())
+
+        final = best_x
+        kept_any = torch.tensor(trajectory["label_kept"][1:], device=x.device).any(0)  # any recorded step
+        with torch.no_grad():
+            final_pred = model(final).argmax(1)
+        final_map = _maps(model, final, keep, cfg).detach()
+        le_end = explanation_loss(final_map, target_map)
+    attacked = kept_any & (final_pred == keep)
+    metrics = _apply_policy({"explanation_loss_end": le_end, "explanation_loss_end_paper": in_paper_units(le_end)},
+                            attacked, cfg.unattackable)
+    per_image = {
+        "label": keep, "target_label": target_pred, "final_pred": final_pred, "attacked": attacked,
+        "explanation_loss_start": le_start, "explanation_loss_start_paper": in_paper_units(le_start), **metrics,
+        "linf": (final - x).flatten(1).abs().amax(1),
+    }
+    summary = attack_summary("targeted", per_image, cfg.seed)
+    config = {"attack": "targeted", **cfg.model_dump(mode="json"), "attack_model": view_note}
+    return Result(kind="explanation_attack/targeted", config=config, per_image=per_image, summary=summary,
+                  extra={"trajectory": trajectory},
+                  tensors={"adversarial": final, "original_map": start_map, "attacked_map": final_map,
+                           "target_map": target_map}, seconds=time.perf_counter() - started)
+
+
+def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "ifia", *,
+                           config: dict | Config | None = None, labels: torch.Tensor | None = None,
+                           target_images: torch.Tensor | None = None, **options) -> Result:
+    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``)."""
+    entry = EXPLANATION_ATTACKS.get(name)
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    cfg = entry.make_config({**values, **options})
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
+    if name == "targeted":
+        return entry.obj(model, images, cfg, labels=labels, target_images=target_images)
+    if target_images is not None:
+        raise ValueError(f"attack {name!r} is untargeted; use 'targeted' to attack toward target images")
+    return entry.obj(model, images, cfg, labels=labels)

@@ -1,0 +1,197 @@
+"""Attacks on real small models (ConvNet trained on mnist5k)."""
+
+import json
+
+import pytest
+import torch
+from captum.robust import PGD as CaptumPGD
+
+from explrobust_core.attacks.classification import minimal_flip_eps, run_classification_attack
+from explrobust_core.attacks.explanation import run_explanation_attack
+from explrobust_core.explain import EXPLAINERS
+from explrobust_core.models import build_model, softplus_view
+from explrobust_core.registry import ConfigError
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test):
+    return mnist_test.batch(range(200))
+
+
+def in_ball(x_adv, x, eps, norm="linf"):
+    d = (x_adv - x).flatten(1)
+    size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    return bool((size <= eps + 1e-5).all() and x_adv.min() >= 0 and x_adv.max() <= 1)
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("l2", 1.5)])
+def test_pgd_stays_in_the_ball_and_is_seeded(mnist_convnet, batch, norm, eps):
+    x, y = batch
+    a = run_classification_attack(mnist_convnet, x[:64], y[:64], "pgd", eps=eps, norm=norm, steps=10, seed=1)
+    b = run_classification_attack(mnist_convnet, x[:64], y[:64], "pgd", eps=eps, norm=norm, steps=10, seed=1)
+    assert in_ball(a.tensors["adversarial"], x[:64], eps, norm)
+    assert torch.equal(a.tensors["adversarial"], b.tensors["adversarial"])
+    assert a.summary["adversarial_accuracy"] < a.summary["clean_accuracy"]
+    # success means the prediction really changed
+    s = a.per_image["success"]
+    assert torch.equal(s, a.per_image["adv_pred"] != y[:64])
+
+
+def test_pgd_at_least_as_strong_as_captum(mnist_convnet, batch):
+    x, y = batch
+    eps, steps, step = 0.1, 20, 0.1 / 8
+    ours = run_classification_attack(mnist_convnet, x, y, "pgd", eps=eps, steps=steps, step_size=step)
+    torch.manual_seed(0)
+    theirs = CaptumPGD(mnist_convnet, lower_bound=0.0, upper_bound=1.0).perturb(
+        x, radius=eps, step_size=step, step_num=steps, target=y, random_start=True)
+    with torch.no_grad():
+        captum_acc = float((mnist_convnet(theirs).argmax(1) == y).float().mean())
+    assert ours.summary["adversarial_accuracy"] <= captum_acc + 0.01
+
+
+def test_fgsm_targeted_and_restarts(mnist_convnet, batch):
+    x, y = batch
+    x, y = x[:64], y[:64]
+    f = run_classification_attack(mnist_convnet, x, y, "fgsm", eps=0.2)
+    assert in_ball(f.tensors["adversarial"], x, 0.2)
+    goal = (y + 1) % 10
+    t = run_classification_attack(mnist_convnet, x, goal, "pgd", eps=0.3, steps=40, step_size=0.02, targeted=True)
+    assert torch.equal(t.per_image["success"], t.per_image["adv_pred"] == goal)
+    assert t.summary["success_rate"] > 0.5
+    one = run_classification_attack(mnist_convnet, x, y, "pgd", eps=0.08, steps=5, seed=0)
+    three = run_classification_attack(mnist_convnet, x, y, "pgd", eps=0.08, steps=5, seed=0, restarts=3)
+    assert bool((three.per_image["success"] >= one.per_image["success"]).all())
+    with pytest.raises(ConfigError, match="restarts"):
+        run_classification_attack(mnist_convnet, x, y, "pgd", restarts=2, random_start=False)
+    with pytest.raises(ConfigError, match="eps"):
+        run_classification_attack(mnist_convnet, x, y, "pgd", eps=-0.1)
+
+
+def test_minimal_flip_eps(mnist_convnet, batch):
+    x, y = batch
+    x, y = x[:32], y[:32]
+    eps = minimal_flip_eps(mnist_convnet, x, y, eps_max=0.3, iterations=6, config={"steps": 10})
+    wrong = mnist_convnet(x).argmax(1) != y
+    assert bool((eps[wrong] == 0).all())
+    flippable = torch.isfinite(eps) & ~wrong
+    assert flippable.any()
+    from explrobust_core.attacks.classification import pgd_perturb
+
+    # with the same random start, each image flips at its own minimal ε, and at 60% of it most do not
+    eps_run = torch.where(flippable, eps, torch.full_like(eps, 0.3))
+    _, ok = pgd_perturb(mnist_convnet, x, y, eps=eps_run, steps=10, generator=torch.Generator().manual_seed(0))
+    assert bool(ok[flippable].all())
+    _, ok_small = pgd_perturb(mnist_convnet, x, y, eps=eps_run * 0.6, steps=10, generator=torch.Generator().manual_seed(0))
+    assert ok_small[flippable].float().mean() < 0.5
+
+
+# --------------------------------------------------------------------------- explanation, untargeted
+
+
+@pytest.fixture(scope="module")
+def correct(mnist_convnet, batch):
+    x, y = batch
+    keep = mnist_convnet(x).argmax(1) == y
+    return x[keep][:32], y[keep][:32]
+
+
+def check_label_and_ball(result, x, eps):
+    att = result.per_image["attacked"]
+    assert torch.equal(result.per_image["final_pred"][att], result.per_image["label"][att])
+    assert in_ball(result.tensors["adversarial"], x, eps)
+
+
+def test_topk_attack_beats_a_random_walk_of_the_same_size(mnist_convnet, correct):
+    x, _ = correct
+    common = dict(eps=0.1, steps=20, step_size=0.01, k=100, eval_k=100, measure="topk_intersection")
+    topk = run_explanation_attack(mnist_convnet, x, "ifia", objective="topk", **common)
+    rand = run_explanation_attack(mnist_convnet, x, "ifia", objective="random", **common)
+    check_label_and_ball(topk, x, 0.1)
+    check_label_and_ball(rand, x, 0.1)
+    t, r = topk.summary["topk_intersection"]["mean"], rand.summary["topk_intersection"]["mean"]
+    assert t < 0.6 and r > t + 0.15, (t, r)
+    assert "softplus_view" in topk.config["attack_model"]  # ReLU model → softplus view, said in the config
+
+
+def test_ifia_is_seeded_and_respects_options(mnist_convnet, correct):
+    x, _ = correct
+    x = x[:8]
+    opts = dict(eps=0.1, steps=5, k=50, eval_k=50, objective="random", random_start=True, restarts=2, seed=3)
+    a = run_explanation_attack(mnist_convnet, x, "ifia", **opts)
+    b = run_explanation_attack(mnist_convnet, x, "ifia", **opts)
+    assert torch.equal(a.tensors["adversarial"], b.tensors["adversarial"])
+    c = run_explanation_attack(mnist_convnet, x, "ifia", objective="center_of_mass", on_label_flip="rollback",
+                               eps=0.1, steps=5, k=50, eval_k=50, measure="center_of_mass_shift")
+    check_label_and_ball(c, x, 0.1)
+    assert c.summary["center_of_mass_shift"]["mean"] > 0
+
+
+@pytest.mark.parametrize("explainer", EXPLAINERS.names("differentiable"))
+def test_every_differentiable_explainer_can_be_attacked(mnist_convnet, correct, explainer):
+    x, _ = correct
+    options = {"n_steps": 4} if explainer == "integrated_gradients" else (
+        {"n_samples": 2} if explainer in ("smoothgrad", "gradient_shap") else {})
+    r = run_explanation_attack(mnist_convnet, x[:4], "ifia", explainer=explainer, explainer_options=options,
+                               eps=0.1, steps=3, k=50, eval_k=50)
+    check_label_and_ball(r, x[:4], 0.1)
+    assert r.config["explainer"] == explainer and r.summary["n_images"] == 4
+
+
+def test_unattackable_images_are_counted_not_scored_as_robust(mnist_convnet, correct):
+    x, y = correct
+    wrong = (y[:6] + 1) % 10  # asking to keep a label the model does not predict: no iterate can
+    excluded = run_explanation_attack(mnist_convnet, x[:6], "ifia", labels=wrong, eps=0.05, steps=3, k=50, eval_k=50)
+    assert excluded.summary["n_unattackable"] == 6 and excluded.summary["n_attacked"] == 0
+    assert excluded.summary["topk_intersection"]["n"] == 0
+    assert torch.isnan(excluded.per_image["kendall_tau"]).all()
+    counted = run_explanation_attack(mnist_convnet, x[:6], "ifia", labels=wrong, eps=0.05, steps=3, k=50,
+                                     eval_k=50, unattackable="count_as_robust")
+    assert counted.summary["n_unattackable"] == 6
+    assert counted.summary["topk_intersection"]["mean"] == pytest.approx(1.0)
+
+
+def test_impossible_settings_are_clear_errors(mnist_convnet, correct):
+    x, _ = correct
+    with pytest.raises(ValueError, match="larger than the map"):
+        run_explanation_attack(mnist_convnet, x[:2], "ifia", k=10_000)
+    with pytest.raises(ConfigError, match="eps"):
+        run_explanation_attack(mnist_convnet, x[:2], "ifia", eps=-0.1)
+    with pytest.raises(ConfigError, match="unknown explanation method"):
+        run_explanation_attack(mnist_convnet, x[:2], "ifia", explainer="magic")
+    with pytest.raises(ConfigError, match="display-only"):
+        run_explanation_attack(mnist_convnet, x[:2], "ifia", explainer="occlusion")
+    with pytest.raises(ValueError, match="unknown explanation attack"):
+        run_explanation_attack(mnist_convnet, x[:2], "nope")
+    with pytest.raises(ValueError, match="target image"):
+        run_explanation_attack(mnist_convnet, x[:2], "targeted")
+
+
+def test_smooth_model_is_attacked_as_is(mnist_convnet, correct):
+    x, _ = correct
+    r = run_explanation_attack(softplus_view(mnist_convnet, 10.0), x[:2], "ifia", eps=0.05, steps=2, k=50, eval_k=50)
+    assert r.config["attack_model"].startswith("the model itself")
+
+
+# --------------------------------------------------------------------------- explanation, targeted
+
+
+def test_targeted_attack_lowers_the_explanation_loss(mnist_convnet, correct, batch):
+    x, y = correct
+    victims, targets = x[:8], x[8:16]
+    r = run_explanation_attack(mnist_convnet, victims, "targeted", target_images=targets, steps=80, lr=1e-3,
+                               record_every=20)
+    s = r.summary
+    assert s["n_attacked"] >= 6
+    assert s["explanation_loss_end"]["mean"] < 0.9 * s["explanation_loss_start"]["mean"]
+    att = r.per_image["attacked"]
+    assert torch.equal(r.per_image["final_pred"][att], r.per_image["label"][att])
+    traj = r.extra["trajectory"]
+    assert traj["step"] == [0, 20, 40, 60, 80] and len(traj["explanation_loss"][0]) == 8
+    assert s["explanation_loss_start_paper"]["mean"] == pytest.approx(s["explanation_loss_start"]["mean"] * 1e7)
+    bounded = run_explanation_attack(mnist_convnet, victims, "targeted", target_images=targets, steps=20, eps=0.05)
+    assert in_ball(bounded.tensors["adversarial"], victims, 0.05)
+    json.dumps(r.to_dict())  # NaN-free, serialisable
+    assert len(r.to_csv().strip().splitlines()) == 9
