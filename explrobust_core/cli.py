@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from .registry import ConfigError, config_defaults
+from .registry import ConfigError, MissingExtraError, config_defaults
 
 # --------------------------------------------------------------------------- config → flags
 
@@ -412,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(argv[0] if argv else None, _choice_in(argv))
         ns = parser.parse_args(argv)
         return ns.func(ns)
-    except (ConfigError, ValueError, IndexError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, IndexError, FileNotFoundError, MissingExtraError) as err:
         # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError).
         print(f"explrobust: error: {err}", file=sys.stderr)
         return 2

@@ -33,6 +33,10 @@ class UnknownNameError(KeyError, ValueError):
         return str(self.args[0])
 
 
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message says how to install it."""
+
+
 class ConfigError(ValueError):
     """A config that failed validation; the message names each offending field."""
 

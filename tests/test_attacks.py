@@ -195,3 +195,24 @@ def test_targeted_attack_lowers_the_explanation_loss(mnist_convnet, correct, bat
     assert in_ball(bounded.tensors["adversarial"], victims, 0.05)
     json.dumps(r.to_dict())  # NaN-free, serialisable
     assert len(r.to_csv().strip().splitlines()) == 9
+
+
+def test_autoattack_extra(mnist_convnet, batch):
+    x, y = batch
+    r = run_classification_attack(mnist_convnet, x[:16], y[:16], "autoattack", eps=0.1, version="custom",
+                                  attacks=["apgd-ce"])
+    assert in_ball(r.tensors["adversarial"], x[:16], 0.1)
+    assert r.summary["adversarial_accuracy"] <= r.summary["clean_accuracy"]
+    with pytest.raises(ConfigError, match="custom"):
+        run_classification_attack(mnist_convnet, x[:2], y[:2], "autoattack", attacks=["apgd-ce"])
+
+
+def test_autoattack_without_the_extra_says_how_to_install(mnist_convnet, batch, monkeypatch):
+    import sys
+
+    from explrobust_core.attacks.classification import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # as if it were not installed
+    x, y = batch
+    with pytest.raises(MissingExtraError, match=r"explrobust\[autoattack\]"):
+        run_classification_attack(mnist_convnet, x[:2], y[:2], "autoattack")

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..models import eval_mode
-from ..registry import Config, Registry
+from ..registry import Config, MissingExtraError, Registry
 from ..results import Result
 
 Norm = Literal["linf", "l2"]
@@ -164,6 +164,39 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: PGDCo
     return x_adv, success
 
 
+class AutoAttackConfig(Config):
+    eps: float = Field(0.3, gt=0, le=100, description="perturbation budget in pixel units")
+    norm: Literal["Linf", "L2", "L1"] = Field("Linf", description="threat model")
+    version: Literal["standard", "plus", "rand", "custom"] = Field("standard", description="AutoAttack suite")
+    attacks: list[Literal["apgd-ce", "apgd-t", "fab", "fab-t", "square", "apgd-dlr"]] | None = Field(
+        None, description="with version 'custom': which attacks to run, e.g. [\"apgd-ce\"]")
+    batch_size: int = Field(250, ge=1, le=10_000, description="images per internal batch")
+    seed: int = Field(0, ge=0, description="seed of the attacks' randomness")
+
+    @model_validator(mode="after")
+    def _custom_needs_attacks(self) -> "AutoAttackConfig":
+        if (self.version == "custom") != (self.attacks is not None):
+            raise ValueError("give 'attacks' exactly when version is 'custom'")
+        return self
+
+
+@CLASSIFICATION_ATTACKS.register("autoattack", config=AutoAttackConfig,
+                                 summary="AutoAttack (Croce & Hein) via the optional pyautoattack package")
+def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: AutoAttackConfig):
+    try:
+        from pyautoattack import AutoAttack
+    except ImportError:
+        raise MissingExtraError("AutoAttack is optional: pip install 'explrobust[autoattack]' "
+                                "(the pyautoattack package)") from None
+    runner = AutoAttack(model, attacks=cfg.attacks, device=images.device, eps=cfg.eps, norm=cfg.norm, seed=cfg.seed,
+                        version=cfg.version)
+    runner.verbose = False
+    x_adv, _ = runner.run_standard_evaluation(images.detach(), labels, batch_size=cfg.batch_size)
+    with torch.no_grad():
+        success = model(x_adv).argmax(1) != labels
+    return x_adv.detach(), success
+
+
 def run_classification_attack(
     model: nn.Module,
     images: torch.Tensor,
@@ -194,7 +227,7 @@ def run_classification_attack(
     }
     n = images.shape[0]
     summary = {"n": n, "success_rate": float(success.float().mean()) if n else None}
-    if not cfg.targeted:
+    if not getattr(cfg, "targeted", False):
         summary["clean_accuracy"] = float((clean_pred == labels).float().mean()) if n else None
         summary["adversarial_accuracy"] = float((adv_pred == labels).float().mean()) if n else None
     return Result(kind=f"classification_attack/{name}", config={"attack": name, **cfg.model_dump(mode="json")},
