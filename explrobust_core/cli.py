@@ -33,7 +33,8 @@ def _flag(path: Sequence[str]) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel], title: str,
-                         prefix: tuple[str, ...] = (), skip: Sequence[str] = ()) -> None:
+                         prefix: tuple[str, ...] = (), skip: Sequence[str] = (),
+                         flag_prefix: tuple[str, ...] | None = None) -> None:
     """One flag per config field, typed, with the field's help text and default.
 
     Nested configs get prefixed flags (``pgd.steps`` → ``--pgd-steps``). Defaults stay in the
@@ -47,6 +48,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel
             continue
         ann = field.annotation
         path = prefix + (name,)
+        flag = _flag((prefix if flag_prefix is None else flag_prefix) + (name,))
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             add_config_arguments(parser, ann, f"{title}: {name}", path)
             continue
@@ -55,11 +57,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel
         help_text = f"{field.description or ''} (default: {shown})".strip()
         kwargs: dict[str, Any] = {"dest": "cfg__" + "__".join(path), "default": argparse.SUPPRESS, "help": help_text}
         if ann is bool:
-            group.add_argument(_flag(path), action=argparse.BooleanOptionalAction, **kwargs)
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             continue
+        kwargs["metavar"] = name.upper()
         if typing.get_origin(ann) is typing.Literal:
             kwargs["choices"] = list(args)
             kwargs["type"] = type(args[0])
+            del kwargs["metavar"]  # argparse shows the choices instead
         elif ann in (int, float, str):
             kwargs["type"] = ann
         elif typing.get_origin(ann) in (typing.Union, types.UnionType) and type(None) in args:
@@ -68,7 +72,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, config: type[BaseModel
         else:
             kwargs["type"] = json.loads  # lists and dicts are given as JSON
             kwargs["metavar"] = "JSON"
-        group.add_argument(_flag(path), **kwargs)
+        group.add_argument(flag, **kwargs)
 
 
 def config_values(ns: argparse.Namespace) -> dict[str, Any]:
@@ -318,6 +322,76 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     print(f"{card.name} on {card.dataset}/{ns.split}:")
     print(_fmt(result.summary))
     _write_result(result, ns)
+    if ns.write_card:
+        from .zoo import update_card_metrics
+
+        update_card_metrics(ns.checkpoint, {"evaluation": {
+            "command": "explrobust " + " ".join(ns.argv), "config": result.config, "summary": result.summary}})
+        print(f"stored the summary in the card of {ns.checkpoint}")
+    return 0
+
+
+# --------------------------------------------------------------------------- train
+
+# the seed's SEP_train.py flags → ours
+_SEED_MODELS = {"convnet": "convnet", "resnet18": "resnet18", "resnet": "resnet18", "wideresnet": "wideresnet",
+                "wrn": "wideresnet", "mobilenetv2": "mobilenetv2", "mobilenet": "mobilenetv2", "rar_cnn": "rar_cnn"}
+_SEED_METHODS = {"grad_times_input": "gradient_x_input", "grad": "gradient", "gradient": "gradient",
+                 "saliency": "gradient", "ig": "integrated_gradients", "integrated_gradients": "integrated_gradients",
+                 "smoothgrad": "smoothgrad", "gradient_x_input": "gradient_x_input", "gradient_shap": "gradient_shap"}
+
+
+def _train_config(ns: argparse.Namespace):
+    from .training.trainer import TrainConfig
+
+    values = config_values(ns)
+    objective_values = values.pop("objective_options", {})
+    if ns.seed_model:
+        values["architecture"] = _SEED_MODELS.get(ns.seed_model.lower(), ns.seed_model.lower())
+    if ns.seed_dataset:
+        values["dataset"] = ns.seed_dataset.lower()
+    if ns.reg_weight is not None:
+        values.setdefault("objective", "sep")
+        objective_values["lam"] = ns.reg_weight
+    if ns.seed_method:
+        objective_values["explainer"] = _SEED_METHODS.get(ns.seed_method.lower(), ns.seed_method)
+    values["objective_config"] = {**values.get("objective_config", {}), **objective_values}
+    values.setdefault("name", f"{values.get('objective', 'natural')}_{values.get('architecture', 'convnet')}")
+    return TrainConfig(**values)
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .registry import format_validation_error
+    from .training.trainer import StopFlag, train
+    from .zoo import user_zoo_dir
+
+    try:
+        cfg = _train_config(ns)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "training config")) from None
+    out = Path(ns.out) if ns.out else user_zoo_dir() / cfg.dataset
+    command = "explrobust " + " ".join(ns.argv)
+    started = time.perf_counter()
+
+    def progress(event: dict[str, Any]) -> None:
+        if "metrics" in event:
+            m = event["metrics"]
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, float) and k != "lr")
+            print(f"\repoch {event['epoch']}/{event['epochs']}: {shown}", file=sys.stderr, flush=True)
+        elif not ns.quiet:
+            done = (event["epoch"] - 1) * event["batches"] + event["batch"]
+            total = event["epochs"] * event["batches"]
+            bar = "#" * int(30 * done / total)
+            print(f"\r[{bar:<30}] epoch {event['epoch']}/{event['epochs']} batch {event['batch']}/{event['batches']} "
+                  f"loss {event['loss']:.4f} {time.perf_counter() - started:.0f}s", end="", file=sys.stderr, flush=True)
+
+    outcome = train(cfg, out, progress=progress, should_stop=StopFlag().install(), command=command)
+    if not outcome.finished:
+        print(f"\nstopped; the run resumes from {outcome.run_dir} with the same command", file=sys.stderr)
+        return 3
+    print(f"wrote {outcome.checkpoint} and its card")
     return 0
 
 
@@ -381,11 +455,33 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
         add_config_arguments(p, EXPLANATION_ATTACKS.get(choice).config, f"options of {choice}")
     p.set_defaults(func=cmd_attack_explanation)
 
+    from .training.objectives import OBJECTIVES
+    from .training.trainer import TrainConfig
+
+    p = sub.add_parser("train", help="train a model with any objective; writes a checkpoint + model card")
+    p.add_argument("--out", default=None, help="output directory (default: the user zoo / <dataset>)")
+    p.add_argument("--quiet", action="store_true", help="no per-batch progress bar")
+    seed = p.add_argument_group("the seed's SEP_train.py flags (aliases)")
+    seed.add_argument("--epoch", dest="cfg__epochs", type=int, default=argparse.SUPPRESS, help="= --epochs")
+    seed.add_argument("--batch", dest="cfg__batch_size", type=int, default=argparse.SUPPRESS, help="= --batch-size")
+    seed.add_argument("--model", dest="seed_model", default=None, help="ConvNet | ResNet18 | … (= --architecture)")
+    seed.add_argument("--reg_weight", type=float, default=None, help="SEP λ (implies --objective sep)")
+    seed.add_argument("--method", dest="seed_method", default=None,
+                      help="explanation method of SEP: grad_times_input | grad | ig | smoothgrad")
+    p.set_defaults(seed_dataset=None)
+    add_config_arguments(p, TrainConfig, "training", skip=("objective_config", "dataset"))
+    p.add_argument("--dataset", dest="seed_dataset", default=None, help="registered dataset (CIFAR10 → cifar10)")
+    if command == "train" and choice:
+        add_config_arguments(p, OBJECTIVES.get(choice).config, f"options of {choice}", prefix=("objective_options",),
+                             flag_prefix=())
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("evaluate", help="clean + PGD accuracy and explanation robustness of a checkpoint")
     _common(p)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a paper protocol (RAR per dataset, ART CIFAR)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--csv", default=None, help="write the per-image explanation table here")
+    p.add_argument("--write-card", action="store_true", help="store the summary in the checkpoint's model card")
     add_config_arguments(p, EvaluationConfig, "evaluation", skip=("split",))
     p.set_defaults(func=cmd_evaluate)
     return parser
@@ -393,16 +489,18 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
 
 def _choice_in(argv: Sequence[str]) -> str | None:
     """The --method (explain) or --attack (attack commands) given, to add its options' flags."""
-    flag = {"explain": "--method", "attack-classifier": "--attack", "attack-explanation": "--attack"}.get(
-        argv[0] if argv else "")
+    flag = {"explain": "--method", "attack-classifier": "--attack", "attack-explanation": "--attack",
+            "train": "--objective"}.get(argv[0] if argv else "")
     if flag is None:
         return None
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument(flag, dest="choice", default=None)
     pre.add_argument("--target-indices", "--target-index", dest="targets", default=None)
+    pre.add_argument("--reg_weight", default=None)
     known = pre.parse_known_args(list(argv[1:]))[0]
     defaults = {"explain": "gradient", "attack-classifier": "pgd",
-                "attack-explanation": "targeted" if known.targets else "ifia"}
+                "attack-explanation": "targeted" if known.targets else "ifia",
+                "train": "sep" if known.reg_weight is not None else "natural"}
     return known.choice or defaults[argv[0]]
 
 
@@ -411,8 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(argv[0] if argv else None, _choice_in(argv))
         ns = parser.parse_args(argv)
+        ns.argv = argv
         return ns.func(ns)
-    except (ConfigError, ValueError, IndexError, FileNotFoundError, MissingExtraError) as err:
+    except (ConfigError, ValueError, IndexError, FileNotFoundError, MissingExtraError, FloatingPointError) as err:
         # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError).
         print(f"explrobust: error: {err}", file=sys.stderr)
         return 2

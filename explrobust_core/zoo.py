@@ -299,6 +299,16 @@ def read_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+def update_card_metrics(path: str | os.PathLike, metrics: dict[str, Metric]) -> ModelCard:
+    """Merge measured metrics into a checkpoint's card (atomically; the weights are untouched)."""
+    paths = CheckpointPaths.of(path)
+    card = read_card(paths.card)
+    updated = card.model_copy(update={"metrics": {**card.metrics, **metrics}})
+    ModelCard.model_validate(updated.model_dump())  # the merged card must still be valid
+    atomic_write_json(paths.card, updated.model_dump(mode="json"))
+    return updated
+
+
 def _unpickler_reason(err: Exception) -> str:
     """The line of torch's message that names the refused object (not its advice to disable the check)."""
     for line in str(err).splitlines():

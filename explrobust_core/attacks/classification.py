@@ -140,6 +140,37 @@ def pgd_perturb(
     return torch.where(_per_image(succeeded, x).bool(), best, x_adv), succeeded
 
 
+def pgd_ascent(
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float | None = None,
+    norm: Norm = "linf",
+    random_init: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Projected sign-gradient ascent of any per-image ``objective(x_adv)``; returns the last iterate.
+
+    For training-time inner maximisations (IG-NORM's attribution norm, ART's alignment loss), where
+    no success tracking is needed.
+    """
+    eps_t = _per_image(eps, x)
+    step_t = _per_image(2.5 * eps / steps if step_size is None else step_size, x)
+    x = x.detach()
+    delta = random_start(x, eps_t, norm, generator or torch.Generator().manual_seed(0)) if random_init else 0
+    x_adv = (x + delta).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
+        with torch.no_grad():
+            direction = grad.sign() if norm == "linf" else grad / _l2(grad)
+            x_adv = (x + project(x_adv + step_t * direction - x, eps_t, norm)).clamp(0, 1)
+    return x_adv.detach()
+
+
 @CLASSIFICATION_ATTACKS.register("fgsm", config=FGSMConfig, summary="Fast gradient sign method (one step of size ε)")
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: FGSMConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return pgd_perturb(model, images, labels, eps=cfg.eps, steps=1, step_size=cfg.eps, norm=cfg.norm, loss=cfg.loss,

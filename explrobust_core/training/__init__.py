@@ -1,0 +1,1 @@
+"""Training: objectives (natural, PGD-AT, TRADES, SEP, IG-NORM, IG-SUM-NORM, ART) and a resumable trainer."""
