@@ -202,6 +202,13 @@ def cmd_info(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo_table(ns: argparse.Namespace) -> int:
+    from .zoo import list_checkpoints, shipped_zoo_dir, zoo_table_markdown
+
+    print(zoo_table_markdown(list_checkpoints(ns.directory or shipped_zoo_dir())), end="")
+    return 0
+
+
 # --------------------------------------------------------------------------- explain
 
 
@@ -331,6 +338,104 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- sampling, landscapes
+
+
+def _reference_name(path: str | Path) -> str:
+    from .zoo import read_card
+
+    card = read_card(path)
+    return f"{card.name} sha256:{(card.weights_sha256 or '')[:12]}"
+
+
+def cmd_sample(ns: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .sampling import sample_pairs, save_pairs
+    from .zoo import load_checkpoint, shipped_zoo_dir
+
+    dataset = load_dataset(ns.dataset, ns.split)
+    n = min(ns.n_candidates, len(dataset))
+    images, labels = dataset.batch(range(n))
+    model = reference = None
+    if ns.way == 3:
+        ref = ns.reference or shipped_zoo_dir() / ns.dataset / "natural.safetensors"
+        model, _ = load_checkpoint(ref, ns.device)
+        reference = _reference_name(ref)
+    pairs = sample_pairs(ns.way, dataset=ns.dataset, labels=labels, n_pairs=ns.n_pairs, seed=ns.seed, split=ns.split,
+                         model=model, images=images, reference=reference, k=ns.k, feature_source=ns.feature_source)
+    out = Path(ns.out) if ns.out else shipped_zoo_dir() / ns.dataset / f"pairs_way{ns.way}.json"
+    save_pairs(pairs, out)
+    print(f"wrote {len(pairs.pairs)} Way{ns.way} pairs over the first {n} {ns.split} images to {out}")
+    return 0
+
+
+def _landscape_inputs(ns: argparse.Namespace, dataset, device):
+    """Victims (and targets) from --indices or a stored pair file."""
+    from .sampling import load_pairs
+
+    if ns.pairs:
+        stored = load_pairs(ns.pairs, len(dataset))
+        pairs = stored.pairs[: ns.n_pairs]
+        x, y = dataset.batch([v for v, _ in pairs])
+        targets = dataset.batch([t for _, t in pairs])[0].to(device)
+        return x.to(device), y.to(device), targets
+    if not ns.indices:
+        raise ValueError("give --indices or --pairs")
+    x, y = dataset.batch(ns.indices)
+    return x.to(device), y.to(device), None
+
+
+def cmd_landscape(ns: argparse.Namespace) -> int:
+    from .landscape import LandscapeConfig, input_landscape
+
+    model, card, dataset, device = _load(ns)
+    x, y, targets = _landscape_inputs(ns, dataset, device)
+    values = config_values(ns)
+    if ns.loss:  # the short form: --loss ce | explanation
+        values["losses"] = ["ce"] if ns.loss == "ce" else ["explanation_target" if targets is not None else "explanation_change"]
+    cfg = LandscapeConfig(**values)
+    result = input_landscape(model, x, y, cfg, target_images=targets if "explanation_target" in cfg.losses else None)
+    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split,
+                         pairs=ns.pairs)
+    print(f"{card.name}: {cfg.dims}D landscape along {cfg.direction} over {x.shape[0]} images "
+          f"({cfg.points}{'×' + str(cfg.points) if cfg.dims == 2 else ''} points each, {result.seconds:.1f} s)")
+    print(_fmt(result.summary))
+    _write_result(result, ns)
+    return 0
+
+
+def cmd_curvature(ns: argparse.Namespace) -> int:
+    from .landscape import curvature_summary
+
+    model, card, dataset, device = _load(ns)
+    x, y, _ = _landscape_inputs(ns, dataset, device)
+    result = curvature_summary(model, x, y, radius=ns.radius, beta=ns.beta, explainer=ns.explainer,
+                               n_samples=ns.n_samples, iterations=ns.iterations, seed=ns.seed)
+    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset)
+    print(f"{card.name}: input curvature over {x.shape[0]} images")
+    print(_fmt(result.summary))
+    _write_result(result, ns)
+    return 0
+
+
+def cmd_compare_ways(ns: argparse.Namespace) -> int:
+    from .attacks.explanation import EXPLANATION_ATTACKS
+    from .evaluate import way_stability
+    from .zoo import load_checkpoint
+
+    model, card, dataset, device = _load(ns)
+    reference = load_checkpoint(ns.reference, ns.device)[0] if ns.reference else None
+    attack = EXPLANATION_ATTACKS.get("targeted").make_config(config_values(ns))
+    result = way_stability(model, dataset, ways=tuple(ns.ways), seeds=tuple(ns.seeds), n_pairs=ns.n_pairs,
+                           n_candidates=ns.n_candidates, reference=reference, attack=attack, k=ns.k,
+                           progress=lambda stage, f: print(f"  {stage}: {f:.0%}", file=sys.stderr, flush=True))
+    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset)
+    print(f"{card.name}: spread of mean L_e end (×10⁻⁷) over seeds, per Way")
+    print(_fmt(result.summary))
+    _write_result(result, ns)
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 # the seed's SEP_train.py flags → ours
@@ -419,6 +524,10 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("zoo-table", help="a Markdown table of the checkpoints' cards and measured metrics")
+    p.add_argument("directory", nargs="?", default=None, help="default: the shipped zoo")
+    p.set_defaults(func=cmd_zoo_table)
+
     p = sub.add_parser("explain", help="explanation maps for dataset images: PNGs + a JSON of the numbers")
     _common(p)
     p.add_argument("--indices", required=True, type=_int_list, help="comma-separated image indices, e.g. 0,1,2")
@@ -455,8 +564,61 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
         add_config_arguments(p, EXPLANATION_ATTACKS.get(choice).config, f"options of {choice}")
     p.set_defaults(func=cmd_attack_explanation)
 
+    from .landscape import LandscapeConfig
     from .training.objectives import OBJECTIVES
     from .training.trainer import TrainConfig
+
+    p = sub.add_parser("sample", help="victim/target pairs: Way1, Way2 or Way3 (clustering), stored as JSON")
+    p.add_argument("--way", type=int, choices=[1, 2, 3], required=True)
+    p.add_argument("--dataset", default="mnist5k")
+    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--n-candidates", type=int, default=1000, help="pairs index the first n images of the split")
+    p.add_argument("--n-pairs", type=int, default=150, help="pairs (Way3: prototypes; the paper uses 150)")
+    p.add_argument("--k", type=int, default=10, help="Way3: number of k-means clusters")
+    p.add_argument("--feature-source", choices=["penultimate", "maps"], default="penultimate",
+                   help="Way3: cluster the reference model's penultimate features or its explanation maps")
+    p.add_argument("--reference", default=None, help="Way3: reference checkpoint (default: the zoo's natural model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="default: models_zoo/<dataset>/pairs_way<N>.json")
+    p.set_defaults(func=cmd_sample)
+
+    def victims(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--indices", type=_int_list, default=None, help="image indices")
+        p.add_argument("--pairs", default=None, help="a stored pair file (victims; targets for explanation_target)")
+        p.add_argument("--n-pairs", type=int, default=150, help="use the first n pairs of the file")
+        p.add_argument("--json", default=None, help="write the result here")
+        p.add_argument("--csv", default=None, help="write the per-image table here")
+
+    p = sub.add_parser("landscape", help="1D/2D input loss landscapes for the classification and explanation loss")
+    _common(p)
+    victims(p)
+    p.add_argument("--loss", choices=["ce", "explanation"], default=None, help="short for --losses with one loss")
+    add_config_arguments(p, LandscapeConfig, "landscape")
+    p.set_defaults(func=cmd_landscape)
+
+    p = sub.add_parser("curvature", help="mean |Δloss|, Hutchinson Hessian trace and top eigenvalue, both losses")
+    _common(p)
+    victims(p)
+    p.add_argument("--radius", type=float, default=0.1, help="L∞ radius of the mean |Δloss|")
+    p.add_argument("--beta", type=float, default=10.0, help="softplus β of the view the Hessian is taken on")
+    p.add_argument("--explainer", default="gradient_x_input")
+    p.add_argument("--n-samples", type=int, default=32)
+    p.add_argument("--iterations", type=int, default=30, help="power-iteration steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_curvature)
+
+    p = sub.add_parser("compare-ways", help="spread of the mean L_e end over seeds for Way1/2/3 pairs")
+    _common(p)
+    p.add_argument("--ways", type=_int_list, default=[1, 2, 3])
+    p.add_argument("--seeds", type=_int_list, default=[0, 1, 2])
+    p.add_argument("--n-pairs", type=int, default=30)
+    p.add_argument("--n-candidates", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10, help="Way3 clusters")
+    p.add_argument("--reference", default=None, help="Way3 reference checkpoint (default: the attacked model)")
+    p.add_argument("--json", default=None)
+    add_config_arguments(p, EXPLANATION_ATTACKS.get("targeted").config, "targeted attack")
+    p.set_defaults(func=cmd_compare_ways)
 
     p = sub.add_parser("train", help="train a model with any objective; writes a checkpoint + model card")
     p.add_argument("--out", default=None, help="output directory (default: the user zoo / <dataset>)")

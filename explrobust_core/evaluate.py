@@ -38,6 +38,8 @@ class EvaluationConfig(Config):
     attack_batch_size: int = Field(64, ge=1, le=4096, description="images per explanation-attack batch")
     ifia: IFIAConfig = Field(default_factory=IFIAConfig, description="untargeted explanation attack settings")
     targeted: TargetedConfig = Field(default_factory=TargetedConfig, description="targeted attack settings")
+    pairs_file: str | None = Field(None, description="stored victim/target pairs (Way1/2/3 JSON); default: "
+                                                     "fresh Way2 pairs among correctly classified images")
     seed: int = Field(0, ge=0, description="seed for pairs and bootstrap")
 
 
@@ -102,6 +104,29 @@ def predictions(model: nn.Module, dataset: ImageDataset, n: int, batch_size: int
     return torch.cat(preds), torch.cat(labels)
 
 
+def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[str, Any]):
+    """The stored pairs whose victim the model classifies correctly (the others are counted)."""
+    from .sampling import load_pairs
+
+    stored = load_pairs(cfg.pairs_file, len(dataset))
+    if stored.dataset != dataset.info.name or stored.split != cfg.split:
+        raise ValueError(f"pair file {cfg.pairs_file} is for {stored.dataset}/{stored.split}, "
+                         f"not {dataset.info.name}/{cfg.split}")
+    victims = stored.victims[: cfg.n_explanation_images]
+    pred, labels = [], []
+    with eval_mode(model), torch.no_grad():
+        for idx in _chunks(len(victims), cfg.batch_size):
+            x, y = dataset.batch([victims[i] for i in idx])
+            pred.append(model(x.to(device)).argmax(1).cpu())
+            labels.append(y)
+    ok = (torch.cat(pred) == torch.cat(labels)).tolist()
+    summary["explanation_skipped_misclassified"] = ok.count(False)
+    summary["pairs"] = {"file": cfg.pairs_file, "way": stored.way, "seed": stored.seed, "reference": stored.reference}
+    kept = [p for p, good in zip(stored.pairs[: cfg.n_explanation_images], ok) if good]
+    pairs = None if cfg.explanation_attack == "ifia" else kept
+    return [v for v, _ in kept], pairs
+
+
 def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationConfig | dict | None = None,
                    progress: Callable[[str, float], None] | None = None) -> Result:
     """Clean accuracy, PGD accuracy for each ε, and explanation robustness of ``model`` on ``dataset``."""
@@ -128,15 +153,17 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
 
     per_image: dict[str, Any] = {}
     if cfg.explanation_attack != "none":
-        chosen = correct.nonzero().squeeze(1)
-        summary["explanation_skipped_misclassified"] = int((~correct).sum())
-        if cfg.explanation_attack == "ifia":
-            victims = chosen[: cfg.n_explanation_images].tolist()
-            pairs = None
+        if cfg.pairs_file:
+            victims, pairs = _stored_pairs(model, dataset, cfg, device, summary)
         else:
-            local = way2_pairs(labels[chosen], cfg.n_explanation_images, seed=cfg.seed)
-            pairs = [(int(chosen[v]), int(chosen[t])) for v, t in local]
-            victims = [v for v, _ in pairs]
+            chosen = correct.nonzero().squeeze(1)
+            summary["explanation_skipped_misclassified"] = int((~correct).sum())
+            if cfg.explanation_attack == "ifia":
+                victims, pairs = chosen[: cfg.n_explanation_images].tolist(), None
+            else:
+                local = way2_pairs(labels[chosen], cfg.n_explanation_images, seed=cfg.seed)
+                pairs = [(int(chosen[v]), int(chosen[t])) for v, t in local]
+                victims = [v for v, _ in pairs]
         parts = []
         for j, rows in enumerate(_chunks(len(victims), cfg.attack_batch_size)):
             x, y = dataset.batch([victims[r] for r in rows])
@@ -152,3 +179,46 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
         summary["explanation_attack_model"] = parts[0].config["attack_model"] if parts else None
     return Result(kind="evaluation", config=cfg.model_dump(mode="json"), per_image=per_image, summary=summary,
                   seconds=time.perf_counter() - started)
+
+
+def way_stability(model: nn.Module, dataset: ImageDataset, *, ways: tuple[int, ...] = (1, 2, 3), seeds: tuple[int, ...] = (0, 1, 2),
+                  n_pairs: int = 30, n_candidates: int = 1000, reference: nn.Module | None = None,
+                  attack: TargetedConfig | dict | None = None, k: int = 10,
+                  progress: Callable[[str, float], None] | None = None) -> Result:
+    """How much does the mean L_e end move when the pairs are drawn again? Per Way, over seeds.
+
+    The SEP paper claims Way3 gives a more stable estimate; this measures it: each (way, seed)
+    samples pairs among the first ``n_candidates`` correctly classified images, runs the targeted
+    attack, and records the mean L_e end; the spread per Way is the std and range over seeds.
+    """
+    from .sampling import sample_pairs
+
+    started = time.perf_counter()
+    cfg = attack if isinstance(attack, TargetedConfig) else TargetedConfig(**(attack or {}))
+    device = next(model.parameters()).device
+    n = min(n_candidates, len(dataset))
+    pred, labels = predictions(model, dataset, n, 256, device)
+    keep = (pred == labels).nonzero().squeeze(1)
+    x_all, y_all = dataset.batch(keep.tolist())
+    rows, spread = [], {}
+    total = len(ways) * len(seeds)
+    for i, (way, seed) in enumerate((w, s) for w in ways for s in seeds):
+        pairs = sample_pairs(way, dataset=dataset.info.name, labels=y_all, n_pairs=n_pairs, seed=seed,
+                             model=reference or model, images=x_all, k=k)
+        v, t = pairs.victims, pairs.targets
+        r = run_explanation_attack(model, x_all[v].to(device), "targeted", config=cfg, labels=y_all[v].to(device),
+                                   target_images=x_all[t].to(device))
+        rows.append({"way": way, "seed": seed, "mean_le_end_paper": r.summary["explanation_loss_end_paper"]["mean"],
+                     "mean_le_start_paper": r.summary["explanation_loss_start_paper"]["mean"]})
+        if progress:
+            progress("way stability", (i + 1) / total)
+    import numpy as np
+
+    for way in ways:
+        values = np.array([r["mean_le_end_paper"] for r in rows if r["way"] == way and r["mean_le_end_paper"] is not None])
+        spread[f"way{way}"] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if values.size > 1 else 0.0,
+                               "range": float(values.max() - values.min()), "cv": float(values.std(ddof=1) / values.mean())
+                               if values.size > 1 and values.mean() else 0.0}
+    return Result(kind="way_stability", config={"ways": list(ways), "seeds": list(seeds), "n_pairs": n_pairs,
+                                                "n_candidates": n, "k": k, "attack": cfg.model_dump(mode="json")},
+                  summary=spread, extra={"runs": rows}, seconds=time.perf_counter() - started)

@@ -1,13 +1,31 @@
-"""Victim/target pair selection for explanation-robustness evaluation.
+"""Victim/target pair selection for explanation-robustness evaluation, stored with provenance.
 
-Way1 draws uniform random pairs; Way2 random pairs whose labels differ. (Way3, clustering on a
-reference model's features with stored pair indices, comes with the sampling issue.)
+* **Way1** — uniform random (victim, target) pairs.
+* **Way2** — random pairs whose labels differ (the target explains another class).
+* **Way3** — the SEP paper's clustering: features of a reference model (penultimate layer by
+  default, or explanation maps), k-means, the images nearest each centroid are the prototypes
+  (the paper keeps 150), and each prototype is paired with a prototype of *another* cluster.
+
+Choices we made where the paper is silent (research/sep_paper.md §3): features are reduced by PCA
+to at most 50 dimensions before k-means (distances in the raw 784-d map space are dominated by
+noise); prototypes are split evenly across clusters (the remainder goes to the largest
+clusters); each victim's target cluster is drawn uniformly among the other clusters and the target
+is a prototype of it. Pair files are JSON with provenance and are reused by every evaluation of
+the dataset, so every model is measured on the same pairs.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from .io import atomic_write_json
 
 
 def _labels_array(labels) -> np.ndarray:
@@ -27,13 +45,173 @@ def way1_pairs(n_items: int, n_pairs: int, seed: int = 0) -> list[tuple[int, int
 def way2_pairs(labels, n_pairs: int, seed: int = 0) -> list[tuple[int, int]]:
     """Random (victim, target) pairs whose labels differ (the target explains another class)."""
     y = _labels_array(labels)
-    classes = np.unique(y)
-    if classes.size < 2:
+    if np.unique(y).size < 2:
         raise ValueError("Way2 needs images of at least two classes")
     rng = np.random.default_rng(seed)
     victims = rng.integers(0, y.size, size=n_pairs)
+    order = np.argsort(y, kind="stable")
+    counts = np.bincount(np.searchsorted(np.unique(y), y))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    cls = np.searchsorted(np.unique(y), y[victims])
+    # a uniform draw among the images of the other classes: skip over the victim's own class block
+    r = rng.integers(0, y.size - counts[cls])
+    r = np.where(r >= starts[cls], r + counts[cls], r)
+    return [(int(v), int(order[t])) for v, t in zip(victims, r)]
+
+
+# --------------------------------------------------------------------------- Way3
+
+
+def reference_features(model: nn.Module, images: torch.Tensor, *, source: Literal["penultimate", "maps"] = "penultimate",
+                       explainer: str = "gradient", batch_size: int = 256) -> torch.Tensor:
+    """Per-image feature vectors ``(N, D)`` for clustering: penultimate activations or flattened maps."""
+    from .explain import explanation_maps
+    from .models import eval_mode
+
+    device = next(model.parameters()).device
+    parts = []
+    with eval_mode(model):
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start:start + batch_size].to(device)
+            if source == "penultimate":
+                with torch.no_grad():
+                    parts.append(model.embed(x).flatten(1).cpu())
+            else:
+                parts.append(explanation_maps(model, x, explainer, target="predicted").flatten(1).cpu())
+    return torch.cat(parts)
+
+
+def reduce_dims(features: torch.Tensor | np.ndarray, max_dims: int = 50, seed: int = 0) -> np.ndarray:
+    """PCA to at most ``max_dims`` dimensions (the identity for narrower features)."""
+    from sklearn.decomposition import PCA
+
+    f = np.asarray(features, dtype=np.float64)
+    dims = min(max_dims, f.shape[1], f.shape[0])
+    if dims >= f.shape[1]:
+        return f
+    return PCA(n_components=dims, random_state=seed).fit_transform(f)
+
+
+class Way3Clusters(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    cluster: list[int]  # cluster id of every image
+    prototypes: list[int]  # image indices, nearest to their centroid first
+    prototype_cluster: list[int]
+    pairs: list[tuple[int, int]]
+
+
+def way3_pairs(features, n_prototypes: int = 150, k: int = 10, seed: int = 0) -> Way3Clusters:
+    """k-means on the (PCA-reduced) features; prototypes nearest the centroids; cross-cluster pairs."""
+    from sklearn.cluster import KMeans
+
+    reduced = reduce_dims(features, seed=seed)
+    n = reduced.shape[0]
+    if not 2 <= k <= n:
+        raise ValueError(f"k must be between 2 and the number of images ({n}), got {k}")
+    if n_prototypes < k:
+        raise ValueError(f"n_prototypes ({n_prototypes}) must be at least k ({k}): one prototype per cluster")
+    km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(reduced)
+    labels = km.labels_
+    dist = np.linalg.norm(reduced - km.cluster_centers_[labels], axis=1)
+    sizes = np.bincount(labels, minlength=k)
+    quota = np.minimum(sizes, n_prototypes // k)
+    for c in np.argsort(-sizes, kind="stable")[: n_prototypes - quota.sum()]:  # remainder to the largest
+        quota[c] = min(sizes[c], quota[c] + 1)
+    prototypes, proto_cluster = [], []
+    for c in range(k):  # k iterations, not a per-image loop
+        members = np.flatnonzero(labels == c)
+        chosen = members[np.argsort(dist[members], kind="stable")[: quota[c]]]
+        prototypes += chosen.tolist()
+        proto_cluster += [c] * len(chosen)
+    prototypes_arr, proto_cluster_arr = np.array(prototypes), np.array(proto_cluster)
+    rng = np.random.default_rng(seed)
+    other = rng.integers(1, k, size=len(prototypes)) + proto_cluster_arr  # a uniform other cluster
+    other %= k
     pairs = []
-    for v in victims:  # n_pairs draws, not a per-image hot path
-        others = np.flatnonzero(y != y[v])
-        pairs.append((int(v), int(others[rng.integers(0, others.size)])))
+    for v, c in zip(prototypes_arr, other):
+        candidates = prototypes_arr[proto_cluster_arr == c]
+        pairs.append((int(v), int(candidates[rng.integers(0, candidates.size)])))
+    return Way3Clusters(cluster=labels.tolist(), prototypes=prototypes, prototype_cluster=proto_cluster, pairs=pairs)
+
+
+# --------------------------------------------------------------------------- stored pair sets
+
+
+class PairSet(BaseModel):
+    """Stored victim/target pairs of one dataset split, with how they were made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    way: Literal[1, 2, 3]
+    dataset: str
+    split: Literal["train", "test"] = "test"
+    n_candidates: int = Field(..., ge=2, description="pairs index the first n_candidates images of the split")
+    seed: int = Field(0, ge=0)
+    pairs: list[tuple[int, int]] = Field(..., min_length=1, max_length=1_000_000)
+    reference: str | None = Field(None, description="Way3: the reference checkpoint (name and sha256)")
+    feature_source: str | None = None
+    k: int | None = None
+    prototypes: list[int] | None = None
+    prototype_cluster: list[int] | None = None
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @model_validator(mode="after")
+    def _in_range(self) -> "PairSet":
+        bad = [p for p in self.pairs if not (0 <= p[0] < self.n_candidates and 0 <= p[1] < self.n_candidates)]
+        if bad:
+            raise ValueError(f"pairs {bad[:3]} index outside the first {self.n_candidates} images")
+        return self
+
+    @property
+    def victims(self) -> list[int]:
+        return [v for v, _ in self.pairs]
+
+    @property
+    def targets(self) -> list[int]:
+        return [t for _, t in self.pairs]
+
+
+def save_pairs(pairs: PairSet, path: str | Path) -> Path:
+    return atomic_write_json(path, pairs.model_dump(mode="json"))
+
+
+def load_pairs(path: str | Path, dataset_size: int | None = None) -> PairSet:
+    from pydantic import ValidationError
+
+    from .registry import format_validation_error
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"pair file {p} does not exist")
+    if p.stat().st_size > 64 << 20:
+        raise ValueError(f"pair file {p} is implausibly large")
+    try:
+        pairs = PairSet.model_validate_json(p.read_text())
+    except ValidationError as err:
+        raise ValueError(format_validation_error(err, f"pair file {p}")) from None
+    if dataset_size is not None and pairs.n_candidates > dataset_size:
+        raise ValueError(f"pair file {p} indexes {pairs.n_candidates} images but the split has {dataset_size}")
     return pairs
+
+
+def sample_pairs(way: int, *, dataset: str, labels: torch.Tensor, n_pairs: int = 150, seed: int = 0,
+                 split: str = "test", model: nn.Module | None = None, images: torch.Tensor | None = None,
+                 reference: str | None = None, k: int = 10, feature_source: str = "penultimate",
+                 explainer: str = "gradient") -> PairSet:
+    """A :class:`PairSet` of ``way`` over the given candidate images (Way3 needs a reference model)."""
+    n = int(labels.numel())
+    if way == 1:
+        return PairSet(way=1, dataset=dataset, split=split, n_candidates=n, seed=seed, pairs=way1_pairs(n, n_pairs, seed))
+    if way == 2:
+        return PairSet(way=2, dataset=dataset, split=split, n_candidates=n, seed=seed,
+                       pairs=way2_pairs(labels, n_pairs, seed))
+    if way != 3:
+        raise ValueError(f"way must be 1, 2 or 3, got {way}")
+    if model is None or images is None:
+        raise ValueError("Way3 needs a reference model and the candidate images")
+    features = reference_features(model, images, source=feature_source, explainer=explainer)
+    clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
+    return PairSet(way=3, dataset=dataset, split=split, n_candidates=n, seed=seed, pairs=clusters.pairs,
+                   reference=reference, feature_source=feature_source, k=k, prototypes=clusters.prototypes,
+                   prototype_cluster=clusters.prototype_cluster)

@@ -345,3 +345,38 @@ def card_summary(card: ModelCard) -> dict[str, Any]:
         **{k: v for k, v in card.metrics.items() if isinstance(v, (int, float, str))},
     }
 
+
+
+def _objective_brief(card: ModelCard) -> str:
+    cfg = card.objective_config
+    keys = {"trades": ["beta"], "sep": ["lam", "explainer"], "ig_norm": ["lam", "m"], "ig_sum_norm": ["lam", "m"],
+            "art": ["gamma", "k_top"]}.get(card.objective, [])
+    parts = [f"{k}={cfg[k]:g}" if isinstance(cfg.get(k), float) else f"{k}={cfg.get(k)}" for k in keys if k in cfg]
+    if "eps" in cfg:
+        parts.append(f"ε={cfg['eps']:g}")
+    return card.objective + (f" ({', '.join(parts)})" if parts else "")
+
+
+def zoo_table_markdown(entries: list[CheckpointEntry]) -> str:
+    """A Markdown table of cards and their measured metrics (as stored by ``evaluate --write-card``)."""
+    rows = ["| model | objective | clean acc | PGD acc ε=0.1 / 0.2 / 0.3 | L_e start ×10⁻⁷ | L_e end ×10⁻⁷ | train time |",
+            "|---|---|---|---|---|---|---|"]
+    for entry in entries:
+        card = entry.card
+        if card is None:
+            continue
+        summary = (card.metrics.get("evaluation") or {}).get("summary", {})
+        pgd = {round(r["eps"], 4): r["accuracy"] for r in summary.get("pgd_accuracy", [])}
+        expl = summary.get("explanation", {})
+
+        def pct(v):
+            return "–" if v is None else f"{100 * v:.1f}%"
+
+        def paper(key):
+            v = (expl.get(key) or {}).get("mean")
+            return "–" if v is None else f"{v:.1f}"
+
+        rows.append(f"| {card.name} | {_objective_brief(card)} | {pct(summary.get('clean_accuracy'))} | "
+                    f"{' / '.join(pct(pgd.get(e)) for e in (0.1, 0.2, 0.3))} | {paper('explanation_loss_start_paper')} | "
+                    f"{paper('explanation_loss_end_paper')} | {card.wall_time_s or 0:.0f} s |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,436 @@
+"""Benchmark: one SEP training step, ours against the seed's captum-based way of writing it.
+
+Run from the repository root::
+
+    python bench/bench_training.py                 # full run (5 repeats, 128 images, 10 PGD steps), JSON on stdout
+    python bench/bench_training.py --quick         # smoke test (2 repeats, 16 images, 2 PGD steps)
+    python bench/bench_training.py --out bench_training.json --threads 1
+
+On a machine shared with other torch jobs, pass ``--threads 1``: with more threads than free cores
+torch's OpenMP workers contend and a step takes tens of times longer on both sides, which swamps
+what is being measured.
+
+What is compared. *Ours* is ``OBJECTIVES.get("sep")`` (``explrobust_core.training.objectives.sep``):
+PGD adversarial training CE on x_adv plus λ · mean over images of ``explanation_loss(m(x+ζ), m(x))``,
+with maps m = ``attribution_to_map`` of our differentiable gradient × input. The *peer* computes the
+same objective the way the seed code did: the maps come from a ``captum.attr.InputXGradient`` whose
+instance attribute ``gradient_func`` is replaced by a copy of captum's ``compute_gradients`` that
+passes ``create_graph=True`` to ``torch.autograd.grad`` (captum's files are not touched). Everything
+else is shared: the same ``pgd_perturb`` call inside ``eval_mode`` with the same generator seed, the
+same ζ draw, CE, ``attribution_to_map`` and ``explanation_loss`` — only the attribution path differs.
+
+Rows (ConvNet on a batch of real ``mnist5k`` training images, Adam, fixed seeds):
+
+* ``sep_step`` — one full training step: zero_grad, forward (PGD + CE + stability term), backward,
+  Adam step. Before every timed run both models and optimizers are reset to the same initial state
+  (untimed), so every run times the same first step.
+* ``stability_term`` — only λ · stability forward + backward (no PGD, no CE, no optimizer step):
+  the part where the attribution path matters.
+
+Each row first runs both sides once, untimed (warm-up), and compares them: ``agreement`` holds the
+relative difference of the losses, ``|ours − peer| / |peer|``, and of the parameter gradients,
+``max|g_ours − g_peer| / max|g_peer|`` per tensor (worst tensor reported) and over all parameters
+at once; float32 round-off is ~1e-6, and anything near 1e-3 or above means the sides computed
+different things. Then ``--repeats`` timed runs per side, interleaved with alternating order (ours,
+peer, peer, ours, ours, peer, …) so machine noise and order effects hit both alike. Per side:
+median, min, max and IQR of the wall times in seconds.
+
+Reading the ratios: ``ratio = peer_median / ours_median``; above 1 we are faster (1.3 → the peer
+takes 1.3× our time; the project aims at ≥ 1.3 for the training step), below 1 we are slower.
+``ratio_min`` compares the fastest runs, less sensitive to a busy machine. Look at the IQRs before
+reading much into ratios within ~10 % of 1. Timings are reported, never asserted on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # works without the editable install too
+    sys.path.insert(0, str(REPO_ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Time one SEP training step (ours) against the same objective with captum InputXGradient "
+                    "made differentiable through its gradient_func (the seed's way), interleaved on the same "
+                    "machine, and print a JSON report. ratio = peer_median / ours_median; >1 means we are faster.")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per side and row (default 5; 2 with --quick)")
+    p.add_argument("--batch", type=int, default=None, help="mnist5k training images in the batch (default 128; 16 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="PGD steps of the training attack (default 10; 2 with --quick)")
+    p.add_argument("--eps", type=float, default=0.3, help="PGD L∞ budget (default 0.3)")
+    p.add_argument("--lam", type=float, default=5e4, help="SEP λ (default 5e4)")
+    p.add_argument("--sigma", type=float, default=0.1, help="σ of the Gaussian noise ζ (default 0.1)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the step's generator (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help="few repeats, images and PGD steps: a smoke test, not a measurement")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 5
+    if args.batch is None:
+        args.batch = 16 if args.quick else 128
+    if args.steps is None:
+        args.steps = 2 if args.quick else 10
+    for name in ("repeats", "batch", "steps"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    return args
+
+
+# --------------------------------------------------------------------------- report header
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_state() -> dict | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip() != ""
+        return {"commit": commit, "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def header() -> dict:
+    import captum
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "cpus_usable": usable,
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "device": "cpu",
+            "python": platform.python_version(),
+            "load_average_at_start": _load_average(),
+        },
+        "versions": {
+            "explrobust": _version("explrobust"),
+            "torch": torch.__version__,
+            "captum": getattr(captum, "__version__", _version("captum")),
+            "numpy": np.__version__,
+        },
+        "git": _git_state(),
+    }
+
+
+# --------------------------------------------------------------------------- the peer: captum, seed style
+
+
+def compute_gradients_create_graph(forward_fn, inputs, target_ind=None, additional_forward_args=None):
+    """captum 0.9's ``captum._utils.gradient.compute_gradients`` with ``create_graph=True``.
+
+    Set as an ``InputXGradient`` instance's ``gradient_func`` so that its attributions carry the graph
+    back to the weights (double backprop), as the seed code did.
+    """
+    from captum._utils.common import _run_forward
+
+    with torch.autograd.set_grad_enabled(True):
+        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
+        assert outputs[0].numel() == 1, (
+            "Target not provided when necessary, cannot take gradient with respect to multiple outputs.")
+        grads = torch.autograd.grad(torch.unbind(outputs), inputs, create_graph=True)
+    return grads
+
+
+def differentiable_input_x_gradient(model: torch.nn.Module):
+    from captum.attr import InputXGradient
+
+    ixg = InputXGradient(model)
+    ixg.gradient_func = compute_gradients_create_graph  # instance attribute: captum itself is not patched
+    return ixg
+
+
+# --------------------------------------------------------------------------- timing and comparison
+
+
+def _stats(times: list[float]) -> dict:
+    t = np.asarray(times)
+    q1, q3 = np.percentile(t, [25, 75])
+    return {"median_s": float(np.median(t)), "min_s": float(t.min()), "max_s": float(t.max()),
+            "iqr_s": float(q3 - q1), "times_s": [round(float(v), 6) for v in t]}
+
+
+def _timed(setup: Callable[[], None], fn: Callable[[], object]) -> float:
+    setup()  # untimed: reset weights and optimizer
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def param_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the parameter gradients; a parameter the loss does not reach (e.g. the last bias for the
+    stability term alone) counts as a zero gradient."""
+    return {n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+            for n, p in model.named_parameters()}
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b) if b != 0 else abs(a - b)
+
+
+def compare(ours: dict, peer: dict) -> dict:
+    """Agreement of two ``{"loss": float, "terms": {...}, "grads": {name: tensor}}`` results."""
+    per_tensor = {}
+    for name, g_peer in peer["grads"].items():
+        g_ours = ours["grads"][name].double()
+        g_peer = g_peer.double()
+        scale = g_peer.abs().max().item()
+        diff = (g_ours - g_peer).abs().max().item()
+        per_tensor[name] = diff / scale if scale > 0 else diff
+    flat_o = torch.cat([g.double().flatten() for g in ours["grads"].values()])
+    flat_p = torch.cat([g.double().flatten() for g in peer["grads"].values()])
+    scale = flat_p.abs().max().item()
+    worst = max(per_tensor, key=per_tensor.get)
+    return {
+        "loss_ours": ours["loss"],
+        "loss_peer": peer["loss"],
+        "loss_rel_diff": _rel(ours["loss"], peer["loss"]),
+        "terms_rel_diff": {k: _rel(ours["terms"][k], peer["terms"][k]) for k in peer["terms"]},
+        "grads_max_rel_diff": (flat_o - flat_p).abs().max().item() / scale if scale > 0 else 0.0,
+        "grads_worst_tensor": worst,
+        "grads_worst_tensor_rel_diff": per_tensor[worst],
+        "grads_all_nonzero_norm": bool(flat_p.norm().item() > 0 and flat_o.norm().item() > 0),
+    }
+
+
+def bench_row(name: str, sides: dict[str, tuple[Callable[[], None], Callable[[], object], Callable[[], dict]]],
+              repeats: int, info: dict) -> dict:
+    """``sides[label] = (setup, timed_fn, check_fn)``; labels ``ours`` and ``peer``."""
+    print(f"[bench] {name}: warm-up + agreement check", file=sys.stderr, flush=True)
+    results = {}
+    for label, (setup, _fn, check) in sides.items():
+        setup()
+        results[label] = check()
+    agreement = compare(results["ours"], results["peer"])
+    del results
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    for i in range(repeats):
+        order = ("ours", "peer") if i % 2 == 0 else ("peer", "ours")
+        for label in order:
+            setup, fn, _check = sides[label]
+            times[label].append(_timed(setup, fn))
+        print(f"[bench] {name}: {i + 1}/{repeats} ours {times['ours'][-1]:.3f}s peer {times['peer'][-1]:.3f}s",
+              file=sys.stderr, flush=True)
+    s_ours, s_peer = _stats(times["ours"]), _stats(times["peer"])
+    return {
+        "name": name,
+        **info,
+        "ours": s_ours,
+        "peer": s_peer,
+        "ratio": s_peer["median_s"] / s_ours["median_s"],
+        "ratio_min": s_peer["min_s"] / s_ours["min_s"],
+        "agreement": agreement,
+    }
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    # captum warns that x did not require grad on every call (the seed's path); keep stderr readable
+    warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
+
+    from explrobust_core.attacks.classification import pgd_perturb
+    from explrobust_core.data import load_dataset
+    from explrobust_core.explain import attribute
+    from explrobust_core.metrics import attribution_to_map, explanation_loss
+    from explrobust_core.models import build_model, count_parameters, eval_mode
+    from explrobust_core.training.objectives import OBJECTIVES
+
+    ds = load_dataset("mnist5k", "train")
+    if args.batch > len(ds):
+        raise SystemExit(f"--batch {args.batch} exceeds the {len(ds)} mnist5k training images")
+    x, y = ds.batch(range(args.batch))
+    x, y = x.float().contiguous(), y.long().contiguous()
+
+    entry = OBJECTIVES.get("sep")
+    cfg = entry.make_config({"lam": args.lam, "eps": args.eps, "steps": args.steps,
+                             "explainer": "gradient_x_input", "sigma": args.sigma})
+    arch, mean, std = "convnet", [0.1307], [0.3081]
+
+    torch.manual_seed(args.seed)
+    init_model = build_model(arch, input_shape=(1, 28, 28), num_classes=10, mean=mean, std=std).train()
+    init_state = copy.deepcopy(init_model.state_dict())
+    model_ours, model_peer = copy.deepcopy(init_model), copy.deepcopy(init_model)
+    ixg_peer = differentiable_input_x_gradient(model_peer)  # built once, as a training script would
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def make_setup(label: str, model: torch.nn.Module) -> Callable[[], None]:
+        def setup() -> None:
+            model.load_state_dict(init_state)
+            model.train()
+            optimizers[label] = torch.optim.Adam(model.parameters(), lr=args.lr)
+        return setup
+
+    def gen() -> torch.Generator:
+        return torch.Generator().manual_seed(args.seed)
+
+    # --- the two objectives ------------------------------------------------------------------
+
+    def ours_objective(model, g):
+        return entry.obj(model, x, y, cfg, g)
+
+    def peer_objective(model, g):
+        with eval_mode(model):
+            x_adv, _ = pgd_perturb(model, x, y, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, generator=g)
+        ce = F.cross_entropy(model(x_adv), y)
+        loss, stability = peer_stability(model, g, ce)
+        return loss, {"ce_adv": ce.item(), "explanation_stability": stability.item()}
+
+    def peer_stability(model, g, ce=None):
+        zeta = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device) * cfg.sigma
+
+        def maps(inp):
+            return attribution_to_map(ixg_peer.attribute(inp, target=y))
+
+        stability = explanation_loss(maps((x + zeta).clamp(0, 1)), maps(x)).mean()
+        return (cfg.lam * stability if ce is None else ce + cfg.lam * stability), stability
+
+    def ours_stability(model, g):  # the stability term exactly as objectives.sep writes it (on="clean", ReLU model)
+        zeta = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device) * cfg.sigma
+
+        def maps(inp):
+            return attribution_to_map(attribute(model, inp, cfg.explainer, target=y, create_graph=True))
+
+        stability = explanation_loss(maps((x + zeta).clamp(0, 1)), maps(x)).mean()
+        return cfg.lam * stability, stability
+
+    # --- row 1: full step --------------------------------------------------------------------
+
+    def step_fns(label, model, objective):
+        def step():
+            opt = optimizers[label]
+            opt.zero_grad(set_to_none=True)
+            loss, _terms = objective(model, gen())
+            loss.backward()
+            opt.step()
+
+        def check():
+            opt = optimizers[label]
+            opt.zero_grad(set_to_none=True)
+            loss, terms = objective(model, gen())
+            loss.backward()
+            grads = param_grads(model)
+            opt.step()
+            return {"loss": loss.item(), "terms": dict(terms), "grads": grads}
+
+        return make_setup(label, model), step, check
+
+    # --- row 2: stability term only ----------------------------------------------------------
+
+    def stability_fns(label, model, term):
+        def run():
+            model.zero_grad(set_to_none=True)
+            loss, _stab = term(model, gen())
+            loss.backward()
+
+        def check():
+            model.zero_grad(set_to_none=True)
+            loss, stab = term(model, gen())
+            loss.backward()
+            grads = param_grads(model)
+            return {"loss": loss.item(), "terms": {"explanation_stability": stab.item()}, "grads": grads}
+
+        return make_setup(label, model), run, check
+
+    model_info = {"arch": arch, "input_shape": [1, 28, 28], "num_classes": 10, "mean": mean, "std": std,
+                  "parameters": count_parameters(init_model), "mode": "train (PGD inside eval_mode)"}
+    peer_desc = ("captum.attr.InputXGradient with instance gradient_func = compute_gradients + create_graph=True, "
+                 "target=y; same pgd_perturb/eval_mode/generator, attribution_to_map, explanation_loss")
+    plan = [
+        ("sep_step", "zero_grad + SEP forward (PGD, CE(x_adv), λ·stability) + backward + Adam step",
+         {"ours": step_fns("ours", model_ours, ours_objective), "peer": step_fns("peer", model_peer, peer_objective)}),
+        ("stability_term", "λ·stability forward + backward only (no PGD, no CE, no optimizer step)",
+         {"ours": stability_fns("ours", model_ours, ours_stability),
+          "peer": stability_fns("peer", model_peer, peer_stability)}),
+    ]
+
+    report = {
+        "benchmark": "training: one SEP step, explrobust_core OBJECTIVES['sep'] vs captum InputXGradient "
+                     "made differentiable via gradient_func (seed style)",
+        **header(),
+        "config": {
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "warmup_runs": 1,
+            "order": "interleaved, alternating: ours, peer | peer, ours | ours, peer | ...",
+            "reset": "weights and a fresh Adam restored before every run (untimed): each run times the same step",
+            "dataset": "mnist5k",
+            "split": "train",
+            "batch": args.batch,
+            "input_shape": list(x.shape),
+            "dtype": str(x.dtype).replace("torch.", ""),
+            "objective": {"name": "sep", **cfg.model_dump()},
+            "optimizer": {"name": "Adam", "lr": args.lr},
+            "seed": args.seed,
+            "model": model_info,
+            "ours": "OBJECTIVES.get('sep').obj(model, x, y, cfg, Generator().manual_seed(seed)); stability_term row: "
+                    "the same code as objectives.sep's term (explain.attribute(..., create_graph=True))",
+            "peer": peer_desc,
+            "ratio": "peer_median / ours_median (>1: we are faster; aim >= 1.3)",
+            "agreement": "from the untimed warm-up: loss |ours-peer|/|peer|; grads max|g_ours-g_peer|/max|g_peer| "
+                         "over all parameters and for the worst single tensor",
+        },
+        "rows": [],
+    }
+
+    for name, what, sides in plan:
+        row = bench_row(name, sides, args.repeats, {"what": what})
+        report["rows"].append(row)
+
+    report["machine_load_average_at_end"] = _load_average()
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

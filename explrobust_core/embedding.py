@@ -1,0 +1,70 @@
+"""2-D views of features or maps for the clusters page: PCA at once, UMAP when asked.
+
+UMAP's first call in a process compiles for ~15 s (numba); :func:`warm_up_umap` pays that once.
+We reduce to ≤ 50 dimensions with PCA and hand UMAP exact nearest neighbours computed by
+scikit-learn, which skips its NNDescent path (slow to compile, slower on small data).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .sampling import reduce_dims
+
+
+def _array(features) -> np.ndarray:
+    return np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
+
+
+def pca_2d(features, seed: int = 0) -> np.ndarray:
+    from sklearn.decomposition import PCA
+
+    f = _array(features)
+    if f.shape[0] < 2:
+        raise ValueError("a 2-D view needs at least two points")
+    coords = PCA(n_components=min(2, f.shape[1]), random_state=seed).fit_transform(f)
+    return coords if coords.shape[1] == 2 else np.hstack([coords, np.zeros((coords.shape[0], 1))])
+
+
+def _numba_cache() -> None:
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.home() / ".cache" / "explrobust" / "numba"))
+
+
+def umap_2d(features, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, n_epochs: int = 200) -> np.ndarray:
+    """UMAP of PCA(≤50) features with exact precomputed neighbours."""
+    _numba_cache()
+    import umap
+    from sklearn.neighbors import NearestNeighbors
+
+    reduced = reduce_dims(_array(features), 50, seed)
+    n = reduced.shape[0]
+    if n < 4:
+        raise ValueError("UMAP needs at least four points")
+    k = min(n_neighbors, n - 1)
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(reduced).kneighbors(reduced)
+    reducer = umap.UMAP(n_neighbors=k, min_dist=min_dist, random_state=seed, n_epochs=n_epochs,
+                        precomputed_knn=(idx, dist, None), transform_seed=seed)
+    with warnings.catch_warnings():
+        # expected here: a seed makes UMAP single-threaded, and exact neighbours have no search index
+        warnings.filterwarnings("ignore", message=r"n_jobs value", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        return reducer.fit_transform(reduced)
+
+
+_WARM = {"done": False}
+
+
+def warm_up_umap() -> float:
+    """Compile UMAP's kernels once per process (seconds spent; 0 when already warm)."""
+    if _WARM["done"]:
+        return 0.0
+    started = time.perf_counter()
+    umap_2d(np.random.default_rng(0).normal(size=(64, 8)), n_neighbors=5, n_epochs=20)
+    _WARM["done"] = True
+    return time.perf_counter() - started

@@ -1,0 +1,308 @@
+"""Input loss landscapes (1D/2D) for the classification loss and the explanation loss, and curvature.
+
+A landscape evaluates ``loss(x + a·d₁ [+ b·d₂])`` on a grid of (a, b) in pixel units. Directions
+have unit L∞ norm per pixel where they are sign vectors, so a = ε is an L∞ step of ε:
+
+* ``random`` — a Rademacher (±1) vector, the paper's random direction;
+* ``adversarial`` — sign of ∇ₓ CE (the FGSM direction);
+* ``explanation`` — sign of the gradient that moves map mass off the top-k pixels (the first
+  step of the top-k explanation attack, on the Softplus view).
+
+In 2D, d₂ is a random direction made orthogonal to d₁ (per image, in L2) and scaled to d₁'s L2
+norm. Grid points are not clipped to [0, 1]: clipping would bend the directions. The explanation
+loss is measured either as the change from the clean map, L_e(m(x'), m(x)), or as the distance to
+a target image's map, L_e(m(x'), m(x_t)). The whole grid of all images runs in memory-bounded
+batches; the number of points per image is odd so the centre is exactly the clean input.
+
+Curvature summaries (mean |Δloss| in an L∞ ball, Hutchinson trace, top Hessian eigenvalue by power
+iteration) use Hessian-vector products on the Softplus view, where the ReLU Hessian does not vanish.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from .explain import EXPLAINERS, attribute
+from .metrics import attribution_to_map, explanation_loss
+from .models import eval_mode, softplus_view
+from .registry import Config
+from .results import Result
+
+LossName = Literal["ce", "explanation_change", "explanation_target"]
+
+
+class LandscapeConfig(Config):
+    dims: Literal[1, 2] = Field(1, description="a 1D curve or a 2D surface")
+    direction: Literal["random", "adversarial", "explanation"] = Field(
+        "random", description="the first axis (in 2D the second axis is random, orthogonalised)")
+    radius: float = Field(0.3, gt=0, le=2, description="axes run over [−radius, radius] in pixel units")
+    points: int = Field(41, ge=3, le=101, description="grid points per axis (odd: the centre is the clean input)")
+    losses: list[LossName] = Field(["ce", "explanation_change"], min_length=1, description="losses to evaluate")
+    explainer: str = Field("gradient_x_input", description="explanation method of the explanation losses")
+    explainer_options: dict[str, Any] = Field(default_factory=dict, description="options of that method")
+    k: int = Field(100, ge=1, description="top-k size of the explanation direction")
+    beta: float = Field(10.0, gt=0, le=1e4, description="softplus β for the explanation direction")
+    batch_size: int = Field(1024, ge=1, le=65536, description="grid points per forward pass (memory bound)")
+    seed: int = Field(0, ge=0, description="seed of the random direction")
+
+    @model_validator(mode="after")
+    def _checks(self) -> "LandscapeConfig":
+        if self.points % 2 == 0:
+            raise ValueError("points must be odd so that the grid's centre is the clean input")
+        if "differentiable" not in EXPLAINERS.get(self.explainer).tags:
+            raise ValueError(f"explainer {self.explainer!r} is display-only; use a differentiable one")
+        EXPLAINERS.get(self.explainer).make_config(self.explainer_options)
+        return self
+
+
+# --------------------------------------------------------------------------- directions
+
+
+def random_direction(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    signs = torch.randint(0, 2, x.shape, generator=generator, dtype=torch.int64).to(x.device)
+    return (2 * signs - 1).to(x.dtype)
+
+
+def adversarial_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xr), y, reduction="sum"), xr)
+    return g.sign()
+
+
+def explanation_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LandscapeConfig) -> torch.Tensor:
+    """−sign ∇ₓ (map mass on the clean top-k pixels), on the Softplus view."""
+    with torch.no_grad():
+        clean = _maps(model, x, y, cfg)
+    k = min(cfg.k, clean[0].numel())
+    mask = torch.zeros_like(clean.flatten(1)).scatter_(1, clean.flatten(1).topk(k, 1).indices, 1.0)
+    xr = x.detach().requires_grad_(True)
+    smooth = softplus_view(model, cfg.beta)
+    m = attribution_to_map(attribute(smooth, xr, cfg.explainer, target=y, create_graph=True,
+                                     config=cfg.explainer_options))
+    (g,) = torch.autograd.grad((m.flatten(1) * mask).sum(), xr)
+    return -g.sign()
+
+
+def orthogonal_like(d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """d₂ minus its projection on d₁, scaled to d₁'s L2 norm (per image)."""
+    a, b = d1.flatten(1), d2.flatten(1)
+    b = b - (a * b).sum(1, keepdim=True) / (a * a).sum(1, keepdim=True).clamp_min(1e-12) * a
+    b = b * a.norm(dim=1, keepdim=True) / b.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return b.view_as(d2)
+
+
+def directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LandscapeConfig) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if cfg.direction == "random":
+        first = random_direction(x, gen)
+    elif cfg.direction == "adversarial":
+        first = adversarial_direction(model, x, y)
+    else:
+        first = explanation_direction(model, x, y, cfg)
+    if cfg.dims == 1:
+        return [first]
+    return [first, orthogonal_like(first, random_direction(x, gen))]
+
+
+# --------------------------------------------------------------------------- grid evaluation
+
+
+def _maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LandscapeConfig) -> torch.Tensor:
+    return attribution_to_map(attribute(model, x, cfg.explainer, target=y, config=cfg.explainer_options)).detach()
+
+
+def grid_axes(cfg: LandscapeConfig, dtype=torch.float32) -> torch.Tensor:
+    return torch.linspace(-cfg.radius, cfg.radius, cfg.points, dtype=dtype)
+
+
+def _grid_losses(model, x, y, dirs, cfg: LandscapeConfig, clean_maps, target_maps) -> dict[str, torch.Tensor]:
+    """Every loss at every grid point of every image, in chunks of ``batch_size`` points."""
+    axis = grid_axes(cfg, x.dtype).to(x.device)
+    coeffs = axis[:, None] if cfg.dims == 1 else torch.cartesian_prod(axis, axis)  # (G, dims)
+    g, n = coeffs.shape[0], x.shape[0]
+    out = {name: torch.empty(n * g, dtype=torch.float64, device=x.device) for name in cfg.losses}
+    for start in range(0, n * g, cfg.batch_size):
+        rows = torch.arange(start, min(n * g, start + cfg.batch_size), device=x.device)
+        img, pt = rows // g, rows % g
+        shift = sum(coeffs[pt, j].view(-1, *([1] * (x.ndim - 1))) * dirs[j][img] for j in range(cfg.dims))
+        points = x[img] + shift
+        need_maps = any(name != "ce" for name in cfg.losses)
+        with torch.no_grad():
+            logits = model(points)
+        maps = _maps(model, points, y[img], cfg) if need_maps else None
+        for name in cfg.losses:
+            if name == "ce":
+                value = F.cross_entropy(logits, y[img], reduction="none")
+            elif name == "explanation_change":
+                value = explanation_loss(maps, clean_maps[img])
+            else:
+                value = explanation_loss(maps, target_maps[img])
+            out[name][rows] = value.detach().to(torch.float64)
+    shape = (n, cfg.points) if cfg.dims == 1 else (n, cfg.points, cfg.points)
+    return {name: v.view(shape) for name, v in out.items()}
+
+
+def plane_coordinates(x: torch.Tensor, points: torch.Tensor, dirs: list[torch.Tensor]) -> torch.Tensor:
+    """Least-squares (a, b) of ``points − x`` in the span of the directions, per image (e.g. attack ends)."""
+    basis = torch.stack([d.flatten(1) for d in dirs], dim=2).to(torch.float64)  # (N, D, dims)
+    delta = (points - x).flatten(1).to(torch.float64)[:, :, None]
+    return torch.linalg.lstsq(basis, delta).solution.squeeze(2)
+
+
+def input_landscape(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: LandscapeConfig | dict | None = None,
+                    *, target_images: torch.Tensor | None = None, attack_points: torch.Tensor | None = None,
+                    **options) -> Result:
+    """The landscape of each image and its mean over the images (``extra["mean"]``)."""
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    cfg = LandscapeConfig(**{**values, **options})
+    if "explanation_target" in cfg.losses and (target_images is None or target_images.shape != images.shape):
+        raise ValueError("the explanation_target loss needs one target image per image")
+    started = time.perf_counter()
+    x, y = images.detach(), labels.to(images.device)
+    with eval_mode(model):
+        dirs = directions(model, x, y, cfg)
+        clean_maps = _maps(model, x, y, cfg) if any(n != "ce" for n in cfg.losses) else None
+        target_maps = None
+        if target_images is not None:
+            with torch.no_grad():
+                t_pred = model(target_images).argmax(1)
+            target_maps = _maps(model, target_images.detach(), t_pred, cfg)
+        grids = _grid_losses(model, x, y, dirs, cfg, clean_maps, target_maps)
+    centre = cfg.points // 2
+    clean = {name: (v[:, centre] if cfg.dims == 1 else v[:, centre, centre]) for name, v in grids.items()}
+    extra: dict[str, Any] = {
+        "axis": grid_axes(cfg).tolist(),
+        "mean": {name: v.mean(0) for name, v in grids.items()},
+        "grids": grids,
+        "direction_linf": [d.flatten(1).abs().amax(1) for d in dirs],
+        "direction_l2": [d.flatten(1).norm(dim=1) for d in dirs],
+    }
+    if attack_points is not None:
+        extra["attack_coordinates"] = plane_coordinates(x, attack_points, dirs)
+    per_image = {"label": y, **{f"clean_{name}": v for name, v in clean.items()},
+                 **{f"mean_abs_delta_{name}": (v - _expand(clean[name], v)).abs().flatten(1).mean(1)
+                    for name, v in grids.items()}}
+    summary = {name: {"clean": float(clean[name].mean()), "mean_abs_delta": float(per_image[f"mean_abs_delta_{name}"].mean()),
+                      "max": float(grids[name].flatten(1).amax(1).mean())} for name in grids}
+    return Result(kind=f"landscape/{cfg.dims}d", config=cfg.model_dump(mode="json"), per_image=per_image,
+                  summary=summary, extra=extra, tensors={"directions": torch.stack(dirs, 1)},
+                  seconds=time.perf_counter() - started)
+
+
+def _expand(clean: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return clean.view(-1, *([1] * (grid.ndim - 1)))
+
+
+# --------------------------------------------------------------------------- curvature
+
+
+LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def ce_loss_fn(model: nn.Module, labels: torch.Tensor) -> LossFn:
+    """Per-image cross-entropy as a function of the input rows (labels repeat over samples)."""
+    return lambda x: F.cross_entropy(model(x), labels.repeat(x.shape[0] // labels.shape[0]), reduction="none")
+
+
+def explanation_change_fn(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, explainer: str = "gradient_x_input",
+                          **options) -> LossFn:
+    """Per-image L_e(m(x'), m(x)) as a differentiable function of x' (maps with create_graph)."""
+    clean = attribution_to_map(attribute(model, images, explainer, target=labels, config=options)).detach()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        reps = x.shape[0] // labels.shape[0]
+        m = attribution_to_map(attribute(model, x, explainer, target=labels.repeat(reps), create_graph=True, config=options))
+        return explanation_loss(m, clean.repeat(reps, 1, 1))
+
+    return fn
+
+
+def _hvp(loss_fn: LossFn, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    xr = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(loss_fn(xr).sum(), xr, create_graph=True)
+        (hv,) = torch.autograd.grad((g * v).sum(), xr)
+    return hv
+
+
+def hutchinson_trace(loss_fn: LossFn, x: torch.Tensor, n_samples: int = 64, *, seed: int = 0,
+                     batch_size: int = 256) -> torch.Tensor:
+    """E[vᵀHv] with Rademacher v, per image: an unbiased estimate of the input Hessian's trace.
+
+    Images and samples are stacked into batches of rows (row = sample·N + image); ``loss_fn``
+    maps rows to per-row losses, so each row's Hessian is its own block.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    total = torch.zeros(n, dtype=torch.float64, device=x.device)
+    per_chunk = max(1, batch_size // n)
+    for start in range(0, n_samples, per_chunk):
+        s = min(per_chunk, n_samples - start)
+        rows = x.repeat(s, *([1] * (x.ndim - 1)))
+        v = (2 * torch.randint(0, 2, rows.shape, generator=gen) - 1).to(x.dtype).to(x.device)
+        quad = (v * _hvp(loss_fn, rows, v)).flatten(1).sum(1).to(torch.float64)
+        total += quad.view(s, n).sum(0)
+    return total / n_samples
+
+
+def top_eigenvalue(loss_fn: LossFn, x: torch.Tensor, iterations: int = 50, *, seed: int = 0,
+                   tol: float = 1e-6) -> torch.Tensor:
+    """The input Hessian's largest-magnitude eigenvalue per image, by power iteration on HVPs."""
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    v = v / v.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))
+    eig = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for _ in range(iterations):
+        hv = _hvp(loss_fn, x, v)
+        new = (v * hv).flatten(1).sum(1).to(torch.float64)  # Rayleigh quotient (‖v‖ = 1)
+        norm = hv.flatten(1).norm(dim=1).clamp_min(1e-30)
+        v = hv / norm.view(-1, *([1] * (x.ndim - 1)))
+        done = bool(((new - eig).abs() <= tol * new.abs().clamp_min(1e-12)).all())
+        eig = new
+        if done:
+            break
+    return eig
+
+
+def mean_abs_delta(loss_fn: LossFn, x: torch.Tensor, radius: float, n_samples: int = 32, *, seed: int = 0,
+                   batch_size: int = 1024) -> torch.Tensor:
+    """Mean |loss(x+δ) − loss(x)| over δ uniform in the L∞ ball of ``radius``, per image."""
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    with torch.no_grad():
+        base = loss_fn(x).to(torch.float64)
+    total = torch.zeros(n, dtype=torch.float64, device=x.device)
+    per_chunk = max(1, batch_size // n)
+    for start in range(0, n_samples, per_chunk):
+        s = min(per_chunk, n_samples - start)
+        rows = x.repeat(s, *([1] * (x.ndim - 1)))
+        delta = ((torch.rand(rows.shape, generator=gen, dtype=x.dtype) * 2 - 1) * radius).to(x.device)
+        values = loss_fn(rows + delta).detach().to(torch.float64).view(s, n)
+        total += (values - base).abs().sum(0)
+    return total / n_samples
+
+
+def curvature_summary(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, radius: float = 0.1,
+                      beta: float = 10.0, explainer: str = "gradient_x_input", n_samples: int = 32,
+                      iterations: int = 30, seed: int = 0) -> Result:
+    """Mean |Δloss|, Hutchinson trace and top eigenvalue for CE and the explanation-change loss."""
+    started = time.perf_counter()
+    x, y = images.detach(), labels.to(images.device)
+    with eval_mode(model):
+        smooth = softplus_view(model, beta)
+        per_image: dict[str, Any] = {"label": y}
+        for name, fn in (("ce", ce_loss_fn(smooth, y)), ("explanation_change", explanation_change_fn(smooth, x, y, explainer))):
+            per_image[f"{name}_mean_abs_delta"] = mean_abs_delta(fn, x, radius, n_samples, seed=seed)
+            per_image[f"{name}_hessian_trace"] = hutchinson_trace(fn, x, n_samples, seed=seed)
+            per_image[f"{name}_top_eigenvalue"] = top_eigenvalue(fn, x, iterations, seed=seed)
+    summary = {k: float(v.mean()) for k, v in per_image.items() if k != "label"}
+    return Result(kind="curvature", config={"radius": radius, "beta": beta, "explainer": explainer,
+                                            "n_samples": n_samples, "iterations": iterations, "seed": seed},
+                  per_image=per_image, summary=summary, seconds=time.perf_counter() - started)
