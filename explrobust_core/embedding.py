@@ -68,3 +68,25 @@ def warm_up_umap() -> float:
     umap_2d(np.random.default_rng(0).normal(size=(64, 8)), n_neighbors=5, n_epochs=20)
     _WARM["done"] = True
     return time.perf_counter() - started
+
+
+def cluster_view(features, labels, clusters=None, *, method: str = "pca", seed: int = 0,
+                 predictions=None) -> dict[str, list]:
+    """Rows for the clusters scatter: 2-D coordinates plus label, cluster, prototype flag, correctness.
+
+    ``clusters`` is a :class:`~explrobust_core.sampling.Way3Clusters` (or None); ``method`` is
+    ``"pca"`` (instant) or ``"umap"``.
+    """
+    if method not in ("pca", "umap"):
+        raise ValueError(f"method must be 'pca' or 'umap', got {method!r}")
+    coords = pca_2d(features, seed) if method == "pca" else umap_2d(features, seed=seed)
+    y = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels).ravel()
+    n = coords.shape[0]
+    prototypes = set(clusters.prototypes) if clusters is not None else set()
+    view = {"x": coords[:, 0].tolist(), "y": coords[:, 1].tolist(), "label": y.tolist(),
+            "cluster": list(clusters.cluster) if clusters is not None else [-1] * n,
+            "prototype": [i in prototypes for i in range(n)]}
+    if predictions is not None:
+        p = np.asarray(predictions.detach().cpu() if isinstance(predictions, torch.Tensor) else predictions).ravel()
+        view["correct"] = (p == y).tolist()
+    return view
