@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Rebuild the shipped zoo on mnist5k, then measure every card with the evaluation code.
-# CPU: about 35 minutes with two single-threaded workers on an otherwise idle 2-core machine. Each card records its own command;
-# this script is the list of those commands.   Usage: bash models_zoo/build.sh [NAME ...]
+#   bash models_zoo/build.sh            train all, sample the Way3 pairs, measure all
+#                                       (remove models_zoo/mnist5k/* first: runs never overwrite a checkpoint)
+#   bash models_zoo/build.sh train NAME | measure NAME | pairs
+# CPU: about 35 minutes with two single-threaded workers on an otherwise idle 2-core machine.
+# Each card records the command that trained it and the one that measured it; this script is the list.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 E=".venv/bin/explrobust"
 OUT=models_zoo/mnist5k
+PAIRS="$OUT/pairs_way3.json"
 COMMON=(--dataset mnist5k --architecture convnet --epochs 8 --batch-size 50 --lr 0.001 --seed 0
         --eval-images 200 --eval-pgd-eps 0.3 --eval-pgd-steps 10 --quiet --out "$OUT")
 ADV=(--eps 0.3 --steps 5)  # a CPU budget: 5 PGD steps of 2.5·ε/5 (Madry's MNIST recipe uses 40 of 0.01)
@@ -18,7 +22,7 @@ train_one() {
     trades_b*) $E train --name "$1" --objective trades --beta "${1#trades_b}" "${ADV[@]}" "${COMMON[@]}" ;;
     sep_pos)  $E train --name sep_pos --objective sep --lam 50000 --explainer gradient_x_input "${ADV[@]}" "${COMMON[@]}" ;;
     sep_neg)  $E train --name sep_neg --objective sep --lam -3000 --explainer gradient_x_input "${ADV[@]}" "${COMMON[@]}" ;;
-    # the paper's λ = −3000 lets the instability term dominate at our scale; a tenth of it for comparison
+    # the paper's λ = −3000 lets the instability term take over at our scale; a tenth of it for comparison
     sep_neg300) $E train --name sep_neg300 --objective sep --lam -300 --explainer gradient_x_input "${ADV[@]}" "${COMMON[@]}" ;;
     ig_norm)  $E train --name ig_norm --objective ig_norm --lam 1 --m 10 --approx-factor 5 --eps 0.3 --steps 5 "${COMMON[@]}" ;;
     art)      $E train --name art --objective art --gamma 0.5 --k-top 200 --beta 50 --eps 0.3 --steps 3 "${COMMON[@]}" ;;
@@ -26,20 +30,28 @@ train_one() {
   esac
 }
 
-measure() {  # the evaluation code's numbers go into the card
-  $E evaluate --checkpoint "$OUT/$1.safetensors" --n-images 1000 --eps-list '[0.1, 0.2, 0.3]' \
-    --pgd-steps 20 --pgd-step-size 0.025 --explanation-attack targeted --n-explanation-images 50 \
-    --attack-batch-size 50 --targeted-explainer gradient_x_input --targeted-steps 200 --targeted-record-every 50 \
-    --write-card --json "$OUT/$1.eval.json" > /dev/null
+pairs() {  # the stored Way3 pairs every card is measured on (reference: the natural model)
+  $E sample --way 3 --dataset mnist5k --n-candidates 1000 --n-pairs 150 --k 10 --seed 0 \
+    --reference "$OUT/natural.safetensors" --out "$PAIRS"
 }
 
-if [ "${1:-}" = "--one" ]; then
-  train_one "$2" > "$OUT/$2.log" 2>&1 && measure "$2" >> "$OUT/$2.log" 2>&1 && echo "built $2"
-  exit
-fi
-names=("$@")
-[ ${#names[@]} -eq 0 ] && names=("${ALL[@]}")
-# two single-threaded workers use the two cores without fighting over them
-export OMP_NUM_THREADS=1
-printf '%s\n' "${names[@]}" | xargs -P 2 -n 1 bash "$0" --one
-echo "zoo built"
+measure_one() {  # the evaluation code's numbers go into the card
+  $E evaluate --checkpoint "$OUT/$1.safetensors" --n-images 1000 --eps-list '[0.1, 0.2, 0.3]' \
+    --pgd-steps 20 --pgd-step-size 0.025 --explanation-attack targeted --pairs-file "$PAIRS" \
+    --n-explanation-images 150 --attack-batch-size 75 --targeted-explainer gradient_x_input --targeted-steps 200 \
+    --targeted-record-every 50 --write-card --json "$OUT/$1.eval.json" > /dev/null
+}
+
+case "${1:-all}" in
+  train|--one) train_one "$2" > "$OUT/$2.log" 2>&1 && echo "trained $2" ;;
+  measure) measure_one "$2" >> "$OUT/$2.log" 2>&1 && echo "measured $2" ;;
+  pairs) pairs ;;
+  all)
+    # two single-threaded workers use the two cores without fighting over them
+    export OMP_NUM_THREADS=1
+    printf '%s\n' "${ALL[@]}" | xargs -P 2 -n 1 bash "$0" train
+    pairs
+    printf '%s\n' "${ALL[@]}" | xargs -P 2 -n 1 bash "$0" measure
+    echo "zoo built" ;;
+  *) echo "usage: build.sh [all | train NAME | measure NAME | pairs]" >&2; exit 2 ;;
+esac
