@@ -26,6 +26,8 @@ def test_overview_lists_the_registries():
                                                    "Attacks on explanations"]
     explainers = at.dataframe[2].value
     assert {"integrated_gradients", "deeplift"} <= set(explainers["name"])
+    zoo = at.dataframe[6].value
+    assert {"natural", "pgd_at", "sep_pos", "sep_neg300"} <= set(zoo["name"])
 
 
 def _free_port() -> int:
@@ -72,7 +74,8 @@ def test_browser_renders_the_overview(server, tmp_path):
             page.goto(server)
             expect(page.get_by_role("heading", name="Explanation methods")).to_be_visible(timeout=90_000)
             page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=90_000)
-            expect(page.get_by_test_id("stDataFrame")).to_have_count(6, timeout=60_000)
+            # six registries and the shipped zoo's table
+            expect(page.get_by_test_id("stDataFrame")).to_have_count(7, timeout=60_000)
             expect(page.get_by_role("heading", name="Model zoo")).to_be_visible()
             page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
             errors = page.locator("[data-testid='stException']").count()
