@@ -90,3 +90,21 @@ def attack_panels_figure(original: torch.Tensor, perturbed: torch.Tensor, origin
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def overlay_rgb(image: torch.Tensor, explanation_map: torch.Tensor, cmap: str = "inferno", alpha: float = 0.5,
+                scale: int = 4) -> np.ndarray:
+    """An (H·scale, W·scale, 3) uint8 picture: the image in grey/RGB with the map coloured on top.
+
+    The map is scaled by its own maximum; ``scale`` enlarges small images by pixel repetition.
+    """
+    from matplotlib import colormaps
+
+    img = image_to_display(image)
+    base = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
+    m = explanation_map.detach().cpu().numpy()
+    top = m.max()
+    coloured = colormaps[cmap](m / top if top > 0 else m)[..., :3]
+    out = (1 - alpha) * base + alpha * coloured
+    out = np.kron(out, np.ones((scale, scale, 1))) if scale > 1 else out
+    return (out.clip(0, 1) * 255).astype(np.uint8)

@@ -78,7 +78,32 @@ def test_browser_renders_the_overview(server, tmp_path):
             expect(page.get_by_test_id("stDataFrame")).to_have_count(7, timeout=60_000)
             expect(page.get_by_role("heading", name="Model zoo")).to_be_visible()
             page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+            page.get_by_role("link", name="Explorer").click()
+            expect(page.get_by_test_id("stImage")).to_have_count(8, timeout=90_000)
+            page.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+            page.get_by_role("link", name="Model zoo").click()
+            expect(page.get_by_role("heading", name="Model zoo")).to_be_visible(timeout=60_000)
             errors = page.locator("[data-testid='stException']").count()
             assert errors == 0
         finally:
             browser.close()
+
+
+def test_zoo_and_explorer_pages():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/zoo.py").run()
+    assert not at.exception and at.title[0].value == "Model zoo"
+    table = at.dataframe[0].value
+    assert {"mnist5k/natural", "mnist5k/sep_pos"} <= set(table["model"])
+    at.multiselect(key="zoo_selection_widget").set_value(["mnist5k/natural", "mnist5k/pgd_at"]).run()
+    at.switch_page("pages/explorer.py").run()
+    assert not at.exception
+    # the Model zoo page's choice carries over: one row of overlays per model
+    assert [s.value for s in at.subheader] == ["mnist5k/natural", "mnist5k/pgd_at"]
+    assert len(at.get("image")) == 16
+    at.radio[1].set_value("incorrect").run()  # filter: misclassified images only
+    assert not at.exception and len(at.get("image")) > 0
+    at.selectbox[0].set_value("occlusion").run()  # a captum display method
+    assert not at.exception and len(at.get("image")) > 0

@@ -1,0 +1,78 @@
+"""Explorer: browse dataset images, filter them, and overlay explanations of several models."""
+
+import streamlit as st
+import torch
+
+from explrobust_core.explain import EXPLAINERS, explanation_maps
+from explrobust_core.figures import overlay_rgb
+from pages import ui
+
+st.title("Explorer")
+models = ui.model_picker()
+if not models:
+    st.info("Choose at least one model (Model zoo page).")
+    st.stop()
+entries = ui.checkpoints()
+datasets = {entries[m].card.dataset for m in models}
+if len(datasets) > 1:
+    st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); pick one.")
+    st.stop()
+
+left, mid, right = st.columns(3)
+split = left.radio("Split", ["test", "train"], horizontal=True)
+data = ui.dataset(datasets.pop(), split)
+classes = data.info.classes
+wanted = left.multiselect("Classes", classes, default=[])
+correctness = mid.radio("Show", ["all", "correct", "incorrect"], horizontal=True,
+                        help=f"judged by {models[0]}")
+method = mid.selectbox("Explanation", EXPLAINERS.names(),
+                       format_func=lambda n: n + ("" if "differentiable" in EXPLAINERS.get(n).tags else " (captum)"))
+cmap = right.selectbox("Colour map", ["inferno", "viridis", "magma", "hot", "coolwarm", "gray"])
+alpha = right.slider("Opacity", 0.0, 1.0, 0.5, 0.05)
+per_page = 8
+
+
+@st.cache_data(show_spinner="Classifying…")
+def predictions(model_name: str, split: str) -> torch.Tensor:
+    model, _ = ui.load_model(str(entries[model_name].path))
+    device = next(model.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data), 512):
+            x, _ = data.batch(range(start, min(len(data), start + 512)))
+            out.append(model(x.to(device)).argmax(1).cpu())
+    return torch.cat(out)
+
+
+labels = torch.tensor([data[i][1] for i in range(len(data))]) if not hasattr(data, "labels") else data.labels
+keep = torch.ones(len(data), dtype=torch.bool)
+if wanted:
+    keep &= torch.isin(labels, torch.tensor([classes.index(c) for c in wanted]))
+if correctness != "all":
+    right_pred = predictions(models[0], split) == labels
+    keep &= right_pred if correctness == "correct" else ~right_pred
+indices = keep.nonzero().squeeze(1).tolist()
+if not indices:
+    st.warning("No image matches these filters.")
+    st.stop()
+pages = (len(indices) + per_page - 1) // per_page
+page = st.number_input(f"Page (of {pages}; {len(indices)} images)", 1, pages, 1)
+shown = indices[(page - 1) * per_page: page * per_page]
+x, y = data.batch(shown)
+
+for name in models:
+    model, card = ui.load_model(str(entries[name].path))
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probs = torch.softmax(model(x.to(device)), 1).cpu()
+    try:
+        maps = explanation_maps(model, x.to(device), method, target="predicted").cpu()
+    except ValueError as err:  # e.g. a method that does not fit this architecture
+        st.error(f"{name}: {err}")
+        continue
+    st.subheader(name)
+    cols = st.columns(len(shown))
+    for col, i, idx in zip(cols, range(len(shown)), shown):
+        pred = int(probs[i].argmax())
+        col.image(overlay_rgb(x[i], maps[i], cmap, alpha), width="stretch",
+                  caption=f"#{idx} {classes[int(y[i])]} → {classes[pred]} ({float(probs[i, pred]):.2f})")
