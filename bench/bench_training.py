@@ -158,19 +158,18 @@ def header() -> dict:
 
 
 def compute_gradients_create_graph(forward_fn, inputs, target_ind=None, additional_forward_args=None):
-    """captum 0.9's ``captum._utils.gradient.compute_gradients`` with ``create_graph=True``.
+    """Stands in for captum's gradient function (same contract), built with ``create_graph=True``.
 
     Set as an ``InputXGradient`` instance's ``gradient_func`` so that its attributions carry the graph
-    back to the weights (double backprop), as the seed code did.
+    back to the weights (double backprop), as the seed's patch did. Written here; not captum's code.
     """
-    from captum._utils.common import _run_forward
-
-    with torch.autograd.set_grad_enabled(True):
-        outputs = _run_forward(forward_fn, inputs, target_ind, additional_forward_args)
-        assert outputs[0].numel() == 1, (
-            "Target not provided when necessary, cannot take gradient with respect to multiple outputs.")
-        grads = torch.autograd.grad(torch.unbind(outputs), inputs, create_graph=True)
-    return grads
+    extra = additional_forward_args if isinstance(additional_forward_args, tuple) else (
+        () if additional_forward_args is None else (additional_forward_args,))
+    with torch.enable_grad():
+        out = forward_fn(*inputs, *extra)
+        if target_ind is not None:  # each example's own target output
+            out = out.gather(1, torch.as_tensor(target_ind, device=out.device).reshape(-1, 1))
+        return torch.autograd.grad(out.sum(), inputs, create_graph=True)
 
 
 def differentiable_input_x_gradient(model: torch.nn.Module):
