@@ -20,7 +20,11 @@ if len(datasets) > 1:
 
 left, mid, right = st.columns(3)
 split = left.radio("Split", ["test", "train"], horizontal=True)
-data = ui.dataset(datasets.pop(), split)
+try:
+    data = ui.dataset(datasets.pop(), split)
+except (FileNotFoundError, ValueError) as err:  # e.g. a torchvision dataset whose files are not here
+    st.error(str(err))
+    st.stop()
 classes = data.info.classes
 wanted = left.multiselect("Classes", classes, default=[])
 correctness = mid.radio("Show", ["all", "correct", "incorrect"], horizontal=True,
@@ -44,7 +48,7 @@ def predictions(model_name: str, split: str) -> torch.Tensor:
     return torch.cat(out)
 
 
-labels = torch.tensor([data[i][1] for i in range(len(data))]) if not hasattr(data, "labels") else data.labels
+labels = ui.labels(data)
 keep = torch.ones(len(data), dtype=torch.bool)
 if wanted:
     keep &= torch.isin(labels, torch.tensor([classes.index(c) for c in wanted]))

@@ -58,3 +58,16 @@ def selection_widget(names: list[str]) -> None:
 
     st.multiselect("Models to compare on every page", names, default=selected_models(), key="zoo_selection_widget",
                    on_change=remember)
+
+
+@st.cache_data(show_spinner="Reading the labels…")  # _data is not hashed: keyed by name and split
+def _labels_of(_data, name: str, split: str):
+    import torch
+
+    if hasattr(_data, "labels"):  # in-memory sets
+        return _data.labels
+    return torch.tensor([int(_data[i][1]) for i in range(len(_data))])  # once per dataset, then cached
+
+
+def labels(data):
+    return _labels_of(data, data.info.name, data.split)
