@@ -500,6 +500,78 @@ def cmd_train(ns: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- background jobs
+
+
+def _executor(ns: argparse.Namespace):
+    from .jobs import JobStore, LocalExecutor
+
+    return LocalExecutor(JobStore(ns.runs) if ns.runs else None, getattr(ns, "max_concurrent", None))
+
+
+def cmd_jobs_submit(ns: argparse.Namespace) -> int:
+    from .jobs import TrainJobSpec, parse_spec
+
+    extra = list(ns.extra)
+    spec_file = extra.pop(0) if extra and not extra[0].startswith("-") else None
+    if spec_file:
+        if extra:
+            raise ConfigError(f"give a spec file or training flags, not both (got {' '.join(extra)})")
+        spec = parse_spec(Path(spec_file).read_text())
+    else:  # the `train` command's flags, validated the same way
+        argv = ["train", *extra]
+        train_ns = build_parser("train", _choice_in(argv)).parse_args(argv)
+        spec = TrainJobSpec(train=_train_config(train_ns))
+    job = _executor(ns).submit(spec)
+    print(json.dumps(job.as_row()) if ns.json else f"submitted job {job.id} ({job.kind} {job.name}): {job.status}")
+    return 0
+
+
+def cmd_jobs_list(ns: argparse.Namespace) -> int:
+    executor = _executor(ns)
+    executor.start_queued()
+    rows = [j.as_row() for j in executor.store.list()]
+    if ns.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        print(f"{r['id']}  {r['kind']:<8} {r['status']:<11} {r['progress']:>5.0%}  {r['name']}"
+              + (f"  ({r['error']})" if r["error"] else ""))
+    return 0
+
+
+def cmd_jobs_show(ns: argparse.Namespace) -> int:
+    import dataclasses
+
+    job = _executor(ns).store.get(ns.id)
+    print(json.dumps(dataclasses.asdict(job) | {"fraction": job.fraction}, indent=1))
+    return 0
+
+
+def cmd_jobs_action(ns: argparse.Namespace) -> int:
+    executor = _executor(ns)
+    if ns.action == "delete":
+        executor.delete(ns.id)
+        print(f"deleted job {ns.id}")
+        return 0
+    job = getattr(executor, ns.action)(ns.id)
+    print(f"job {job.id}: {job.status}" + (" (stops at the next batch)" if job.cancel_requested else ""))
+    return 0
+
+
+def cmd_jobs_logs(ns: argparse.Namespace) -> int:
+    from .jobs import tail
+
+    print(tail(Path(_executor(ns).store.get(ns.id).log_path), ns.lines), end="")
+    return 0
+
+
+def cmd_jobs_worker(ns: argparse.Namespace) -> int:
+    from .jobs import JobStore, run_worker
+
+    return run_worker(ns.id, JobStore(ns.runs) if ns.runs else None)
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -646,6 +718,35 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     p.add_argument("--write-card", action="store_true", help="store the summary in the checkpoint's model card")
     add_config_arguments(p, EvaluationConfig, "evaluation", skip=("split",))
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("jobs", help="background training/evaluation jobs: submit, list, show, cancel, resume, logs")
+    p.add_argument("--runs", default=None, help="runs directory (default: $EXPLROBUST_RUNS or ~/.explrobust/runs)")
+    jobs = p.add_subparsers(dest="jobs_command", required=True)
+    q = jobs.add_parser("submit", help="queue a job: a JSON spec file, or the `train` command's flags",
+                        usage="explrobust jobs submit [--json] [--max-concurrent N] (SPEC.json | TRAIN FLAGS …)",
+                        description="SPEC.json: {\"kind\": \"train\", \"train\": {…TrainConfig…}} or "
+                                    "{\"kind\": \"evaluate\", \"model\": \"mnist5k/natural\", …}; "
+                                    "or the flags of `explrobust train` (see `explrobust train --help`).")
+    q.add_argument("--max-concurrent", type=int, default=None, help="jobs allowed to run at once (kept in the store)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_jobs_submit)
+    q = jobs.add_parser("list", help="all jobs with status and progress")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_jobs_list)
+    for action, text in (("show", "one job, everything stored"), ("cancel", "stop at the next batch, keep the state"),
+                         ("resume", "continue an interrupted, cancelled or failed job"),
+                         ("retry", "run a failed job again from its last state"),
+                         ("delete", "forget a finished job and remove its files")):
+        q = jobs.add_parser(action, help=text)
+        q.add_argument("id")
+        q.set_defaults(func=cmd_jobs_show if action == "show" else cmd_jobs_action, action=action)
+    q = jobs.add_parser("logs", help="the end of a job's log")
+    q.add_argument("id")
+    q.add_argument("--lines", type=int, default=40)
+    q.set_defaults(func=cmd_jobs_logs)
+    q = jobs.add_parser("worker", help="(internal) run one queued job in this process")
+    q.add_argument("id")
+    q.set_defaults(func=cmd_jobs_worker)
     return parser
 
 
@@ -670,12 +771,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv[0] if argv else None, _choice_in(argv))
-        ns = parser.parse_args(argv)
+        if argv[:1] == ["jobs"] and "submit" in argv:  # submit passes the `train` flags through
+            ns, extra = parser.parse_known_args(argv)
+            ns.extra = extra
+        else:
+            ns = parser.parse_args(argv)
         ns.argv = argv
         return ns.func(ns)
-    except (ConfigError, ValueError, IndexError, FileNotFoundError, MissingExtraError, FloatingPointError) as err:
+    except (ConfigError, ValueError, IndexError, KeyError, FileNotFoundError, MissingExtraError, FloatingPointError) as err:
         # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError).
-        print(f"explrobust: error: {err}", file=sys.stderr)
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
+        print(f"explrobust: error: {message}", file=sys.stderr)
         return 2
 
 

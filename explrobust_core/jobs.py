@@ -1,0 +1,550 @@
+"""Background jobs: validated specs, a SQLite job store and a local process executor.
+
+Training and dataset-wide evaluations never run inside the dashboard's script thread: each job is a
+detached OS process (``explrobust jobs worker ID``) that writes its progress into a SQLite store
+(WAL mode, so the UI reads while workers write) under the runs directory::
+
+    RUNS/jobs.sqlite           the store: one row per job
+    RUNS/jobs/<id>/job.log     the worker's output
+    RUNS/jobs/<id>/            everything the job writes (training run + checkpoint, results)
+
+A finished training job registers its checkpoint in the user zoo (never the shipped one); an
+evaluation job stores its result where the Robustness study page reads it. Cancel asks the worker
+to stop at the next batch (a flag in the store plus SIGTERM); the trainer then leaves a resumable
+state. A worker killed outright is noticed by :meth:`LocalExecutor.reconcile` (its process is gone)
+and reported ``interrupted``; ``resume`` restarts it from the last saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Literal, Protocol
+
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
+
+from .io import atomic_write_bytes, check_name
+from .registry import Config, ConfigError, format_validation_error
+from .training.trainer import TrainConfig
+
+STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
+ACTIVE = ("queued", "running")
+MAX_LOSS_POINTS = 400  # loss-curve points kept per job (older ones are thinned)
+
+
+def runs_dir() -> Path:
+    """Where jobs and their outputs live (``EXPLROBUST_RUNS``, default ``~/.explrobust/runs``)."""
+    return Path(os.environ.get("EXPLROBUST_RUNS", Path.home() / ".explrobust" / "runs")).expanduser()
+
+
+# --------------------------------------------------------------------------- specs
+
+
+class TrainJobSpec(Config):
+    """Train one model; the checkpoint joins the user zoo when the job finishes."""
+
+    kind: Literal["train"] = "train"
+    train: TrainConfig = Field(..., description="the training run: objective + config, dataset, architecture, …")
+
+    @field_validator("train")
+    @classmethod
+    def _reads_only(cls, v: TrainConfig) -> TrainConfig:
+        if v.dataset_config.get("download"):  # a download writes into the data root, outside the runs directory
+            raise ValueError("dataset_config.download is not allowed in a job: download the dataset first")
+        return v
+
+
+class EvaluateJobSpec(Config):
+    """Evaluate one zoo checkpoint (clean/PGD accuracy and explanation robustness)."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    model: str = Field(..., description="zoo model as dataset/name, e.g. mnist5k/natural")
+    preset: str | None = Field(None, description="an evaluation preset (rar_mnist, …)")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        parts = v.split("/")
+        if len(parts) != 2:
+            raise ValueError("model must be dataset/name, e.g. mnist5k/natural")
+        for p in parts:
+            check_name(p, "model name")
+        return v
+
+    def evaluation_config(self):
+        from .evaluate import make_evaluation_config
+
+        return make_evaluation_config(self.preset, **self.evaluation)
+
+
+JobSpec = Annotated[TrainJobSpec | EvaluateJobSpec, Field(discriminator="kind")]
+_SPEC = TypeAdapter(JobSpec)
+
+
+def parse_spec(data: dict[str, Any] | str) -> TrainJobSpec | EvaluateJobSpec:
+    """A validated job spec from a dict or JSON text; errors name the offending field."""
+    try:
+        spec = _SPEC.validate_json(data) if isinstance(data, str) else _SPEC.validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "job spec")) from None
+    if isinstance(spec, EvaluateJobSpec):
+        try:
+            spec.evaluation_config()
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, "job spec: evaluation")) from None
+    return spec
+
+
+def spec_name(spec: TrainJobSpec | EvaluateJobSpec) -> str:
+    return spec.train.name if isinstance(spec, TrainJobSpec) else spec.model
+
+
+# --------------------------------------------------------------------------- store
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    status: str
+    progress: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    losses: list[list[float]]
+    created: float
+    started: float | None
+    finished: float | None
+    pid: int | None
+    log_path: str
+    result: dict[str, Any]
+    error: str | None
+    attempts: int
+    cancel_requested: bool
+
+    @property
+    def fraction(self) -> float:
+        p = self.progress
+        if self.status == "done":
+            return 1.0
+        if "epochs" in p and "batches" in p:
+            return min(1.0, ((p["epoch"] - 1) * p["batches"] + p["batch"]) / (p["epochs"] * p["batches"]))
+        return float(p.get("fraction", 0.0))
+
+    def as_row(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "name": self.name, "status": self.status,
+                "progress": round(self.fraction, 3), "attempts": self.attempts, "error": self.error,
+                "created": self.created, "started": self.started, "finished": self.finished, "pid": self.pid,
+                "result": self.result}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL,
+    status TEXT NOT NULL, progress TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL DEFAULT '[]',
+    losses TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL, started REAL, finished REAL, pid INTEGER,
+    log_path TEXT NOT NULL, result TEXT NOT NULL DEFAULT '{}', error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_JSON_COLUMNS = ("spec", "progress", "metrics", "losses", "result")
+
+
+class JobStore:
+    """The jobs table of ``RUNS/jobs.sqlite``; one short connection per operation (safe across processes)."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else runs_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / "jobs.sqlite"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that locks out other writers (check-then-act without races)."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / check_name(job_id, "job id")
+
+    def add(self, spec: TrainJobSpec | EvaluateJobSpec) -> Job:
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        log = self.job_dir(job_id) / "job.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with self.transaction() as db:
+            db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, log_path) VALUES (?,?,?,?,?,?,?)",
+                       (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), "queued", time.time(), str(log)))
+        return self.get(job_id)
+
+    def _job(self, row: sqlite3.Row) -> Job:
+        values = dict(row)
+        for col in _JSON_COLUMNS:
+            values[col] = json.loads(values[col])
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        return Job(**values)
+
+    def get(self, job_id: str) -> Job:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no job {job_id!r} in {self.path}")
+        return self._job(row)
+
+    def list(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created").fetchall()
+        jobs = [self._job(r) for r in rows]
+        return [j for j in jobs if statuses is None or j.status in statuses]
+
+    def update(self, job_id: str, **values: Any) -> None:
+        if not values:
+            return
+        for col in _JSON_COLUMNS:
+            if col in values:
+                values[col] = json.dumps(values[col])
+        cols = ", ".join(f"{k} = ?" for k in values)
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {cols} WHERE id = ?", (*values.values(), job_id))
+
+    def delete(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    def setting(self, key: str, default: str | None = None) -> str | None:
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
+                       (key, value, value))
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class Executor(Protocol):
+    """What the dashboard and the CLI need from an executor; a distributed one implements the same."""
+
+    store: JobStore
+
+    def submit(self, spec: TrainJobSpec | EvaluateJobSpec) -> Job: ...
+    def cancel(self, job_id: str) -> Job: ...
+    def resume(self, job_id: str) -> Job: ...
+    def reconcile(self) -> list[Job]: ...
+
+
+def _process_alive(pid: int | None, job_id: str) -> bool:
+    """Whether ``pid`` is still this job's worker (not a zombie, not a recycled pid)."""
+    if not pid:
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.exists():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[0]
+        return state not in ("Z", "X") and job_id in cmdline
+    if sys.platform.startswith("linux"):
+        return False
+    try:  # other systems: pid existence only
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+class LocalExecutor:
+    """Jobs as detached local processes, at most ``max_concurrent`` at a time; the rest wait queued.
+
+    Workers start the next queued job when they end, so the queue drains without a dashboard.
+    """
+
+    _children: dict[int, subprocess.Popen] = {}  # reaped in reconcile() so no zombie is mistaken for alive
+
+    def __init__(self, store: JobStore | None = None, max_concurrent: int | None = None):
+        self.store = store or JobStore()
+        if max_concurrent is not None:
+            if not 1 <= max_concurrent <= 64:
+                raise ConfigError("max_concurrent must be between 1 and 64")
+            self.store.set_setting("max_concurrent", str(max_concurrent))
+
+    @property
+    def max_concurrent(self) -> int:
+        return int(self.store.setting("max_concurrent", os.environ.get("EXPLROBUST_MAX_JOBS", "1")))
+
+    def submit(self, spec: TrainJobSpec | EvaluateJobSpec) -> Job:
+        if isinstance(spec, TrainJobSpec):
+            _check_free_name(self.store, spec.train)
+        job = self.store.add(spec)
+        self.start_queued()
+        return self.store.get(job.id)
+
+    def start_queued(self) -> list[str]:
+        """Start queued jobs while fewer than the limit run; returns the started ids."""
+        self.reconcile()
+        started = []
+        while True:
+            with self.store.transaction() as db:
+                running = db.execute("SELECT COUNT(*) FROM jobs WHERE status = 'running'").fetchone()[0]
+                row = db.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created LIMIT 1").fetchone()
+                if row is None or running >= self.max_concurrent:
+                    return started
+                job_id = row["id"]
+                # claimed inside the lock: no other poller can start it too
+                db.execute("UPDATE jobs SET status = 'running', started = ?, pid = NULL, error = NULL, "
+                           "cancel_requested = 0, attempts = attempts + 1 WHERE id = ?", (time.time(), job_id))
+            try:
+                pid = self._spawn(job_id)
+            except OSError as err:
+                self.store.update(job_id, status="failed", error=f"could not start the worker: {err}",
+                                  finished=time.time())
+                continue
+            self.store.update(job_id, pid=pid)
+            started.append(job_id)
+
+    def _spawn(self, job_id: str) -> int:
+        log = open(self.store.get(job_id).log_path, "ab")
+        cmd = [sys.executable, "-m", "explrobust_core.cli", "jobs", "--runs", str(self.store.root), "worker", job_id]
+        # its own session: a dashboard restart (or Ctrl-C in its terminal) does not take the job with it
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+        log.close()
+        self._children[proc.pid] = proc
+        return proc.pid
+
+    def reconcile(self) -> list[Job]:
+        """Mark running jobs whose worker process is gone as interrupted; returns them."""
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+        gone = []
+        for job in self.store.list(("running",)):
+            if job.pid is None and time.time() - (job.started or 0) < 30:
+                continue  # being started by another poller right now
+            if not _process_alive(job.pid, job.id):
+                with self.store.transaction() as db:  # only if nobody else finished it meanwhile
+                    db.execute("UPDATE jobs SET status = 'interrupted', finished = ?, error = ? "
+                               "WHERE id = ? AND status = 'running'",
+                               (time.time(), "the worker process ended without finishing; resume continues from "
+                                             "the last saved state", job.id))
+                gone.append(self.store.get(job.id))
+        return gone
+
+    def cancel(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        if job.status == "queued":
+            self.store.update(job_id, status="cancelled", finished=time.time())
+        elif job.status == "running":
+            self.store.update(job_id, cancel_requested=1)
+            if _process_alive(job.pid, job.id):
+                os.kill(job.pid, signal.SIGTERM)  # the trainer's StopFlag: stop at the next batch, save state
+        else:
+            raise ConfigError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+        return self.store.get(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """Queue an interrupted, cancelled or failed job again; training continues from its last state."""
+        job = self.store.get(job_id)
+        if job.status not in ("interrupted", "cancelled", "failed"):
+            raise ConfigError(f"job {job_id} is {job.status}; only interrupted, cancelled or failed jobs resume")
+        self.store.update(job_id, status="queued", finished=None, error=None)
+        self.start_queued()
+        return self.store.get(job_id)
+
+    retry = resume  # a failed job retried is resumed from its last state
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job that is not running and remove its directory (its registered checkpoint stays)."""
+        job = self.store.get(job_id)
+        if job.status in ACTIVE:
+            raise ConfigError(f"job {job_id} is {job.status}; cancel it first")
+        shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
+        self.store.delete(job_id)
+
+    def wait(self, job_id: str, timeout: float = 600, poll: float = 0.2) -> Job:
+        """Block until the job is no longer queued/running (tests, scripts)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            self.start_queued()
+            job = self.store.get(job_id)
+            if job.status not in ACTIVE:
+                return job
+            time.sleep(poll)
+        raise TimeoutError(f"job {job_id} still {self.store.get(job_id).status} after {timeout:.0f} s")
+
+
+def _check_free_name(store: JobStore, cfg: TrainConfig) -> None:
+    """Refuse a training job whose checkpoint name is taken in the zoos or by an active job."""
+    from .zoo import shipped_zoo_dir, user_zoo_dir
+
+    for zoo in (user_zoo_dir(), shipped_zoo_dir()):
+        if (zoo / cfg.dataset / f"{cfg.name}.safetensors").exists() or (zoo / cfg.dataset / cfg.name).is_dir():
+            raise ConfigError(f"train.name: a checkpoint {cfg.dataset}/{cfg.name} exists already; choose another name")
+    for job in store.list(ACTIVE):
+        if job.kind == "train" and job.name == cfg.name and job.spec["train"]["dataset"] == cfg.dataset:
+            raise ConfigError(f"train.name: job {job.id} is already training {cfg.dataset}/{cfg.name}")
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+class _Reporter:
+    """Throttled progress writes from the worker into the store."""
+
+    def __init__(self, store: JobStore, job: Job, every_s: float = 0.5):
+        self.store, self.job_id, self.every_s = store, job.id, every_s
+        self.losses: list[list[float]] = list(job.losses)
+        self.metrics: list[dict[str, Any]] = list(job.metrics)
+        self.last = 0.0
+        self.cancel_checked = 0.0
+        self.cancelled = False
+
+    def train_event(self, event: dict[str, Any]) -> None:
+        if "metrics" in event:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in event["metrics"].items() if isinstance(v, float))
+            print(f"epoch {event['epoch']}/{event['epochs']}: {shown}", flush=True)
+            self.metrics = [m for m in self.metrics if m.get("epoch") != event["epoch"]] + [event["metrics"]]
+            self.store.update(self.job_id, metrics=self.metrics)
+            return
+        step = (event["epoch"] - 1) * event["batches"] + event["batch"]
+        self.losses.append([step, event["loss"]])
+        if len(self.losses) > MAX_LOSS_POINTS:
+            self.losses = self.losses[::2]
+        now = time.time()
+        if now - self.last >= self.every_s or step == event["epochs"] * event["batches"]:
+            self.last = now
+            self.store.update(self.job_id, progress={k: event[k] for k in ("epoch", "epochs", "batch", "batches")}
+                              | {"loss": event["loss"]}, losses=self.losses)
+
+    def stage(self, stage: str, fraction: float) -> None:
+        self.store.update(self.job_id, progress={"stage": stage, "fraction": fraction})
+
+    def cancel_requested(self) -> bool:
+        now = time.time()
+        if not self.cancelled and now - self.cancel_checked >= 1.0:
+            self.cancel_checked = now
+            self.cancelled = self.store.get(self.job_id).cancel_requested
+        return self.cancelled
+
+
+def register_checkpoint(checkpoint: Path, dataset: str, name: str) -> Path:
+    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites)."""
+    from .zoo import user_zoo_dir
+
+    target = user_zoo_dir() / dataset / f"{name}.safetensors"
+    if target.exists():
+        raise FileExistsError(f"{target} exists already; the trained checkpoint stays at {checkpoint}")
+    card = checkpoint.with_suffix(".json")
+    atomic_write_bytes(target, checkpoint.read_bytes())
+    atomic_write_bytes(target.with_suffix(".json"), card.read_bytes())
+    return target
+
+
+def _run_training(store: JobStore, job: Job, spec: TrainJobSpec, reporter: _Reporter,
+                  stop: Callable[[], bool]) -> str:
+    from .training.trainer import train
+
+    outcome = train(spec.train, store.job_dir(job.id), progress=reporter.train_event, should_stop=stop,
+                    command=f"explrobust jobs submit (job {job.id})")
+    if not outcome.finished:
+        return "cancelled" if store.get(job.id).cancel_requested else "interrupted"
+    registered = register_checkpoint(outcome.checkpoint, spec.train.dataset, spec.train.name)
+    store.update(job.id, result={"checkpoint": str(outcome.checkpoint), "zoo_checkpoint": str(registered),
+                                 "model": f"{spec.train.dataset}/{spec.train.name}"})
+    return "done"
+
+
+def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: _Reporter) -> str:
+    from .data import load_dataset
+    from .evaluate import evaluate_model
+    from .zoo import list_checkpoints, load_checkpoint, shipped_zoo_dir, user_zoo_dir
+
+    entries = {f"{e.card.dataset}/{e.card.name}": e for e in list_checkpoints(shipped_zoo_dir(), user_zoo_dir())
+               if e.card is not None}
+    if spec.model not in entries:
+        raise ConfigError(f"model: no checkpoint {spec.model!r} in the zoo")
+    cfg = spec.evaluation_config()
+    model, card = load_checkpoint(entries[spec.model].path, spec.device)
+    result = evaluate_model(model, load_dataset(card.dataset, cfg.split), cfg, progress=reporter.stage)
+    result.config.update(checkpoint=str(entries[spec.model].path), model=card.name, dataset=card.dataset,
+                         preset=spec.preset)
+    out = store.job_dir(job.id) / "evaluation.json"
+    result.save(out, out.with_suffix(".csv"))
+    store.update(job.id, result={"evaluation": str(out), "model": spec.model, "summary": result.summary})
+    return "done"
+
+
+def run_worker(job_id: str, store: JobStore | None = None) -> int:
+    """The worker entrypoint: run one job to its end and record how it ended."""
+    import traceback
+
+    from .training.trainer import StopFlag
+
+    store = store or JobStore()
+    job = store.get(job_id)
+    store.update(job_id, pid=os.getpid(), status="running")
+    spec = parse_spec(job.spec)
+    print(f"job {job_id} (attempt {job.attempts}): {job.kind} {job.name}, pid {os.getpid()}", flush=True)
+    reporter = _Reporter(store, job)
+    flag = StopFlag().install()
+    try:
+        if isinstance(spec, TrainJobSpec):
+            status = _run_training(store, job, spec, reporter, lambda: flag() or reporter.cancel_requested())
+        else:
+            status = _run_evaluation(store, job, spec, reporter)
+        store.update(job_id, status=status, finished=time.time())
+        print(f"job {job_id}: {status}", flush=True)
+        code = 0 if status == "done" else 3
+    except Exception as err:  # recorded for the UI; the traceback goes to the job's log
+        traceback.print_exc()
+        store.update(job_id, status="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
+        code = 1
+    LocalExecutor(store).start_queued()  # the queue drains without a dashboard
+    return code
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log (read from its end; logs can grow large)."""
+    if not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - 200 * lines - 4096))
+        text = f.read().decode(errors="replace").replace("\r", "\n")
+    return "\n".join([ln for ln in text.split("\n") if ln.strip()][-lines:]) + "\n"
