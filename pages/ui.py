@@ -71,3 +71,143 @@ def _labels_of(_data, name: str, split: str):
 
 def labels(data):
     return _labels_of(data, data.info.name, data.split)
+
+
+# --- teaching header and figure export -------------------------------------------------------------
+
+_EXPORTS = "_page_exports"
+
+
+def page_header(title: str, what: str, how: str) -> None:
+    """The page title and its two teaching lines; starts a fresh list of this run's exportable files."""
+    st.title(title)
+    st.caption(f"{what}  \n{how}")
+    st.session_state[_EXPORTS] = {}
+
+
+def _table_bytes(data) -> dict[str, bytes]:
+    import json
+
+    import pandas as pd
+
+    from explrobust_core.results import _jsonable
+
+    if isinstance(data, pd.DataFrame):
+        frame, obj = data, data.to_dict(orient="records")
+    else:
+        obj = _jsonable(data)
+        frame = pd.DataFrame(obj if isinstance(obj, list) else [obj])
+    return {"csv": frame.to_csv(index=False).encode(), "json": json.dumps(_jsonable(obj), indent=1).encode()}
+
+
+_MIME = {"png": "image/png", "pdf": "application/pdf", "csv": "text/csv", "json": "application/json"}
+
+
+def downloads(stem: str, fig=None, data=None) -> None:
+    """Download buttons for one figure (PNG, PDF) and its numbers (CSV, JSON); the files also go into
+    the page's zip (``export_all``). ``fig`` is a matplotlib figure; it is closed here."""
+    from explrobust_core.figures import figure_bytes
+    from explrobust_core.io import check_name
+
+    check_name(stem, "export name")
+    files: dict[str, bytes] = {}
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        files.update({ext: figure_bytes(fig, ext) for ext in ("png", "pdf")})
+        plt.close(fig)
+    if data is not None:
+        files.update(_table_bytes(data))
+    cols = st.columns(max(len(files), 1) + 3)
+    for col, (ext, blob) in zip(cols, files.items()):
+        col.download_button(ext.upper(), blob, file_name=f"{stem}.{ext}", mime=_MIME[ext], key=f"dl-{stem}-{ext}",
+                            on_click="ignore", width="stretch")
+    st.session_state.setdefault(_EXPORTS, {}).update({f"{stem}.{ext}": blob for ext, blob in files.items()})
+
+
+def export_all(page: str) -> None:
+    """One zip of every figure and table this run of the page offered for download."""
+    import io
+    import zipfile
+
+    files = st.session_state.get(_EXPORTS) or {}
+    if not files:
+        return
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, blob in sorted(files.items()):
+            zf.writestr(name, blob)
+    st.download_button(f"Export all {len(files)} files of this page (zip)", buf.getvalue(),
+                       file_name=f"explrobust-{page}.zip", mime="application/zip", key=f"zip-{page}",
+                       on_click="ignore")
+
+
+def show_figure(fig, stem: str, data=None) -> None:
+    """Show a matplotlib figure and its download buttons."""
+    st.pyplot(fig, clear_figure=False)
+    downloads(stem, fig, data)
+
+
+# --- forms generated from the typed configs (same defaults and ranges as the CLI) ------------------
+
+
+def _bounds(field) -> dict:
+    import annotated_types as at
+
+    out = {}
+    for m in field.metadata:
+        if isinstance(m, (at.Ge, at.Gt)):
+            out["min_value"] = m.ge if isinstance(m, at.Ge) else m.gt
+        if isinstance(m, (at.Le, at.Lt)):
+            out["max_value"] = m.le if isinstance(m, at.Le) else m.lt
+    return out
+
+
+def config_inputs(config, key: str, skip: tuple[str, ...] = (), overrides: dict | None = None) -> dict:
+    """One widget per field of a pydantic config (call inside a form); returns the values entered.
+
+    Numbers get the field's bounds and default, Literals a selectbox, booleans a checkbox, optional
+    numbers a text box where empty means "default"; the config itself validates on submit.
+    """
+    import json
+    import typing
+
+    from explrobust_core.registry import config_defaults
+
+    defaults = config_defaults(config) | (overrides or {})
+    values: dict = {}
+    for name, field in config.model_fields.items():
+        if name in skip:
+            continue
+        ann, default, wkey = field.annotation, defaults.get(name), f"{key}-{name}"
+        label, helptext = name.replace("_", " "), field.description
+        args = typing.get_args(ann)
+        if ann is bool:
+            values[name] = st.checkbox(label, bool(default), help=helptext, key=wkey)
+        elif typing.get_origin(ann) is typing.Literal:
+            values[name] = st.selectbox(label, list(args), index=list(args).index(default), help=helptext, key=wkey)
+        elif ann is int:
+            values[name] = int(st.number_input(label, value=int(default), step=1, help=helptext, key=wkey,
+                                               **{k: int(v) for k, v in _bounds(field).items()}))
+        elif ann is float:
+            values[name] = float(st.number_input(label, value=float(default), format="%g", help=helptext, key=wkey,
+                                                 **{k: float(v) for k, v in _bounds(field).items()}))
+        elif ann is str:
+            values[name] = st.text_input(label, str(default), help=helptext, key=wkey)
+        elif type(None) in args and any(a in (int, float) for a in args):
+            text = st.text_input(label, "" if default is None else str(default), help=f"{helptext} (empty: none)",
+                                 key=wkey)
+            values[name] = None if not text.strip() else (int(text) if int in args and text.strip().isdigit()
+                                                          else text.strip())
+        else:  # dicts and lists as JSON
+            text = st.text_input(f"{label} (JSON)", json.dumps(default), help=helptext, key=wkey)
+            try:
+                values[name] = json.loads(text)
+            except json.JSONDecodeError:
+                values[name] = text  # the config refuses it with a message naming the field
+    return values
+
+
+def refresh_checkpoints() -> None:
+    """Forget the cached checkpoint list (a job just added one)."""
+    _entries.clear()

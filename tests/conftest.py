@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +75,108 @@ def mnist_convnet():
     torch.manual_seed(0)
     model = build_model("convnet", input_shape=info.input_shape, num_classes=10, mean=info.mean, std=info.std)
     return fit(model, train.images, train.labels, epochs=2)
+
+
+# --- the real dashboard server and Debian's chromium, for the browser tests -------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"]
+# screenshots are kept as test artefacts here (CI can collect the folder)
+ARTIFACTS = Path(os.environ.get("EXPLROBUST_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server_runs_dir(tmp_path_factory) -> Path:
+    """The runs directory (jobs, user zoo) of the test server: never the developer's own."""
+    return tmp_path_factory.mktemp("server_runs")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, server_runs_dir):
+    """The real streamlit server on a free localhost port, for the whole session."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log = open(log_path, "w")
+    env = dict(os.environ, EXPLROBUST_RUNS=str(server_runs_dir), EXPLROBUST_USER_ZOO=str(server_runs_dir / "zoo"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            pytest.fail(f"the streamlit server did not become healthy within 90 s; log: {log_path.read_text()[-2000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+class BrowserPage:
+    """One browser tab on the dashboard: open a page through the navigation, wait for runs, screenshot."""
+
+    def __init__(self, page, url: str):
+        self.page, self.url = page, url
+
+    def wait_idle(self, timeout_ms: int = 180_000) -> None:
+        """Wait until the script run finished (the running indicator is gone)."""
+        self.page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout_ms)
+
+    def open(self, title: str, timeout_ms: int = 120_000) -> None:
+        """Start at the root (a cold server's first request must not be a deep link) and click the page."""
+        from playwright.sync_api import expect
+
+        if not self.page.url.startswith(self.url):
+            self.page.goto(self.url)
+            expect(self.page.get_by_role("heading", name="explrobust")).to_be_visible(timeout=timeout_ms)
+            self.wait_idle(timeout_ms)
+        self.page.get_by_role("link", name=title).click()
+        expect(self.page.get_by_role("heading", name=title).first).to_be_visible(timeout=timeout_ms)
+        self.wait_idle(timeout_ms)
+
+    def assert_no_exception(self) -> None:
+        shown = self.page.locator("[data-testid='stException']")
+        assert shown.count() == 0, shown.first.inner_text()
+
+    def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture
+def browser_page(server, chromium):
+    """A fresh browser context (its own streamlit session) on the test server."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        yield BrowserPage(context.new_page(), server)
+    finally:
+        context.close()

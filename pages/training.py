@@ -1,0 +1,145 @@
+"""Training jobs: queue training or evaluation runs as background processes; watch, cancel, resume."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from explrobust_core.data import DATASETS
+from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, JobStore, LocalExecutor, TrainJobSpec, tail
+from explrobust_core.evaluate import PRESETS
+from explrobust_core.models import ARCHITECTURES
+from explrobust_core.registry import ConfigError
+from explrobust_core.training.objectives import OBJECTIVES
+from explrobust_core.training.trainer import TrainConfig
+from pages import ui
+
+ui.page_header(
+    "Training jobs",
+    "Train a model with any objective, or evaluate one, as a background process: the page can be closed, "
+    "the job goes on, and a finished model appears on the Model zoo page.",
+    "Press “Start training” for a one-epoch ConvNet on the embedded MNIST digits (about a minute on a CPU).",
+)
+
+
+@st.cache_resource(show_spinner=False)
+def executor() -> LocalExecutor:
+    """One executor per server process; on dashboard start, jobs whose process is gone become interrupted."""
+    ex = LocalExecutor(JobStore())
+    ex.reconcile()
+    return ex
+
+
+ex = executor()
+train_tab, eval_tab = st.tabs(["Train a model", "Evaluate a model"])
+
+with train_tab:
+    top = st.columns(3)
+    objective = top[0].selectbox("Objective", OBJECTIVES.names(), help=" · ".join(
+        f"{n}: {OBJECTIVES.get(n).summary}" for n in OBJECTIVES.names()))
+    dataset = top[1].selectbox("Dataset", DATASETS.names(), index=DATASETS.names().index("mnist5k"))
+    architecture = top[2].selectbox("Architecture", ARCHITECTURES.names())
+    with st.form("train-form"):
+        st.caption(f"**{objective}** — {OBJECTIVES.get(objective).summary}")
+        left, right = st.columns(2)
+        with left:
+            run = ui.config_inputs(TrainConfig, "train", overrides={"name": f"my_{objective}", "epochs": 1,
+                                                                    "max_train_images": 1000, "eval_images": 200},
+                                   skip=("dataset", "architecture", "objective", "objective_config", "dataset_config",
+                                         "arch_config", "step_every", "step_gamma", "momentum", "amp"))
+        with right:
+            st.markdown(f"**{objective} options**")
+            options = ui.config_inputs(OBJECTIVES.get(objective).config, f"obj-{objective}")
+        submitted = st.form_submit_button("Start training", type="primary")
+    if submitted:
+        try:
+            spec = TrainJobSpec(train=TrainConfig(**run, dataset=dataset, architecture=architecture,
+                                                  objective=objective, objective_config=options))
+            job = ex.submit(spec)
+            st.success(f"Job {job.id} is {job.status}.")
+        except (ConfigError, ValueError) as err:
+            st.error(str(err))
+
+with eval_tab:
+    names = list(ui.checkpoints())
+    with st.form("eval-form"):
+        model = st.selectbox("Model", names)
+        preset = st.selectbox("Protocol", ["quick"] + sorted(PRESETS),
+                              help="quick: 200 images, PGD-20 at ε 0.1/0.2/0.3, top-k IFIA on 50 images")
+        go = st.form_submit_button("Start evaluation")
+    if go and model:
+        quick = {"n_images": 200, "pgd": {"steps": 20}, "n_explanation_images": 50, "ifia": {"steps": 50}}
+        try:
+            spec = EvaluateJobSpec(model=model, preset=None if preset == "quick" else preset,
+                                   evaluation=quick if preset == "quick" else {})
+            job = ex.submit(spec)
+            st.success(f"Job {job.id} is {job.status}.")
+        except (ConfigError, ValueError) as err:
+            st.error(str(err))
+
+
+def _status_icon(status: str) -> str:
+    return {"queued": "…", "running": "▶", "done": "✓", "failed": "✗", "cancelled": "■",
+            "interrupted": "!"}[status] + " " + status
+
+
+def job_details(job) -> None:
+    st.progress(job.fraction, text=f"{_status_icon(job.status)} · {job.kind} {job.name} · {job.fraction:.0%}")
+    if job.error:
+        st.error(job.error)
+    if job.status == "done" and job.kind == "train":
+        st.success(f"Checkpoint {job.result.get('model')} is in the user zoo (Model zoo page).")
+    if job.status == "done" and job.kind == "evaluate":
+        summary = job.result.get("summary", {})
+        st.metric("clean accuracy", f"{summary.get('clean_accuracy', float('nan')):.1%}")
+        st.json(summary, expanded=False)
+    cols = st.columns(2)
+    if job.losses:
+        cols[0].markdown("**Training loss by step**")
+        cols[0].line_chart(pd.DataFrame(job.losses, columns=["step", "loss"]).set_index("step"), height=220)
+    if job.metrics:
+        cols[1].markdown("**Per-epoch metrics**")
+        cols[1].dataframe(pd.DataFrame(job.metrics), hide_index=True, width="stretch")
+    with st.expander("Log", expanded=job.status == "failed"):
+        st.code(tail(Path(job.log_path), 30) or "(empty)", language=None)
+    b1, b2, b3, _ = st.columns([1, 1, 1, 4])
+    try:
+        if job.status in ACTIVE and b1.button("Cancel", key=f"cancel-{job.id}"):
+            ex.cancel(job.id)
+            st.rerun()
+        if job.status in ("interrupted", "cancelled", "failed") and b2.button("Resume", key=f"resume-{job.id}"):
+            ex.resume(job.id)
+            st.rerun()
+        if job.status not in ACTIVE and b3.button("Delete", key=f"delete-{job.id}"):
+            ex.delete(job.id)
+            st.rerun()
+    except (ConfigError, KeyError) as err:
+        st.error(str(err))
+
+
+def queue_view() -> None:
+    ex.start_queued()  # also notices workers that died
+    jobs = ex.store.list()
+    active = any(j.status in ACTIVE for j in jobs)
+    was_active = st.session_state.get("jobs_were_active", False)
+    st.session_state["jobs_were_active"] = active
+    if was_active and not active:
+        ui.refresh_checkpoints()  # a job just ended: the zoo may hold a new model
+        st.rerun()  # a full run redraws the page and stops the polling
+    if not jobs:
+        st.info("No jobs yet.")
+        return
+    table = pd.DataFrame([{"id": j.id, "kind": j.kind, "name": j.name, "status": _status_icon(j.status),
+                           "progress": j.fraction, "attempts": j.attempts,
+                           "started": pd.to_datetime(j.started, unit="s") if j.started else None} for j in reversed(jobs)])
+    st.dataframe(table, hide_index=True, width="stretch", key="jobs-table",
+                 column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
+    ids = [j.id for j in reversed(jobs)]
+    shown = st.selectbox("Job", ids, format_func=lambda i: f"{i} · {ex.store.get(i).name}", key="job-shown")
+    job_details(ex.store.get(shown))
+
+
+st.subheader("Queue")
+running_now = any(j.status in ACTIVE for j in ex.store.list())
+# poll only while something runs; when the last job ends, one full rerun stops the polling
+st.fragment(run_every=1.5 if running_now else None)(queue_view)()
