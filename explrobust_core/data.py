@@ -140,6 +140,16 @@ def dataset_info(name: str, config: dict | Config | None = None) -> DatasetInfo:
     return load_dataset(name, "test", config).info
 
 
+def known_info(name: str) -> DatasetInfo | None:
+    """A dataset's info (default options) without needing its files: the embedded sets (loaded,
+    cached) and the torchvision sets (their default image size); None for folder datasets, whose
+    classes and size depend on the folder."""
+    entry = DATASETS.get(name)
+    if "embedded" in entry.tags:
+        return dataset_info(name)
+    return _STATIC_INFO.get(name)
+
+
 # --------------------------------------------------------------------------- embedded
 
 
@@ -283,7 +293,12 @@ _TORCHVISION_SETS = [
      "<root>/flowers-102/jpg, imagelabels.mat, setid.mat", True),
 ]
 
+# what each torchvision set looks like (default image size), known without its files
+_STATIC_INFO: dict[str, DatasetInfo] = {}
+
 for _name, _cls, _kw, _classes, _mean, _std, _shape, _layout, _resize in _TORCHVISION_SETS:
+    _STATIC_INFO[_name] = DatasetInfo(name=_name, input_shape=_shape, mean=_mean, std=_std,
+                                      classes=_classes if isinstance(_classes, list) else [str(i) for i in range(_classes)])
     DATASETS.add(
         _name,
         _torchvision_loader(_name, _tv(_cls, _kw), _classes, _mean, _std, _shape, _layout, _resize),

@@ -17,7 +17,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def check_name(name: str, what: str = "name") -> str:
     """A user-given file stem: letters, digits, '_', '.', '-'; it cannot leave its directory."""
-    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:  # fullmatch: `$` allows a final "\n"
         raise ValueError(
             f"invalid {what} {name!r}: use 1–64 letters, digits, '_', '.' or '-', starting with a letter or digit"
         )

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
+import math
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +43,7 @@ def user_zoo_dir() -> Path:
 
 CARD_MAX_BYTES = 1 << 20  # a card is a few KB; anything this large is not a card
 WEIGHTS_MAX_BYTES = 2 << 30  # refuse absurd uploads before reading them
+MODEL_MAX_BYTES = 2 << 30  # a card may not describe a model larger than this (checked before allocating it)
 
 Metric = float | int | str | bool | None | dict[str, Any] | list[Any]
 
@@ -97,6 +102,8 @@ class ModelCard(BaseModel):
         c = self.input_shape[0]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(f"mean and std need {c} values (one per channel), got {len(self.mean)} and {len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            raise ValueError("mean and std values must be finite numbers (no NaN or infinity)")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
         ARCHITECTURES.get(self.architecture).make_config(self.arch_config)
@@ -116,12 +123,37 @@ def card_from_json_text(text: str, source: str = "card") -> ModelCard:
         raise CheckpointError(f"invalid model card {source}: {err}") from None
 
 
-def build_from_card(card: ModelCard) -> ImageClassifier:
+def _build(card: ModelCard) -> ImageClassifier:
     try:
         return build_model(card.architecture, input_shape=card.input_shape, num_classes=card.num_classes,
                            mean=card.mean, std=card.std, config=card.arch_config)
     except (ValueError, ConfigError) as err:
         raise CheckpointError(f"card {card.name!r} describes a model that cannot be built: {err}") from None
+
+
+def expected_state(card: ModelCard) -> dict[str, torch.Tensor]:
+    """The state dict ``card`` describes, built on the meta device: shapes and dtypes, no memory.
+
+    Refuses a card whose model would be larger than :data:`MODEL_MAX_BYTES` (a few bytes of JSON
+    must not make us allocate terabytes).
+    """
+    with torch.device("meta"):
+        state = _build(card).state_dict()
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    if size > MODEL_MAX_BYTES:
+        raise CheckpointError(
+            f"card {card.name!r} describes a model of {size / 2**30:.1f} GiB, over the {MODEL_MAX_BYTES / 2**30:.0f} GiB "
+            "limit (check input_shape and arch_config)"
+        )
+    return state
+
+
+def build_from_card(card: ModelCard) -> ImageClassifier:
+    expected_state(card)  # size check before any real allocation
+    try:
+        return _build(card)
+    except RuntimeError as err:  # e.g. out of memory
+        raise CheckpointError(f"card {card.name!r}: the model could not be allocated: {err}") from None
 
 
 # --------------------------------------------------------------------------- paths
@@ -158,23 +190,35 @@ def save_checkpoint(model: torch.nn.Module, card: ModelCard, directory: str | os
     paths = CheckpointPaths.of(Path(directory) / check_name(card.name, "checkpoint name"))
     if not overwrite and (paths.weights.exists() or paths.card.exists()):
         raise CheckpointError(f"checkpoint {paths.weights} exists already; choose another name or overwrite")
-    expected = build_from_card(card).state_dict()
+    expected = expected_state(card)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _check_state_matches(state, expected, source=f"model for card {card.name!r}")
+    _check_state_matches(state, expected, source=f"model for card {card.name!r}", cast_floats=True)
+    state = {k: v.to(expected[k].dtype) for k, v in state.items()}
     atomic_write_bytes(paths.weights, save_safetensors_bytes(state, metadata={"format": "explrobust"}))
     card = card.model_copy(update={"weights_sha256": sha256_file(paths.weights)})
     atomic_write_json(paths.card, card.model_dump(mode="json"))
     return paths.weights
 
 
-def _check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+def _check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, *,
+                         cast_floats: bool = False) -> None:
+    """Same names, shapes and dtypes as ``expected``, and only finite values.
+
+    ``cast_floats`` accepts another floating dtype where a floating tensor is expected (a foreign
+    float16/float64 state dict; it is cast on import). Never an integer where a float is expected
+    or the other way round: ``load_state_dict`` would silently convert it.
+    """
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = [
-        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(state) & set(expected))
-        if state[k].shape != expected[k].shape
-    ]
+    common = sorted(set(state) & set(expected))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in common
+             if state[k].shape != expected[k].shape]
+
+    def dtype_ok(got: torch.dtype, want: torch.dtype) -> bool:
+        return got == want or (cast_floats and got.is_floating_point and want.is_floating_point)
+
+    dtypes = [f"{k}: {str(state[k].dtype).removeprefix('torch.')} vs {str(expected[k].dtype).removeprefix('torch.')}"
+              for k in common if not dtype_ok(state[k].dtype, expected[k].dtype)]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
@@ -182,8 +226,14 @@ def _check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, tor
         problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
     if wrong:
         problems.append(f"shape mismatches ({'; '.join(wrong[:3])})")
+    if dtypes:
+        problems.append(f"dtype mismatches ({'; '.join(dtypes[:3])})")
     if problems:
         raise CheckpointError(f"the weights in {source} do not match the card's architecture: " + "; ".join(problems))
+    not_finite = [k for k in common if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all())]
+    if not_finite:
+        raise CheckpointError(f"the weights in {source} contain NaN or infinite values "
+                              f"({len(not_finite)} tensors, e.g. {', '.join(not_finite[:3])})")
 
 
 def read_card(path: str | os.PathLike) -> ModelCard:
@@ -210,12 +260,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
             raise CheckpointError(
                 f"weights file {paths.weights} does not match its card's checksum (truncated, corrupted or replaced)"
             )
-    try:
-        state = load_safetensors_bytes(blob)
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"weights file {paths.weights} is not a valid safetensors file: {err}") from None
+    state = _safetensors_state(blob, f"weights file {paths.weights}")
+    _check_state_matches(state, expected_state(card), source=str(paths.weights))
     model = build_from_card(card)
-    _check_state_matches(state, model.state_dict(), source=str(paths.weights))
     model.load_state_dict(state)
     return model.to(resolve_device(device)).eval(), card
 
@@ -269,34 +316,82 @@ def list_checkpoints(*directories: str | os.PathLike) -> list[CheckpointEntry]:
 # --------------------------------------------------------------------------- foreign state dicts
 
 
-def read_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a ``.pt``/``.pth``/``.safetensors`` state dict without running any pickled code."""
-    p = Path(path)
-    blob = _read_limited(p, WEIGHTS_MAX_BYTES, "state dict")
-    if p.suffix == ".safetensors":
-        try:
-            return load_safetensors_bytes(blob)
-        except (SafetensorError, ValueError, RuntimeError) as err:
-            raise CheckpointError(f"{p} is not a valid safetensors file: {err}") from None
-    import io
-    import pickle
+def _safetensors_state(blob: bytes, source: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors_bytes(blob)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as err:
+        raise CheckpointError(f"{source} is not a valid safetensors file: {err}") from None
 
+
+FOREIGN_SUFFIXES = (".safetensors", ".pt", ".pth")
+
+
+def _check_torch_zip(blob: bytes, source: str) -> None:
+    """A ``torch.save`` file is a zip archive of uncompressed entries; refuse anything else before
+    torch parses it: the old non-zip pickle format, compressed entries (a small file that would
+    inflate to gigabytes) and entries that claim more data than the file holds."""
+    if not blob.startswith(b"PK\x03\x04"):
+        raise CheckpointError(
+            f"{source} is not a zip-format torch file; only torch.save's zip format (torch ≥ 1.6) or safetensors "
+            "is accepted (re-save it with a recent torch, or export safetensors)"
+        )
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError) as err:
+        raise CheckpointError(f"{source} is not a readable torch file (truncated or another format?): {err}") from None
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+            raise CheckpointError(f"{source} has a compressed entry ({info.filename!r}); torch.save never compresses, "
+                                  "so it was not written by torch.save")
+        total += info.file_size
+        if info.header_offset + info.file_size > len(blob):
+            raise CheckpointError(f"{source} is truncated: entry {info.filename!r} claims more data than the file holds")
+    if total > len(blob):
+        raise CheckpointError(f"{source} claims more data ({total} bytes) than the file holds ({len(blob)} bytes)")
+
+
+def state_dict_from_bytes(blob: bytes, suffix: str, source: str = "state dict") -> dict[str, torch.Tensor]:
+    """Parse a foreign state dict without running any pickled code.
+
+    ``suffix`` ``.safetensors``: the safetensors parser; ``.pt``/``.pth``: a zip-format
+    ``torch.save`` file (checked by :func:`_check_torch_zip`), read with
+    ``torch.load(weights_only=True)``, which refuses any pickled object other than tensors and
+    plain containers.
+    """
+    if len(blob) > WEIGHTS_MAX_BYTES:
+        raise CheckpointError(f"{source} is {len(blob)} bytes, over the {WEIGHTS_MAX_BYTES}-byte limit")
+    suffix = suffix.lower()
+    if suffix not in FOREIGN_SUFFIXES:
+        raise CheckpointError(f"{source}: unsupported file type {suffix!r}; use one of {', '.join(FOREIGN_SUFFIXES)}")
+    if suffix == ".safetensors":
+        return _safetensors_state(blob, source)
+    _check_torch_zip(blob, source)
     try:
         obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
-            f"refused {p}: it contains pickled objects other than tensors and plain containers, which could run "
+            f"refused {source}: it contains pickled objects other than tensors and plain containers, which could run "
             f"code when loaded; export a plain state dict (model.state_dict()) or safetensors instead{_unpickler_reason(err)}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(f"{p} is not a readable torch file (truncated or another format?): {err}") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, IndexError, TypeError, AttributeError,
+            zipfile.BadZipFile, MemoryError, OverflowError) as err:
+        raise CheckpointError(f"{source} is not a readable torch file (truncated or another format?): "
+                              f"{type(err).__name__}: {err}") from None
     for key in ("state_dict", "model_state_dict", "model"):  # common wrappers around a state dict
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise CheckpointError(f"{p} does not hold a state dict (a mapping of names to tensors)")
+        raise CheckpointError(f"{source} does not hold a state dict (a mapping of names to tensors)")
     return obj
+
+
+def read_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a ``.pt``/``.pth``/``.safetensors`` state dict without running any pickled code."""
+    p = Path(path)
+    return state_dict_from_bytes(_read_limited(p, WEIGHTS_MAX_BYTES, "state dict"), p.suffix, str(p))
 
 
 def update_card_metrics(path: str | os.PathLike, metrics: dict[str, Metric]) -> ModelCard:
@@ -323,14 +418,23 @@ def import_state_dict(path: str | os.PathLike, card: ModelCard, directory: str |
     Accepts keys with a ``module.`` prefix (DataParallel) and state dicts without our
     ``normalize.*`` buffers (the card's mean/std fill them in).
     """
-    state = read_foreign_state_dict(path)
+    return import_state(read_foreign_state_dict(path), card, directory, overwrite=overwrite, source=str(path))
+
+
+def import_state(state: dict[str, torch.Tensor], card: ModelCard, directory: str | os.PathLike, *,
+                 overwrite: bool = False, source: str = "state dict") -> Path:
+    """:func:`import_state_dict` for a state dict already read (e.g. by :func:`state_dict_from_bytes`)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = expected_state(card)
+    _check_state_matches({k: v for k, v in state.items() if not k.startswith("normalize.")},
+                         {k: v for k, v in expected.items() if not k.startswith("normalize.")},
+                         source=source, cast_floats=True)
     model = build_from_card(card)
-    expected = model.state_dict()
+    real = model.state_dict()
     for key in ("normalize.mean", "normalize.std"):
-        state.setdefault(key, expected[key])
-    _check_state_matches(state, expected, source=str(path))
-    model.load_state_dict(state)
+        state.setdefault(key, real[key])
+    _check_state_matches(state, expected, source=source, cast_floats=True)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return save_checkpoint(model, card, directory, overwrite=overwrite)
 
 

@@ -5,6 +5,7 @@ import torch
 
 from explrobust_core.explain import EXPLAINERS, explanation_maps
 from explrobust_core.figures import overlay_rgb
+from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
 from pages import ui
 
 st.title("Explorer")
@@ -35,6 +36,29 @@ cmap = right.selectbox("Colour map", ["inferno", "viridis", "magma", "hot", "coo
 alpha = right.slider("Opacity", 0.0, 1.0, 0.5, 0.05)
 per_page = 8
 
+# Your own image: validated and adapted to the models' input, then explained like the dataset images in an
+# extra column. The file lives in this browser session's widget state only; it is never stored or shared.
+own = None
+with st.expander("Upload your own image", expanded=st.session_state.get("explorer_upload") is not None):
+    c, h, w = data.info.input_shape
+    st.caption(f"PNG, JPEG, BMP, GIF, WebP or a .npy array in [0, 1]. It is converted to "
+               f"{'grayscale' if c == 1 else 'RGB'} and resized to {w}×{h} pixels, the models' input, and shown "
+               "as the last image of every row. It stays in this browser session.")
+    upload = st.file_uploader("Your image", type=list(IMAGE_SUFFIXES), key="explorer_upload")
+    looks = "light on dark" if sum(data.info.mean) / c < 0.5 else "dark on light"
+    invert = st.checkbox("Invert (dark ↔ light)", key="explorer_upload_invert", help=f"{data.info.name} images are {looks}")
+    if upload is not None:
+        try:
+            own = load_image(upload.getvalue(), data.info.input_shape, name=upload.name, invert=invert,
+                             dataset_mean=data.info.mean)
+        except UploadError as err:
+            st.error(f"This file cannot be used: {err}")
+        else:
+            for notice in own.notices:
+                st.info(notice)
+            st.image(own.tensor[0].permute(1, 2, 0).squeeze(-1).numpy(), width=128, clamp=True,
+                     caption=f"{upload.name} as the models see it ({w}×{h})")
+
 
 @st.cache_data(show_spinner="Classifying…")
 def predictions(model_name: str, split: str) -> torch.Tensor:
@@ -64,19 +88,21 @@ page = st.number_input(f"Page (of {pages}; {len(indices)} images)", 1, pages, 1)
 shown = indices[(page - 1) * per_page: page * per_page]
 x, y = data.batch(shown)
 
+xs = x if own is None else torch.cat([x, own.tensor.to(x.dtype)])
 for name in models:
     model, card = ui.load_model(str(entries[name].path))
     device = next(model.parameters()).device
     with torch.no_grad():
-        probs = torch.softmax(model(x.to(device)), 1).cpu()
+        probs = torch.softmax(model(xs.to(device)), 1).cpu()
     try:
-        maps = explanation_maps(model, x.to(device), method, target="predicted").cpu()
+        maps = explanation_maps(model, xs.to(device), method, target="predicted").cpu()
     except ValueError as err:  # e.g. a method that does not fit this architecture
         st.error(f"{name}: {err}")
         continue
     st.subheader(name)
-    cols = st.columns(len(shown))
-    for col, i, idx in zip(cols, range(len(shown)), shown):
+    cols = st.columns(xs.shape[0])
+    for i, col in enumerate(cols):
         pred = int(probs[i].argmax())
-        col.image(overlay_rgb(x[i], maps[i], cmap, alpha), width="stretch",
-                  caption=f"#{idx} {classes[int(y[i])]} → {classes[pred]} ({float(probs[i, pred]):.2f})")
+        label = f"#{shown[i]} {classes[int(y[i])]}" if i < len(shown) else "your image"
+        col.image(overlay_rgb(xs[i], maps[i], cmap, alpha), width="stretch",
+                  caption=f"{label} → {classes[pred]} ({float(probs[i, pred]):.2f})")

@@ -4,10 +4,14 @@ import streamlit as st
 
 from explrobust_core.cli import info_report
 
-st.title("explrobust")
-st.write(
-    "A workbench for one question: are classification robustness and explanation robustness of "
-    "image classifiers really correlated? Below is what the engine offers today."
+from pages import ui
+
+ui.page_header(
+    "explrobust",
+    "A workbench for one question: are classification robustness and explanation robustness of image "
+    "classifiers really correlated? Below is what the engine offers and which trained models are shipped.",
+    "Start on the Model zoo page to choose models, then attack their explanations in the Attack lab, or go "
+    "straight to the Robustness study for the answer on the shipped zoo.",
 )
 
 

@@ -32,8 +32,16 @@ def selected_models() -> list[str]:
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_model(path: str):
+def _load_model(path: str, modified: float):
     return load_checkpoint_cached(path, "auto")
+
+
+def load_model(path: str):
+    """(model, card), cached per server on the best device; a file replaced on disk is loaded anew."""
+    from pathlib import Path
+
+    file = Path(path)
+    return _load_model(path, file.stat().st_mtime if file.exists() else 0.0)  # a missing file: the loader says so
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")
@@ -209,5 +217,6 @@ def config_inputs(config, key: str, skip: tuple[str, ...] = (), overrides: dict 
 
 
 def refresh_checkpoints() -> None:
-    """Forget the cached checkpoint list (a job just added one)."""
+    """Forget the cached checkpoint list and models (a job or an upload changed the zoo)."""
     _entries.clear()
+    _load_model.clear()

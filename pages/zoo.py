@@ -1,15 +1,29 @@
-"""Model zoo: every checkpoint's card and measured metrics; choose the models the other pages use."""
+"""Model zoo: every checkpoint's card and measured metrics; choose the models the other pages use;
+upload your own checkpoints and delete them again."""
 
 import pandas as pd
 import streamlit as st
 
+from explrobust_core import uploads
+from explrobust_core.data import DATASETS
+from explrobust_core.models import ARCHITECTURES
+from explrobust_core.zoo import user_zoo_dir
 from pages import ui
 
 st.title("Model zoo")
 entries = ui.checkpoints()
-if not entries:
-    st.info("No checkpoints yet. Train one with `explrobust train` or rebuild the zoo with models_zoo/build.sh.")
-    st.stop()
+for kind, text in st.session_state.pop("zoo_flash", []):  # what the last upload/delete did
+    getattr(st, kind)(text)
+if any(n not in entries for n in st.session_state.get("zoo_selection_widget", [])):
+    del st.session_state["zoo_selection_widget"]  # a chosen model is gone: rebuild the widget from what exists
+
+
+def refresh(*messages: tuple[str, str]) -> None:
+    """The listing and the loaded models changed on disk: drop their caches, show ``messages``
+    ((kind, text) pairs) after a rerun."""
+    ui.refresh_checkpoints()
+    st.session_state["zoo_flash"] = list(messages)
+    st.rerun()
 
 
 def row(name: str, entry) -> dict:
@@ -22,18 +36,85 @@ def row(name: str, entry) -> dict:
             "clean acc": summary.get("clean_accuracy"), "PGD acc ε=0.3": pgd.get(0.3),
             "L_e start ×1e-7": le("explanation_loss_start_paper"), "L_e end ×1e-7": le("explanation_loss_end_paper"),
             "epochs": card.epochs, "train time (s)": card.wall_time_s,
-            "source": "shipped" if str(entry.path).startswith(str(ui.shipped_zoo_dir())) else "user"}
+            "source": "user" if uploads.is_user_checkpoint(entry.path) else "shipped"}
 
 
-table = pd.DataFrame([row(name, e) for name, e in entries.items()])
-st.dataframe(table, hide_index=True, width="stretch",
-             column_config={"clean acc": st.column_config.NumberColumn(format="percent"),
-                            "PGD acc ε=0.3": st.column_config.NumberColumn(format="percent")})
-ui.selection_widget(list(entries))
+if entries:
+    table = pd.DataFrame([row(name, e) for name, e in entries.items()])
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"clean acc": st.column_config.NumberColumn(format="percent"),
+                                "PGD acc ε=0.3": st.column_config.NumberColumn(format="percent")})
+    ui.selection_widget(list(entries))
 
-with st.expander("Model cards"):
-    name = st.selectbox("Card", list(entries))
-    st.json(entries[name].card.model_dump(mode="json"), expanded=False)
+    with st.expander("Model cards"):
+        name = st.selectbox("Card", list(entries))
+        st.json(entries[name].card.model_dump(mode="json"), expanded=False)
+else:
+    st.info("No checkpoints yet. Train one with `explrobust train`, rebuild the zoo with models_zoo/build.sh, "
+            "or upload one below.")
 
 for entry in ui.broken_checkpoints():
     st.warning(f"{entry.path}: {entry.error}")
+
+# --- upload ------------------------------------------------------------------------------------------
+
+with st.expander("Upload a checkpoint", expanded=False):
+    st.caption(
+        "A `.safetensors` file or a PyTorch state dict (`.pt`/`.pth`, `model.state_dict()` saved with "
+        "`torch.save`). Nothing in it is executed: pickled objects other than tensors are refused. The weights must "
+        "match the architecture below exactly; input size, classes and normalisation come from the dataset (or from "
+        "a card JSON, e.g. one written by `explrobust train`). It goes to your own zoo, "
+        f"`{user_zoo_dir()}`, never into the shipped one."
+    )
+    with st.form("upload_checkpoint"):
+        weights = st.file_uploader("Weights", type=["safetensors", "pt", "pth"], key="upload_weights")
+        card_file = st.file_uploader("Model card JSON (optional; needed for folder datasets)", type=["json"],
+                                     key="upload_card")
+        c1, c2, c3 = st.columns(3)
+        new_name = c1.text_input("Name", max_chars=64, placeholder="my_model", key="upload_name",
+                                 help="letters, digits, '_', '.', '-'; shown as dataset/name")
+        datasets = DATASETS.names()
+        dataset = c2.selectbox("Dataset", datasets, index=datasets.index("mnist5k"), key="upload_dataset")
+        architecture = c3.selectbox("Architecture", ARCHITECTURES.names(), key="upload_architecture")
+        arch_options = c1.text_area("Architecture options (JSON)", "{}", key="upload_arch_options",
+                                    help='e.g. {"width1": 32}; the defaults are on the Overview page')
+        objective = c2.selectbox("Training objective", uploads.objective_names(), key="upload_objective",
+                                 help="'other': trained with a method this workbench does not have")
+        objective_options = c3.text_area("Objective options (JSON)", "{}", key="upload_objective_options")
+        epochs = c1.number_input("Epochs (optional)", min_value=0, max_value=100_000, value=None, key="upload_epochs")
+        notes = c2.text_area("Notes", "", max_chars=10_000, key="upload_notes")
+        replace = c3.checkbox("Replace my model of the same name", key="upload_replace")
+        submitted = st.form_submit_button("Upload")
+    if submitted:
+        try:
+            if weights is None:
+                raise uploads.UploadError("choose a weights file first")
+            card = uploads.card_from_form(
+                name=new_name.strip(), dataset=dataset, architecture=architecture, arch_config=arch_options,
+                objective=objective, objective_config=objective_options,
+                epochs=None if epochs is None else int(epochs), notes=notes,
+                card_json=None if card_file is None else card_file.getvalue())
+            installed = uploads.install_checkpoint(weights.getvalue(), weights.name, card, overwrite=replace)
+        except uploads.UploadError as err:
+            st.error(f"Not uploaded: {err}")
+        else:
+            refresh(("success", f"Added {installed.card.dataset}/{installed.card.name} to your zoo ({installed.path})."),
+                    *(("info", notice) for notice in installed.notices))
+
+# --- delete (user models only) -----------------------------------------------------------------------
+
+mine = {name: e for name, e in entries.items() if uploads.is_user_checkpoint(e.path)}
+with st.expander("Delete one of your models", expanded=False):
+    if not mine:
+        st.caption("You have no uploaded or trained models; the shipped ones cannot be deleted here.")
+    else:
+        victim = st.selectbox("Your model", list(mine), key="delete_choice")
+        sure = st.checkbox(f"Yes, delete {victim} (weights and card) for good", key="delete_confirm")
+        if st.button("Delete", disabled=not sure, key="delete_button"):
+            try:
+                removed = uploads.delete_user_checkpoint(mine[victim].path)
+            except uploads.UploadError as err:
+                st.error(str(err))
+            else:
+                st.session_state[ui.SELECTED] = [n for n in st.session_state.get(ui.SELECTED, []) if n != victim]
+                refresh(("success", f"Deleted {victim} ({len(removed)} files)."))
