@@ -83,3 +83,11 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+RUNS_ENV = "EXPLROBUST_RUNS"
+
+
+def runs_dir() -> Path:
+    """Where jobs, study results and other user runs live (``$EXPLROBUST_RUNS``, default ``~/.explrobust/runs``)."""
+    return Path(os.environ.get(RUNS_ENV) or Path.home() / ".explrobust" / "runs").expanduser()

@@ -33,18 +33,13 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Protocol
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
-from .io import atomic_write_bytes, check_name
+from .io import atomic_write_bytes, check_name, runs_dir
 from .registry import Config, ConfigError, format_validation_error
 from .training.trainer import TrainConfig
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE = ("queued", "running")
 MAX_LOSS_POINTS = 400  # loss-curve points kept per job (older ones are thinned)
-
-
-def runs_dir() -> Path:
-    """Where jobs and their outputs live (``EXPLROBUST_RUNS``, default ``~/.explrobust/runs``)."""
-    return Path(os.environ.get("EXPLROBUST_RUNS", Path.home() / ".explrobust" / "runs")).expanduser()
 
 
 # --------------------------------------------------------------------------- specs
@@ -81,6 +76,15 @@ class EvaluateJobSpec(Config):
             raise ValueError("model must be dataset/name, e.g. mnist5k/natural")
         for p in parts:
             check_name(p, "model name")
+        return v
+
+    @field_validator("preset")
+    @classmethod
+    def _preset(cls, v: str | None) -> str | None:
+        from .evaluate import PRESETS
+
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; known: {', '.join(sorted(PRESETS))}")
         return v
 
     def evaluation_config(self):
@@ -490,22 +494,22 @@ def _run_training(store: JobStore, job: Job, spec: TrainJobSpec, reporter: _Repo
 
 
 def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: _Reporter) -> str:
+    """Evaluate and store the result where the Robustness study page reads it (runs/study/…)."""
+    from . import study
     from .data import load_dataset
-    from .evaluate import evaluate_model
     from .zoo import list_checkpoints, load_checkpoint, shipped_zoo_dir, user_zoo_dir
 
-    entries = {f"{e.card.dataset}/{e.card.name}": e for e in list_checkpoints(shipped_zoo_dir(), user_zoo_dir())
-               if e.card is not None}
-    if spec.model not in entries:
+    entries = [e for e in list_checkpoints(shipped_zoo_dir(), user_zoo_dir())
+               if e.card is not None and f"{e.card.dataset}/{e.card.name}" == spec.model]
+    if not entries:
         raise ConfigError(f"model: no checkpoint {spec.model!r} in the zoo")
+    info = study.collect(entries[:1], store.root).models[spec.model]
     cfg = spec.evaluation_config()
-    model, card = load_checkpoint(entries[spec.model].path, spec.device)
-    result = evaluate_model(model, load_dataset(card.dataset, cfg.split), cfg, progress=reporter.stage)
-    result.config.update(checkpoint=str(entries[spec.model].path), model=card.name, dataset=card.dataset,
-                         preset=spec.preset)
-    out = store.job_dir(job.id) / "evaluation.json"
-    result.save(out, out.with_suffix(".csv"))
-    store.update(job.id, result={"evaluation": str(out), "model": spec.model, "summary": result.summary})
+    model, card = load_checkpoint(info.path, spec.device)
+    out = study.evaluate_and_store(model, info, load_dataset(card.dataset, cfg.split), cfg,
+                                   preset=spec.preset or "job", runs=store.root, progress=reporter.stage)
+    summary = json.loads(out.read_text())["summary"]
+    store.update(job.id, result={"evaluation": str(out), "model": spec.model, "summary": summary})
     return "done"
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explrobust_core.data import DATASETS
-from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, JobStore, LocalExecutor, TrainJobSpec, tail
+from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, TrainJobSpec, tail
 from explrobust_core.evaluate import PRESETS
 from explrobust_core.models import ARCHITECTURES
 from explrobust_core.registry import ConfigError
@@ -22,15 +22,7 @@ ui.page_header(
 )
 
 
-@st.cache_resource(show_spinner=False)
-def executor() -> LocalExecutor:
-    """One executor per server process; on dashboard start, jobs whose process is gone become interrupted."""
-    ex = LocalExecutor(JobStore())
-    ex.reconcile()
-    return ex
-
-
-ex = executor()
+ex = ui.executor()
 train_tab, eval_tab = st.tabs(["Train a model", "Evaluate a model"])
 
 with train_tab:

@@ -220,3 +220,19 @@ def refresh_checkpoints() -> None:
     """Forget the cached checkpoint list and models (a job or an upload changed the zoo)."""
     _entries.clear()
     _load_model.clear()
+
+
+@st.cache_resource(show_spinner=False)
+def _executor(runs: str):
+    from explrobust_core.jobs import JobStore, LocalExecutor
+
+    ex = LocalExecutor(JobStore(runs))
+    ex.reconcile()  # on dashboard start: jobs whose worker process is gone become "interrupted"
+    return ex
+
+
+def executor():
+    """The background-job executor of this server (one per runs directory)."""
+    from explrobust_core.io import runs_dir
+
+    return _executor(str(runs_dir()))

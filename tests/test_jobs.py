@@ -214,3 +214,11 @@ def test_an_evaluation_job_stores_its_result(runs):
     stored = json.loads(Path(job.result["evaluation"]).read_text())
     assert stored["summary"]["clean_accuracy"] == job.result["summary"]["clean_accuracy"]
     assert 0.5 < stored["summary"]["clean_accuracy"] <= 1.0
+    # the Robustness study page reads it, under the protocol it was measured with
+    from explrobust_core import study
+    from explrobust_core.zoo import list_checkpoints, shipped_zoo_dir
+
+    collection = study.collect(list_checkpoints(shipped_zoo_dir()), runs)
+    protocol = study.protocol_id(stored["config"])
+    record = study.records_for(collection, "mnist5k", protocol)["mnist5k/natural"]
+    assert record.source == "study run" and record.summary == stored["summary"]

@@ -1,0 +1,657 @@
+"""The study itself: are classification robustness and explanation robustness correlated across models?
+
+Per-model numbers come from evaluations stored on disk, never from a guess:
+
+* the ``evaluation`` block of a model card (``explrobust evaluate --write-card``),
+* the result file next to a checkpoint (``<name>.eval.json``, as ``models_zoo/build.sh`` writes it),
+* results computed by the dashboard, stored under the runs directory
+  (``$EXPLROBUST_RUNS/study/<dataset>/<model>/<protocol>.json``; shipped files are never written).
+
+Evaluations are comparable only when they were measured the same way, so every stored evaluation is
+keyed by its *protocol*: its resolved evaluation config without the fields that do not change the
+numbers (paths, batch sizes). A model without an evaluation under the chosen protocol is reported
+as missing, with the reason, never silently dropped.
+
+Statistics over models: Pearson and Spearman correlation (our own numpy code; the tests check it
+against scipy), a percentile bootstrap CI that resamples models, and a permutation p-value (exact
+for up to 8 models). With a zoo of ten models these intervals are wide; they are meant to be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .io import RUNS_ENV, atomic_write_json, check_name, runs_dir
+
+STUDY_SUBDIR = "study"
+
+
+def study_dir(runs: str | os.PathLike | None = None) -> Path:
+    return Path(runs if runs is not None else runs_dir()) / STUDY_SUBDIR
+
+
+# --------------------------------------------------------------------------- protocols
+
+# fields of an evaluation config that do not change its numbers (or only name where it ran)
+_NOT_PROTOCOL = ("checkpoint", "model", "dataset", "preset", "batch_size", "attack_batch_size")
+
+
+def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of an evaluation config that decides its numbers (the attack that did not run is dropped)."""
+    cfg = {k: v for k, v in config.items() if k not in _NOT_PROTOCOL}
+    attack = cfg.get("explanation_attack", "ifia")
+    for name in ("ifia", "targeted"):
+        if attack != name:
+            cfg.pop(name, None)
+    if cfg.get("pairs_file"):
+        cfg["pairs_file"] = Path(str(cfg["pairs_file"])).name  # where the file lies does not matter
+    if attack == "none":
+        cfg.pop("n_explanation_images", None)
+        cfg.pop("pairs_file", None)
+    return cfg
+
+
+def protocol_id(config: dict[str, Any]) -> str:
+    """A short stable hash of :func:`protocol_of`."""
+    blob = json.dumps(protocol_of(config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def describe_protocol(config: dict[str, Any]) -> str:
+    """One human line: images, PGD, explanation attack."""
+    eps = ", ".join(f"{e:g}" for e in config.get("eps_list", []))
+    pgd = config.get("pgd", {})
+    parts = [f"{config.get('n_images', '?')} {config.get('split', 'test')} images",
+             f"PGD {pgd.get('steps', '?')} steps at ε ∈ {{{eps}}}"]
+    attack = config.get("explanation_attack", "ifia")
+    if attack == "targeted":
+        t = config.get("targeted", {})
+        pairs = Path(str(config["pairs_file"])).name if config.get("pairs_file") else "fresh Way2 pairs"
+        parts.append(f"targeted attack on {t.get('explainer', '?')}, {t.get('steps', '?')} steps, "
+                     f"{config.get('n_explanation_images', '?')} pairs ({pairs})")
+    elif attack == "ifia":
+        a = config.get("ifia", {})
+        parts.append(f"IFIA {a.get('objective', 'topk')} on {a.get('explainer', '?')}, ε={a.get('eps', '?')}, "
+                     f"{a.get('steps', '?')} steps, {config.get('n_explanation_images', '?')} images")
+    else:
+        parts.append("no explanation attack")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- measures
+
+
+@dataclass(frozen=True)
+class Measure:
+    key: str
+    label: str
+    summary_key: str  # the key in summary["explanation"] (or "a/b" for a ratio of two means)
+    higher_is_robust: bool
+    help: str
+
+
+EXPLANATION_MEASURES: dict[str, Measure] = {m.key: m for m in [
+    Measure("le_end", "L_e end ×10⁻⁷", "explanation_loss_end_paper", True,
+            "explanation loss to the target's map after the targeted attack (the paper's measure; higher = the "
+            "attack got less close = more robust)"),
+    Measure("le_start", "L_e start ×10⁻⁷", "explanation_loss_start_paper", True,
+            "explanation loss to the target's map before the attack (how far apart the two maps start)"),
+    Measure("le_retained", "L_e end / L_e start", "explanation_loss_end_paper/explanation_loss_start_paper", True,
+            "mean L_e end over mean L_e start: the fraction of the starting distance the attack left (removes the "
+            "effect of the starting distance the paper warns about)"),
+    Measure("topk", "top-k intersection", "topk_intersection", True,
+            "share of the original top-k pixels still in the top-k after the untargeted attack"),
+    Measure("kendall", "Kendall τ", "kendall_tau", True, "rank correlation of the maps before and after the attack"),
+    Measure("spearman", "Spearman ρ of maps", "spearman_rho", True,
+            "rank correlation of the maps before and after the attack"),
+    Measure("com_shift", "centre-of-mass shift (px)", "center_of_mass_shift", False,
+            "how far the map's centre of mass moved (lower = more robust)"),
+    Measure("ifia_le", "map change L_e", "explanation_loss", False,
+            "explanation loss between the original and the attacked map (lower = more robust)"),
+]}
+
+
+def measure_value(summary: dict[str, Any], key: str) -> tuple[float, float | None, float | None] | None:
+    """(mean, ci_low, ci_high) of an explanation measure in an evaluation summary, or None if absent."""
+    expl = summary.get("explanation") or {}
+    spec = EXPLANATION_MEASURES[key].summary_key
+    if "/" in spec:
+        num, den = ((expl.get(k) or {}).get("mean") for k in spec.split("/"))
+        if num is None or den in (None, 0):
+            return None
+        return float(num) / float(den), None, None
+    entry = expl.get(spec) or {}
+    if entry.get("mean") is None:
+        return None
+    low, high = entry.get("ci_low"), entry.get("ci_high")
+    return float(entry["mean"]), None if low is None else float(low), None if high is None else float(high)
+
+
+def measures_in(config: dict[str, Any]) -> list[str]:
+    """The explanation measures an evaluation protocol reports."""
+    attack = config.get("explanation_attack", "ifia")
+    if attack == "targeted":
+        return ["le_end", "le_start", "le_retained"]
+    if attack == "ifia":
+        return ["topk", "kendall", "spearman", "com_shift", "ifia_le"]
+    return []
+
+
+def pgd_accuracy(summary: dict[str, Any], eps: float) -> float | None:
+    for row in summary.get("pgd_accuracy") or []:
+        if math.isclose(float(row["eps"]), float(eps), rel_tol=1e-6, abs_tol=1e-9):
+            return None if row.get("accuracy") is None else float(row["accuracy"])
+    return None
+
+
+# --------------------------------------------------------------------------- methods (paper names)
+
+
+def method_label(objective: str, objective_config: dict[str, Any]) -> str:
+    """The paper's name for a training objective: Normal, MAT, SEP_pos, SEP_neg, TRADES, …"""
+    if objective == "natural":
+        return "Normal"
+    if objective == "pgd_at":
+        return "MAT"
+    if objective == "sep":
+        lam = objective_config.get("lam")
+        return "SEP_pos" if lam is not None and lam > 0 else "SEP_neg"
+    return {"trades": "TRADES", "ig_norm": "IG-NORM", "ig_sum_norm": "IG-SUM-NORM", "art": "ART"}.get(
+        objective, objective)
+
+
+# --------------------------------------------------------------------------- stored evaluations
+
+
+@dataclass
+class EvaluationRecord:
+    """One stored evaluation of one model (summary only; the per-image arrays stay on disk)."""
+
+    model: str  # "dataset/name", as the dashboard names checkpoints
+    name: str
+    dataset: str
+    protocol: str
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    source: str  # "card", "result file" or "study run"
+    path: str | None = None
+    shipped: bool = False
+    created: float | None = None
+
+
+@dataclass
+class ModelInfo:
+    model: str
+    name: str
+    dataset: str
+    architecture: str
+    objective: str
+    objective_config: dict[str, Any]
+    epochs: int | None
+    weights_sha256: str | None
+    path: str
+    shipped: bool
+
+
+@dataclass
+class Collection:
+    models: dict[str, ModelInfo] = field(default_factory=dict)
+    records: list[EvaluationRecord] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # unreadable or stale files, with the reason
+
+
+def _read_json(path: Path, limit: int = 64 << 20) -> dict[str, Any]:
+    if path.stat().st_size > limit:
+        raise ValueError(f"{path} is implausibly large")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def result_files_beside(weights: Path) -> list[Path]:
+    """``<stem>.eval.json`` and ``<stem>.eval.*.json`` next to a checkpoint (what build.sh writes)."""
+    stem = weights.with_suffix("")
+    found = [stem.with_name(stem.name + ".eval.json"), *sorted(stem.parent.glob(stem.name + ".eval.*.json"))]
+    return [p for p in dict.fromkeys(found) if p.is_file()]
+
+
+def user_result_files(dataset: str, name: str, runs: str | os.PathLike | None = None) -> list[Path]:
+    folder = study_dir(runs) / dataset / name
+    return sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+
+def evaluation_files(entries: Iterable[Any], runs: str | os.PathLike | None = None) -> list[Path]:
+    """Every file :func:`collect` reads (cards, result files, study runs): for cache keys."""
+    out: list[Path] = []
+    for entry in entries:
+        if entry.card is None:
+            continue
+        out.append(Path(entry.path).with_suffix(".json"))
+        out.extend(result_files_beside(Path(entry.path)))
+        out.extend(user_result_files(entry.card.dataset, entry.card.name, runs))
+    return out
+
+
+def collect(entries: Iterable[Any], runs: str | os.PathLike | None = None,
+            shipped_root: str | os.PathLike | None = None) -> Collection:
+    """Every stored evaluation of the given checkpoints (:class:`~explrobust_core.zoo.CheckpointEntry`)."""
+    from .zoo import shipped_zoo_dir
+
+    shipped_root = Path(shipped_root) if shipped_root is not None else shipped_zoo_dir()
+    out = Collection()
+    for entry in entries:
+        card = entry.card
+        if card is None:
+            continue
+        model = f"{card.dataset}/{card.name}"
+        shipped = _is_under(Path(entry.path), shipped_root)
+        out.models[model] = ModelInfo(model, card.name, card.dataset, card.architecture, card.objective,
+                                      dict(card.objective_config), card.epochs, card.weights_sha256,
+                                      str(entry.path), shipped)
+        found: dict[str, EvaluationRecord] = {}
+        evaluation = card.metrics.get("evaluation")
+        if isinstance(evaluation, dict) and isinstance(evaluation.get("summary"), dict):
+            config = evaluation.get("config") or {}
+            rec = EvaluationRecord(model, card.name, card.dataset, protocol_id(config), config,
+                                   evaluation["summary"], "card", str(Path(entry.path).with_suffix(".json")), shipped)
+            found[rec.protocol] = rec
+        for path in result_files_beside(Path(entry.path)):  # a result file beats the card's copy of it
+            try:
+                data = _read_json(path)
+                if data.get("kind") != "evaluation" or not isinstance(data.get("summary"), dict):
+                    raise ValueError("not an evaluation result")
+                config = data.get("config") or {}
+                rec = EvaluationRecord(model, card.name, card.dataset, protocol_id(config), config, data["summary"],
+                                       "result file", str(path), shipped, data.get("created"))
+                found[rec.protocol] = rec
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                out.problems.append(f"{path}: unreadable evaluation ({err})")
+        for path in user_result_files(card.dataset, card.name, runs):  # the user's own runs beat shipped ones
+            try:
+                data = _read_json(path)
+                meta = data.get("study") or {}
+                if data.get("kind") != "evaluation" or not isinstance(data.get("summary"), dict):
+                    raise ValueError("not an evaluation result")
+                if meta.get("weights_sha256") != card.weights_sha256:
+                    out.problems.append(f"{path}: measured on other weights of {model} (retrained since?); ignored")
+                    continue
+                config = data.get("config") or {}
+                rec = EvaluationRecord(model, card.name, card.dataset, protocol_id(config), config, data["summary"],
+                                       "study run", str(path), False, data.get("created"))
+                old = found.get(rec.protocol)
+                if old is None or old.source != "study run" or (rec.created or 0) >= (old.created or 0):
+                    found[rec.protocol] = rec
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                out.problems.append(f"{path}: unreadable evaluation ({err})")
+        out.records.extend(found.values())
+    return out
+
+
+def protocols(collection: Collection, dataset: str) -> list[dict[str, Any]]:
+    """The protocols measured on ``dataset``: id, config, number of models, whether the zoo build used it.
+    Most models first."""
+    counts: Counter[str] = Counter()
+    configs: dict[str, dict[str, Any]] = {}
+    shipped: set[str] = set()
+    for rec in collection.records:
+        if rec.dataset != dataset:
+            continue
+        counts[rec.protocol] += 1
+        configs.setdefault(rec.protocol, rec.config)
+        if rec.shipped and rec.source != "study run":
+            shipped.add(rec.protocol)
+    return [{"id": pid, "config": configs[pid], "n_models": n, "shipped": pid in shipped}
+            for pid, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0] not in shipped, kv[0]))]
+
+
+def records_for(collection: Collection, dataset: str, protocol: str) -> dict[str, EvaluationRecord]:
+    return {r.model: r for r in collection.records if r.dataset == dataset and r.protocol == protocol}
+
+
+# --------------------------------------------------------------------------- per-model rows
+
+
+def model_rows(collection: Collection, dataset: str, protocol: str, eps: float, measure: str) -> list[dict[str, Any]]:
+    """One row per model of ``dataset``: its method and, where an evaluation under ``protocol`` is
+    stored, clean accuracy, PGD accuracy at ``eps`` and the explanation measure. Models without one
+    are rows too, with ``status`` saying so."""
+    found = records_for(collection, dataset, protocol)
+    rows = []
+    for model, info in sorted(collection.models.items()):
+        if info.dataset != dataset:
+            continue
+        row: dict[str, Any] = {
+            "model": model, "name": info.name, "method": method_label(info.objective, info.objective_config),
+            "objective": info.objective, "architecture": info.architecture, "epochs": info.epochs,
+            "beta": info.objective_config.get("beta") if info.objective == "trades" else None,
+            "lam": info.objective_config.get("lam") if info.objective == "sep" else None,
+            "clean_accuracy": None, "pgd_accuracy": None, "eps": eps, "measure": measure,
+            "value": None, "value_ci_low": None, "value_ci_high": None,
+            "le_start": None, "le_end": None, "status": "missing", "source": None, "path": None,
+            **{f"m_{key}": None for key in EXPLANATION_MEASURES},
+        }
+        rec = found.get(model)
+        if rec is None:
+            row["status"] = "missing: no stored evaluation under this protocol"
+        else:
+            s = rec.summary
+            row.update(source=rec.source, path=rec.path, status="ok",
+                       clean_accuracy=s.get("clean_accuracy"), pgd_accuracy=pgd_accuracy(s, eps))
+            got = measure_value(s, measure)
+            if got is not None:
+                row["value"], row["value_ci_low"], row["value_ci_high"] = got
+            for key in EXPLANATION_MEASURES:
+                v = measure_value(s, key)
+                row[f"m_{key}"] = None if v is None else v[0]
+            row["le_start"], row["le_end"] = row["m_le_start"], row["m_le_end"]
+            if row["pgd_accuracy"] is None:
+                row["status"] = f"incomplete: no PGD accuracy at ε={eps:g}"
+            elif row["value"] is None:
+                row["status"] = f"incomplete: no {EXPLANATION_MEASURES[measure].label}"
+        rows.append(row)
+    return rows
+
+
+def split_rows(rows: list[dict[str, Any]], min_clean_accuracy: float = 0.0,
+               leave_out: Sequence[str] = ()) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(used, left out with a reason) for the correlation."""
+    used, out = [], []
+    for row in rows:
+        reason = None
+        if row["status"] != "ok":
+            reason = row["status"]
+        elif row["model"] in leave_out:
+            reason = "left out by hand"
+        elif row["clean_accuracy"] is not None and row["clean_accuracy"] < min_clean_accuracy:
+            reason = (f"clean accuracy {100 * row['clean_accuracy']:.1f}% is below {100 * min_clean_accuracy:.0f}% "
+                      "(a collapsed model)")
+        (out if reason else used).append(row if reason is None else {**row, "reason": reason})
+    return used, out
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks along the last axis, ties getting their average rank (as scipy.stats.rankdata)."""
+    a = np.asarray(values, dtype=np.float64)
+    less = (a[..., None, :] < a[..., :, None]).sum(-1)
+    equal = (a[..., None, :] == a[..., :, None]).sum(-1)
+    return less + (equal + 1) / 2.0
+
+
+def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson r along the last axis; NaN where either side is constant."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xm = x - x.mean(-1, keepdims=True)
+    ym = y - y.mean(-1, keepdims=True)
+    # scale each side first: no overflow/underflow for values like 1e-7 or 1e4
+    xs = np.abs(xm).max(-1, keepdims=True)
+    ys = np.abs(ym).max(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        xm = xm / xs
+        ym = ym / ys
+        r = (xm * ym).sum(-1) / np.sqrt((xm * xm).sum(-1) * (ym * ym).sum(-1))
+    return np.clip(r, -1.0, 1.0)
+
+
+def spearman_rho(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman ρ along the last axis: Pearson r of the average ranks."""
+    return pearson_r(average_ranks(x), average_ranks(y))
+
+
+_CORRELATIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "pearson": pearson_r, "spearman": spearman_rho}
+
+
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) resamples of n items with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def permutation_p(x: np.ndarray, y: np.ndarray, method: str = "spearman", n_perm: int = 9999, seed: int = 0,
+                  exact_up_to: int = 8) -> tuple[float, bool]:
+    """Two-sided permutation p-value of the correlation (twice the smaller one-sided p, as
+    scipy.stats.permutation_test); exact over all n! pairings for n ≤ ``exact_up_to``.
+    Returns (p, exact)."""
+    stat = _CORRELATIONS[method]
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = x.size
+    observed = float(stat(x, y))
+    exact = n <= exact_up_to
+    if exact:
+        perms = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
+    else:
+        rng = np.random.default_rng(seed)
+        perms = np.argsort(rng.random((n_perm, n)), axis=1)
+    null = stat(np.broadcast_to(x, perms.shape), y[perms])
+    null = null[np.isfinite(null)]
+    gamma = 1e-12 * max(1.0, abs(observed))  # equal up to rounding counts as "as extreme"
+    adjust = 0 if exact else 1
+    less = (np.count_nonzero(null <= observed + gamma) + adjust) / (null.size + adjust)
+    greater = (np.count_nonzero(null >= observed - gamma) + adjust) / (null.size + adjust)
+    return float(min(1.0, 2 * min(less, greater))), exact
+
+
+def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman", *, n_boot: int = 2000,
+                confidence: float = 0.95, seed: int = 0, n_perm: int = 9999) -> dict[str, Any]:
+    """Correlation of x and y over models, a percentile bootstrap CI that resamples models (resamples
+    in which one side is constant are skipped and counted) and a permutation p-value."""
+    if method not in _CORRELATIONS:
+        raise ValueError(f"correlation method must be one of {', '.join(_CORRELATIONS)}, not {method!r}")
+    if not 0 < confidence < 1:
+        raise ValueError("confidence must be between 0 and 1")
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    if xa.shape != ya.shape or xa.ndim != 1:
+        raise ValueError("x and y need the same length")
+    if not (np.isfinite(xa).all() and np.isfinite(ya).all()):
+        raise ValueError("x and y must be finite numbers")
+    n = int(xa.size)
+    out: dict[str, Any] = {"method": method, "n": n, "r": None, "ci_low": None, "ci_high": None, "p": None,
+                           "p_exact": None, "confidence": confidence, "n_boot": n_boot, "n_boot_valid": 0,
+                           "note": None}
+    if n < 3:
+        out["note"] = f"needs at least 3 models, got {n}"
+        return out
+    r = float(_CORRELATIONS[method](xa, ya))
+    if not math.isfinite(r):
+        out["note"] = "one of the two is the same for every model"
+        return out
+    out["r"] = r
+    idx = bootstrap_indices(n, n_boot, seed)
+    boots = _CORRELATIONS[method](xa[idx], ya[idx])
+    boots = boots[np.isfinite(boots)]
+    out["n_boot_valid"] = int(boots.size)
+    if boots.size:
+        tail = (1 - confidence) / 2 * 100
+        out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(boots, [tail, 100 - tail]))
+    out["p"], out["p_exact"] = permutation_p(xa, ya, method, n_perm=n_perm, seed=seed)
+    return out
+
+
+def describe_correlation(stats: dict[str, Any], higher_is_robust: bool = True) -> str:
+    """A plain-language reading of a correlation between classification and explanation robustness."""
+    r = stats.get("r")
+    if r is None:
+        return f"No correlation: {stats.get('note') or 'not enough data'}."
+    agree = r if higher_is_robust else -r
+    size = "strongly" if abs(r) >= 0.7 else "moderately" if abs(r) >= 0.4 else "weakly"
+    way = "go together" if agree > 0 else "go against each other"
+    name = {"spearman": "Spearman ρ", "pearson": "Pearson r"}[stats["method"]]
+    text = f"{name} = {r:.2f} over {stats['n']} models: the two robustnesses {size} {way}"
+    if stats.get("ci_low") is not None:
+        covers = stats["ci_low"] <= 0 <= stats["ci_high"]
+        text += (f"; the {100 * stats['confidence']:.0f}% bootstrap CI [{stats['ci_low']:.2f}, {stats['ci_high']:.2f}] "
+                 + ("includes 0, so the data do not settle the sign" if covers else "excludes 0"))
+    return text + "."
+
+
+def correlation_table(rows: list[dict[str, Any]], measures: Sequence[str], *, n_boot: int = 2000,
+                      confidence: float = 0.95, seed: int = 0) -> list[dict[str, Any]]:
+    """Spearman and Pearson of PGD accuracy against each measure, over the rows that have both."""
+    out = []
+    for key in measures:
+        pairs = [(r["pgd_accuracy"], r[f"m_{key}"]) for r in rows
+                 if r.get("pgd_accuracy") is not None and r.get(f"m_{key}") is not None]
+        row: dict[str, Any] = {"measure": EXPLANATION_MEASURES[key].label,
+                               "higher is more robust": EXPLANATION_MEASURES[key].higher_is_robust, "n": len(pairs)}
+        for method in ("spearman", "pearson"):
+            if len(pairs) < 3:
+                s = {"r": None, "ci_low": None, "ci_high": None, "p": None}
+            else:
+                x, y = zip(*pairs)
+                s = correlation(x, y, method, n_boot=n_boot, confidence=confidence, seed=seed)
+            row.update({method: s["r"], f"{method} CI low": s["ci_low"], f"{method} CI high": s["ci_high"],
+                        f"{method} p": s["p"]})
+        out.append(row)
+    return out
+
+
+# --------------------------------------------------------------------------- the paper's views
+
+
+def trades_sweep(rows: list[dict[str, Any]], include_natural: bool = True) -> list[dict[str, Any]]:
+    """The TRADES models ordered by β; the natural model joins as β = 0 (TRADES's loss with β = 0 is
+    plain cross-entropy) when it has the TRADES models' architecture and epochs."""
+    trades = [r for r in rows if r["objective"] == "trades" and r["beta"] is not None]
+    out = [{**r, "sweep_beta": float(r["beta"])} for r in trades]
+    if include_natural and trades:
+        recipe = {(r["architecture"], r["epochs"]) for r in trades}
+        out += [{**r, "sweep_beta": 0.0} for r in rows if r["objective"] == "natural"
+                and (r["architecture"], r["epochs"]) in recipe]
+    return sorted(out, key=lambda r: (r["sweep_beta"], r["model"]))
+
+
+_SEP_ORDER = {"Normal": 0, "MAT": 1, "SEP_pos": 2, "SEP_neg": 3}
+
+
+def sep_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Normal / MAT / SEP_pos / SEP_neg rows in the paper's order (several SEP_neg by λ, strongest last)."""
+    chosen = [r for r in rows if r["method"] in _SEP_ORDER]
+    chosen.sort(key=lambda r: (r["architecture"], _SEP_ORDER[r["method"]], abs(r["lam"] or 0), r["model"]))
+    out = []
+    for r in chosen:
+        start, end = r["le_start"], r["le_end"]
+        out.append({
+            "model": r["architecture"], "method": r["method"], "checkpoint": r["name"],
+            "λ": r["lam"], "L_e start ×1e-7": start, "L_e end ×1e-7": end,
+            "end / start": None if start in (None, 0) or end is None else end / start,
+            "Acc clean %": None if r["clean_accuracy"] is None else 100 * r["clean_accuracy"],
+            f"Acc adv % (ε={r['eps']:g})": None if r["pgd_accuracy"] is None else 100 * r["pgd_accuracy"],
+            "status": r["status"],
+        })
+    return out
+
+
+# The SEP paper's main table, MNIST rows (research/sep_paper.md §7.1; L_e ×10⁻⁷, accuracy in %),
+# for orientation only: their protocol, ε and training budget are not ours.
+_PAPER_COLUMNS = ("model", "method", "L_e start ×1e-7", "L_e end ×1e-7", "Acc clean %", "Acc adv %")
+PAPER_MNIST_TABLE: list[dict[str, Any]] = [dict(zip(_PAPER_COLUMNS, row)) for row in [
+    ("ConvNet", "Normal", 261.183, 204.825, 99.29, 0.00),
+    ("ConvNet", "MAT", 373.262, 298.729, 99.00, 89.92),
+    ("ConvNet", "SEP_pos", 93.033, 61.545, 98.8, 89.4),
+    ("ConvNet", "SEP_neg", 806.204, 657.180, 98.97, 90.34),
+    ("ResNet18", "Normal", 266.834, 146.16, 99.36, 0.00),
+    ("ResNet18", "MAT", 916.017, 778.003, 99.28, 94.60),
+    ("ResNet18", "SEP_pos", 92.371, 59.278, 98.4, 91.63),
+    ("ResNet18", "SEP_neg", 9356.306, 8248.627, 99.4, 93.95),
+]]
+
+
+# --------------------------------------------------------------------------- computing missing evaluations
+
+
+def quick_config(dataset: str, base: dict[str, Any] | None = None, shipped_root: str | os.PathLike | None = None,
+                 channels: int = 1):
+    """A fast evaluation in the spirit of ``base`` (the zoo's protocol, if any): 200 images, 10 PGD
+    steps, the targeted attack for 50 steps on the first 30 stored pairs. Without a base, ε is
+    0.1/0.2/0.3 for one-channel (MNIST-like) data and 2/255, 4/255, 8/255 for colour images.
+    Deterministic, so its protocol id is stable."""
+    from .evaluate import make_evaluation_config
+    from .zoo import shipped_zoo_dir
+
+    base = {k: v for k, v in (base or {}).items() if k not in ("checkpoint", "model", "dataset", "preset")}
+    eps_list = list(base.get("eps_list") or ([0.1, 0.2, 0.3] if channels == 1 else [2 / 255, 4 / 255, 8 / 255]))
+    pairs = Path(shipped_root if shipped_root is not None else shipped_zoo_dir()) / dataset / "pairs_way3.json"
+    targeted = dict(base.get("targeted") or {"explainer": "gradient_x_input"})
+    targeted.update(steps=min(int(targeted.get("steps", 50)), 50), record_every=25)
+    pgd = dict(base.get("pgd") or {})
+    pgd.update(steps=10, step_size=round(2.5 * max(eps_list, default=0.3) / 10, 6))
+    return make_evaluation_config(
+        split=base.get("split", "test"), n_images=min(int(base.get("n_images", 200)), 200), batch_size=200,
+        eps_list=eps_list, pgd=pgd, explanation_attack="targeted", targeted=targeted,
+        n_explanation_images=min(int(base.get("n_explanation_images", 30)), 30), attack_batch_size=30,
+        pairs_file=str(pairs) if pairs.is_file() else None, seed=int(base.get("seed", 0)))
+
+
+def runnable_config(config: dict[str, Any], dataset: str, shipped_root: str | os.PathLike | None = None):
+    """A stored evaluation's config, ready to run again: its provenance fields dropped and a relative
+    pair file (as the zoo build records it) found again in the shipped zoo."""
+    from .evaluate import make_evaluation_config
+    from .zoo import shipped_zoo_dir
+
+    values = {k: v for k, v in config.items() if k not in ("checkpoint", "model", "dataset", "preset")}
+    if values.get("pairs_file") and not Path(values["pairs_file"]).is_file():
+        root = Path(shipped_root) if shipped_root is not None else shipped_zoo_dir()
+        found = root / dataset / Path(str(values["pairs_file"])).name
+        if not found.is_file():
+            raise FileNotFoundError(f"the pair file {values['pairs_file']} of this protocol is not here "
+                                    f"(looked in {found.parent})")
+        values["pairs_file"] = str(found)
+    return make_evaluation_config(**values)
+
+
+def result_path(dataset: str, name: str, protocol: str, runs: str | os.PathLike | None = None) -> Path:
+    return (study_dir(runs) / check_name(dataset, "dataset name") / check_name(name, "model name")
+            / f"{check_name(protocol, 'protocol id')}.json")
+
+
+def store_result(result, info: ModelInfo, preset: str, runs: str | os.PathLike | None = None,
+                 shipped_root: str | os.PathLike | None = None) -> Path:
+    """Write an evaluation :class:`~explrobust_core.results.Result` into the runs directory, atomically.
+    Refuses to write inside the shipped zoo."""
+    from .zoo import shipped_zoo_dir
+
+    result.config.update(checkpoint=info.path, model=info.name, dataset=info.dataset, preset=preset)
+    pid = protocol_id(result.config)
+    path = result_path(info.dataset, info.name, pid, runs)
+    root = Path(shipped_root) if shipped_root is not None else shipped_zoo_dir()
+    if _is_under(path, root):
+        raise ValueError(f"refusing to write {path}: it lies inside the shipped zoo {root}; set {RUNS_ENV} elsewhere")
+    data = result.to_dict()
+    data["study"] = {"model": info.model, "dataset": info.dataset, "name": info.name, "preset": preset,
+                     "protocol": pid, "weights_sha256": info.weights_sha256}
+    atomic_write_json(path, data)
+    return path
+
+
+def evaluate_and_store(model, info: ModelInfo, dataset, config, *, preset: str = "quick",
+                       runs: str | os.PathLike | None = None, progress: Callable[[str, float], None] | None = None,
+                       shipped_root: str | os.PathLike | None = None) -> Path:
+    """Run :func:`~explrobust_core.evaluate.evaluate_model` and store the result (see :func:`store_result`)."""
+    from .evaluate import evaluate_model
+
+    result = evaluate_model(model, dataset, config, progress=progress)
+    return store_result(result, info, preset, runs, shipped_root)

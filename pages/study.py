@@ -1,0 +1,331 @@
+"""Robustness study: are classification robustness and explanation robustness correlated across the zoo?"""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from explrobust_core import study
+from explrobust_core.figures import robustness_scatter_figure, sep_comparison_figure, trades_sweep_figure
+from pages import ui
+
+ui.page_header(
+    "Robustness study",
+    "What: the paper's question answered on every model of the zoo: does a model that resists PGD also keep "
+    "its explanation under attack? A scatter with Spearman and Pearson correlation (bootstrap CIs over models), "
+    "the TRADES β sweep and the SEP table.",
+    "How: numbers come from evaluations stored on disk (model cards, result files, your own runs), grouped by "
+    "the protocol they were measured with; models without one are listed and can be measured at the bottom.",
+)
+
+# --- the stored evaluations -------------------------------------------------------------------------
+
+entries = ui.checkpoints()
+if not entries:
+    st.info("No checkpoints yet. Train one on the Training jobs page or rebuild the zoo with models_zoo/build.sh.")
+    st.stop()
+
+RUNS = str(study.runs_dir())
+
+
+@st.cache_data(show_spinner="Reading the stored evaluations…")
+def collect(stamp: tuple, runs: str) -> study.Collection:  # stamp: every file read, with its mtime
+    return study.collect([entries[name] for name, _ in stamp[0]], runs)
+
+
+def stamp() -> tuple:
+    files = []
+    for path in study.evaluation_files(entries.values(), RUNS):
+        try:
+            files.append((str(path), path.stat().st_mtime_ns))
+        except OSError:
+            pass
+    return tuple((name, str(e.path)) for name, e in sorted(entries.items())), tuple(files)
+
+
+try:
+    data = collect(stamp(), RUNS)
+except Exception as err:  # noqa: BLE001 — a broken file must be a message, not a traceback
+    st.error(f"Could not read the stored evaluations: {err}")
+    st.stop()
+
+datasets = sorted({m.dataset for m in data.models.values()})
+if "study_protocol_next" in st.session_state:  # set by a finished computation (before the widget exists)
+    st.session_state["study_protocol"] = st.session_state.pop("study_protocol_next")
+
+top = st.columns([1, 3])
+dataset = top[0].selectbox("Dataset", datasets, index=datasets.index("mnist5k") if "mnist5k" in datasets else 0,
+                           key="study_dataset")
+n_models = sum(1 for m in data.models.values() if m.dataset == dataset)
+found = study.protocols(data, dataset)
+zoo_base = next((p["config"] for p in found if p["shipped"]), found[0]["config"] if found else None)
+try:
+    channels = next(m.input_shape[0] for m in (e.card for e in entries.values()) if m.dataset == dataset)
+    quick = study.quick_config(dataset, zoo_base, channels=channels)
+    quick_config = quick.model_dump(mode="json")
+    quick_id = study.protocol_id(quick_config)
+except Exception as err:  # noqa: BLE001
+    st.error(f"Could not build the quick evaluation for {dataset}: {err}")
+    st.stop()
+choices = {p["id"]: p for p in found}
+choices.setdefault(quick_id, {"id": quick_id, "config": quick_config, "n_models": 0, "shipped": False})
+
+
+def protocol_label(pid: str) -> str:
+    p = choices[pid]
+    kind = "zoo build" if p["shipped"] else "quick (computed here)" if pid == quick_id else f"stored {pid}"
+    return f"{kind}: {p['n_models']} of {n_models} models — {study.describe_protocol(p['config'])}"
+
+
+if st.session_state.get("study_protocol") not in choices:
+    st.session_state.pop("study_protocol", None)
+protocol = top[1].selectbox("Evaluation protocol (only numbers measured the same way are compared)", list(choices),
+                            format_func=protocol_label, key="study_protocol")
+config = choices[protocol]["config"]
+measures = study.measures_in(config)
+eps_options = sorted(float(e) for e in config.get("eps_list", []))
+
+for key, valid in (("study_eps", eps_options), ("study_measure", measures)):
+    if key in st.session_state and st.session_state[key] not in valid:  # left from another protocol
+        del st.session_state[key]
+c1, c2, c3 = st.columns(3)
+if eps_options:
+    eps = c1.selectbox("Classification robustness: PGD accuracy at ε", eps_options, index=len(eps_options) - 1,
+                       format_func=lambda e: f"{e:g}", key="study_eps")
+else:
+    eps = None
+if measures:
+    measure = c2.selectbox("Explanation robustness", measures, key="study_measure",
+                           format_func=lambda k: study.EXPLANATION_MEASURES[k].label,
+                           help="; ".join(f"{study.EXPLANATION_MEASURES[k].label}: {study.EXPLANATION_MEASURES[k].help}"
+                                          for k in measures))
+else:
+    measure = None
+min_clean = c3.slider("Leave out models with clean accuracy below (%)", 0, 100, 50, 5,
+                      help="a collapsed model (near chance accuracy) is robust to nothing and would dominate a "
+                           "Pearson correlation; it is listed below, not hidden") / 100
+with st.expander("Statistics and plot settings"):
+    s1, s2, s3, s4 = st.columns(4)
+    n_boot = s1.number_input("Bootstrap resamples (over models)", 200, 20000, 2000, 200)
+    confidence = s2.selectbox("Confidence", [0.9, 0.95, 0.99], index=1, format_func=lambda c: f"{100 * c:.0f}%")
+    seed = s3.number_input("Seed", 0, 10_000, 0)
+    log_y = s4.checkbox("Log scale for explanation robustness", value=False)
+    leave_out = st.multiselect("Leave out by hand", sorted(m for m, i in data.models.items() if i.dataset == dataset))
+
+if eps is None or measure is None:
+    st.info("This protocol measured no PGD accuracy or no explanation robustness; choose another one or compute "
+            "the quick evaluation at the bottom of the page.")
+
+
+@st.cache_data(show_spinner="Bootstrapping the correlations…")
+def correlations(xs: tuple, ys: tuple, n_boot: int, confidence: float, seed: int) -> dict:
+    return {m: study.correlation(xs, ys, m, n_boot=n_boot, confidence=confidence, seed=seed)
+            for m in ("spearman", "pearson")}
+
+
+@st.cache_data(show_spinner=False)
+def measure_table(rows_json: str, measures: tuple, n_boot: int, confidence: float, seed: int) -> list:
+    return study.correlation_table(json.loads(rows_json), measures, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def pct(v):
+    return None if v is None else 100 * v
+
+
+rows = study.model_rows(data, dataset, protocol, eps if eps is not None else 0.0, measure or "le_end") \
+    if eps is not None and measure is not None else []
+used, left_out = study.split_rows(rows, min_clean, leave_out)
+m_spec = study.EXPLANATION_MEASURES[measure] if measure else None
+
+# --- 1. the scatter and its correlations ------------------------------------------------------------
+
+
+def show_results() -> None:
+    st.subheader("Classification robustness vs explanation robustness")
+    xs = tuple(r["pgd_accuracy"] for r in used)
+    ys = tuple(r["value"] for r in used)
+    stats = correlations(xs, ys, int(n_boot), float(confidence), int(seed))
+    plot_col, side = st.columns([3, 2], gap="large")
+    for method, label in (("spearman", "Spearman ρ"), ("pearson", "Pearson r")):
+        s = stats[method]
+        side.metric(label, "–" if s["r"] is None else f"{s['r']:+.2f}")
+        if s["r"] is not None:
+            side.caption(f"{100 * confidence:.0f}% bootstrap CI [{s['ci_low']:.2f}, {s['ci_high']:.2f}] over "
+                         f"{s['n_boot_valid']} resamples of the models · permutation p = {s['p']:.3g}"
+                         f"{' (exact)' if s['p_exact'] else ''}")
+        else:
+            side.caption(s["note"] or "")
+    side.metric("Models in the correlation", f"{len(used)} of {len(rows)}")
+    side.caption(f"{len(left_out)} left out or missing (listed below)" if left_out else "every model")
+    side.write(study.describe_correlation(stats["spearman"], m_spec.higher_is_robust)
+               + ("" if m_spec.higher_is_robust else " (for this measure lower means more robust)"))
+    points = pd.DataFrame([{
+        "model": r["model"], "method": r["method"], f"PGD accuracy ε={eps:g}": r["pgd_accuracy"],
+        m_spec.label: r["value"], "CI low": r["value_ci_low"], "CI high": r["value_ci_high"],
+        "clean accuracy": r["clean_accuracy"], "source": r["source"]} for r in used])
+    if used:
+        fig = robustness_scatter_figure(
+            [{"x": 100 * r["pgd_accuracy"], "y": r["value"], "y_low": r["value_ci_low"], "y_high": r["value_ci_high"],
+              "label": r["name"], "group": r["method"]} for r in used],
+            f"PGD accuracy at ε={eps:g} (%)", m_spec.label, log_y=log_y,
+            title=("" if stats["spearman"]["r"] is None else
+                   f"Spearman ρ = {stats['spearman']['r']:.2f}, Pearson r = {stats['pearson']['r']:.2f} "
+                   f"(n = {len(used)})"))
+        with plot_col:
+            ui.show_figure(fig, "study_scatter", data=points)
+            st.caption("Error bars: the bootstrap CI of each model's mean over its attacked pairs (as stored).")
+    if left_out:
+        st.warning("Not in the correlation: " + "; ".join(f"**{r['model']}** — {r['reason']}" for r in left_out))
+
+    with st.expander("Every model and its numbers", expanded=False):
+        table = pd.DataFrame([{
+            "model": r["model"], "method": r["method"], "β": r["beta"], "λ": r["lam"],
+            "clean acc %": pct(r["clean_accuracy"]), f"PGD acc % ε={eps:g}": pct(r["pgd_accuracy"]),
+            m_spec.label: r["value"], "in correlation": r in used, "status": r["status"] if r in used else
+            next(x["reason"] for x in left_out if x["model"] == r["model"]), "source": r["source"], "file": r["path"],
+        } for r in rows])
+        st.dataframe(table, hide_index=True, width="stretch")
+        ui.downloads("study_models", data=table)
+
+    st.markdown("**Every explanation measure of this protocol** (same models)")
+    corr = pd.DataFrame(measure_table(json.dumps(used, default=str), tuple(measures), int(n_boot),
+                                      float(confidence), int(seed)))
+    st.dataframe(corr, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in corr.columns
+                                if c not in ("measure", "higher is more robust", "n")})
+    ui.downloads("study_correlations", data=corr)
+    if "le_retained" in measures:
+        st.caption("The paper warns that L_e end is driven by L_e start; compare its row with L_e end / L_e start, "
+                   "which divides the starting distance out.")
+
+    # --- 2. the TRADES sweep ----------------------------------------------------------------------------
+
+    st.subheader("TRADES sweep")
+    sweep = study.trades_sweep(rows)
+    measured = [r for r in sweep if r["status"] == "ok"]
+    if not [r for r in sweep if r["objective"] == "trades"]:
+        st.info("No TRADES models for this dataset (train some with the objective trades and several β).")
+    elif len(measured) < 2:
+        st.info("Fewer than two TRADES models have an evaluation under this protocol; compute them below.")
+    else:
+        fig = trades_sweep_figure([{**r, "beta": r["sweep_beta"]} for r in measured], m_spec.label, eps)
+        sweep_table = pd.DataFrame([{
+            "β": r["sweep_beta"], "model": r["model"], "clean acc %": pct(r["clean_accuracy"]),
+            f"PGD acc % ε={eps:g}": pct(r["pgd_accuracy"]), m_spec.label: r["value"], "CI low": r["value_ci_low"],
+            "CI high": r["value_ci_high"]} for r in measured])
+        ui.show_figure(fig, "study_trades", data=sweep_table)
+        note = "β = 0 is the natural model (TRADES's loss with β = 0 is plain cross-entropy)." \
+            if any(r["sweep_beta"] == 0 for r in measured) else ""
+        missing = [r["model"] for r in sweep if r["status"] != "ok"]
+        st.caption(note + (f" Missing under this protocol: {', '.join(missing)}." if missing else ""))
+
+    # --- 3. the SEP table -------------------------------------------------------------------------------
+
+    st.subheader("SEP_pos / MAT / SEP_neg (the paper's main table)")
+    sep = study.sep_table(rows)
+    if not sep:
+        st.info("No Normal, MAT or SEP models for this dataset.")
+    else:
+        sep_df = pd.DataFrame(sep)
+        st.dataframe(sep_df, hide_index=True, width="stretch",
+                     column_config={c: st.column_config.NumberColumn(format="%.2f") for c in sep_df.columns
+                                    if c not in ("model", "method", "checkpoint", "status", "λ")})
+        ui.downloads("study_sep_table", data=sep_df)
+        ok = [r for r in sep if r["L_e end ×1e-7"] is not None]
+        if ok:
+            best = max(ok, key=lambda r: r["L_e end ×1e-7"])
+            worst = min(ok, key=lambda r: r["L_e end ×1e-7"])
+            collapsed = [r["checkpoint"] for r in ok
+                         if r["Acc clean %"] is not None and r["Acc clean %"] < 100 * min_clean]
+            st.caption(f"Most robust explanation (highest L_e end): {best['checkpoint']} ({best['method']}); least: "
+                       f"{worst['checkpoint']} ({worst['method']}). The paper's claim: SEP_neg > MAT > SEP_pos in "
+                       "L_e end at about the same adversarial accuracy."
+                       + (f" Below {100 * min_clean:.0f}% clean accuracy (collapsed, robust to nothing): "
+                          f"{', '.join(collapsed)}." if collapsed else ""))
+            by_name = {r["name"]: r for r in rows}
+            fig = sep_comparison_figure([{
+                "label": f"{r['method']}" + (f" λ={r['λ']:g}" if r["λ"] is not None else ""),
+                "le_start": r["L_e start ×1e-7"], "le_end": r["L_e end ×1e-7"],
+                "clean_accuracy": by_name[r["checkpoint"]]["clean_accuracy"],
+                "pgd_accuracy": by_name[r["checkpoint"]]["pgd_accuracy"]} for r in ok], eps)
+            ui.show_figure(fig, "study_sep", data=sep_df)
+        with st.expander("The paper's MNIST rows, for orientation (their protocol, ε and training budget, not ours)"):
+            paper = pd.DataFrame(study.PAPER_MNIST_TABLE)
+            st.dataframe(paper, hide_index=True, width="stretch")
+            ui.downloads("study_paper_mnist", data=paper)
+
+if rows:
+    try:
+        show_results()
+    except Exception as err:  # noqa: BLE001 — e.g. a hand-edited result file with odd values
+        st.error(f"Could not show the study for this protocol: {err}")
+
+for problem in data.problems:
+    st.warning(problem)
+
+# --- 4. compute missing evaluations ---------------------------------------------------------------------
+
+st.subheader("Measure models")
+if "study_message" in st.session_state:
+    kind, text = st.session_state.pop("study_message")
+    (st.success if kind == "ok" else st.error)(text)
+targets = {quick_id: "quick"}
+if protocol != quick_id:
+    targets[protocol] = "the protocol chosen above"
+target = st.radio("Protocol", list(targets), format_func=lambda pid: f"{targets[pid]}: "
+                  + study.describe_protocol(choices[pid]["config"]))
+have = study.records_for(data, dataset, target)
+candidates = sorted(m for m, i in data.models.items() if i.dataset == dataset)
+missing_here = [m for m in candidates if m not in have]
+st.caption(f"{len(missing_here)} of {len(candidates)} models have no evaluation under this protocol"
+           + (f": {', '.join(missing_here)}" if missing_here else "") + f". Results are stored under "
+           f"`{study.study_dir(RUNS)}` (never in the shipped zoo); a stored result of the same protocol is replaced. "
+           "On a 2-core CPU the quick protocol takes under a minute per model, the zoo's several minutes; the run "
+           "happens in this page, so stay on it until it finishes.")
+chosen = st.multiselect("Models to measure", candidates, default=missing_here,
+                        key=f"study_compute_models_{target}_{len(missing_here)}")  # fresh default when it changes
+in_page, in_background = st.columns([1, 3])
+if in_background.button(f"Queue {len(chosen)} background job(s)", disabled=not chosen,
+                        help="Runs in its own process (Training jobs page): you can leave this page or close the "
+                             "browser; the results appear here when they are done."):
+    from explrobust_core.jobs import EvaluateJobSpec
+
+    try:
+        run_config = quick if target == quick_id else study.runnable_config(choices[target]["config"], dataset)
+        jobs = [ui.executor().submit(EvaluateJobSpec(model=name, evaluation=run_config.model_dump(mode="json")))
+                for name in chosen]
+        st.success(f"Queued {len(jobs)} evaluation job(s); follow them on the Training jobs page.")
+    except Exception as err:  # noqa: BLE001 — a clear message, never a traceback
+        st.error(f"Cannot queue this protocol: {err}")
+if in_page.button(f"Measure {len(chosen)} model(s)", disabled=not chosen, type="primary"):
+    try:
+        run_config = quick if target == quick_id else study.runnable_config(choices[target]["config"], dataset)
+        split_data = ui.dataset(dataset, run_config.split)
+    except Exception as err:  # noqa: BLE001
+        st.error(f"Cannot run this protocol: {err}")
+        st.stop()
+    bar = st.progress(0.0, text="starting…")
+    weights = {"clean accuracy": (0.0, 0.05), "PGD accuracy": (0.05, 0.4), "explanation attack": (0.45, 0.55)}
+    done, failed = [], []
+    for i, name in enumerate(chosen):
+        def progress(stage: str, fraction: float, i=i, name=name) -> None:
+            start, span = weights.get(stage, (0.0, 1.0))
+            bar.progress(min(1.0, (i + start + span * fraction) / len(chosen)),
+                         text=f"{name} ({i + 1}/{len(chosen)}): {stage} {fraction:.0%}")
+        try:
+            model, _ = ui.load_model(data.models[name].path)
+            path = study.evaluate_and_store(model, data.models[name], split_data, run_config,
+                                            preset="quick" if target == quick_id else "rerun", runs=RUNS,
+                                            progress=progress)
+            done.append(f"{name} → {path}")
+        except Exception as err:  # noqa: BLE001 — one bad model must not hide the others' results
+            failed.append(f"{name}: {err}")
+    bar.progress(1.0, text="done")
+    st.session_state["study_message"] = ("ok" if not failed else "error",
+                                         (f"Measured {len(done)} model(s): " + "; ".join(done) if done else "")
+                                         + (" Failed: " + "; ".join(failed) if failed else ""))
+    st.session_state["study_protocol_next"] = target
+    collect.clear()
+    st.rerun()
+
+ui.export_all("study")
