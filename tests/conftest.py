@@ -168,7 +168,17 @@ class BrowserPage:
     def screenshot(self, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
+        # streamlit scrolls inside its main container, so a "full page" shot would stop at the viewport:
+        # grow the viewport to the content for the shot
+        size = self.page.viewport_size
+        height = self.page.evaluate(
+            "() => { const m = document.querySelector(\"[data-testid='stMain']\") || document.body;"
+            " return m.scrollHeight; }")
+        self.page.set_viewport_size({"width": size["width"], "height": min(max(int(height), size["height"]), 10_000)})
+        try:
+            self.page.screenshot(path=str(path), full_page=True)
+        finally:
+            self.page.set_viewport_size(size)
         return path
 
 
