@@ -94,10 +94,12 @@ def attack_panels_figure(original: torch.Tensor, perturbed: torch.Tensor, origin
     import matplotlib.pyplot as plt
 
     delta = (perturbed - original).detach().cpu()
-    scale = float(delta.abs().max()) or 1.0
+    largest = float(delta.abs().max())
+    scale = largest or 1.0
     amplified = (delta / (2 * scale) + 0.5).clamp(0, 1)  # ±max perturbation → [0, 1]
     panels = [("original", image_to_display(original), None), ("perturbed", image_to_display(perturbed), None),
-              (f"perturbation ×{0.5 / scale:.0f}", image_to_display(amplified), None),
+              (f"perturbation ×{0.5 / scale:.0f}" if largest else "perturbation (none)", image_to_display(amplified),
+               None),
               ("original map", original_map.detach().cpu().numpy(), cmap),
               ("attacked map", attacked_map.detach().cpu().numpy(), cmap)]
     if target_map is not None:
@@ -113,7 +115,7 @@ def attack_panels_figure(original: torch.Tensor, perturbed: torch.Tensor, origin
         ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9) if title else None)  # room for the suptitle
     return fig
 
 

@@ -216,3 +216,37 @@ def test_autoattack_without_the_extra_says_how_to_install(mnist_convnet, batch, 
     x, y = batch
     with pytest.raises(MissingExtraError, match=r"explrobust\[autoattack\]"):
         run_classification_attack(mnist_convnet, x[:2], y[:2], "autoattack")
+
+
+# --------------------------------------------------------------------------- progress callbacks, trajectories
+
+
+def test_progress_callback_and_ifia_trajectory(mnist_convnet, correct):
+    x, _ = correct
+    x = x[:3]
+    calls = []
+    r = run_explanation_attack(mnist_convnet, x, "ifia", eps=0.1, steps=6, k=50, eval_k=50, objective="random",
+                               random_start=True, restarts=2, measure="topk_intersection",
+                               progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 12) for i in range(1, 13)]  # once per step over all restarts, for the whole batch
+    traj = r.extra["trajectory"]
+    assert traj["step"] == list(range(13))
+    scores = torch.tensor(traj["topk_intersection"])  # (steps + 1, images)
+    kept = torch.tensor(traj["label_kept"])
+    assert scores.shape == (13, 3) and kept.dtype == torch.bool
+    assert torch.allclose(scores[0], torch.ones(3)) and traj["explanation_loss"][0] == [0.0] * 3
+    # the reported iterate is the trajectory's best that kept the label (k == eval_k here)
+    best = torch.where(kept[1:], scores[1:], torch.full_like(scores[1:], float("inf"))).amin(0)
+    att = r.per_image["attacked"]
+    assert torch.allclose(best[att], r.per_image["topk_intersection"][att].float(), atol=1e-6)
+    assert (torch.tensor(traj["explanation_loss"])[1:] > 0).all()
+    # the centre-of-mass measure is recorded as the shift itself (positive), not the minimised score
+    com = run_explanation_attack(mnist_convnet, x[:1], "ifia", eps=0.1, steps=3, k=50, eval_k=50,
+                                 objective="center_of_mass", measure="center_of_mass_shift")
+    assert min(v[0] for v in com.extra["trajectory"]["center_of_mass_shift"][1:]) > 0
+
+    calls.clear()
+    t = run_explanation_attack(mnist_convnet, x[:1], "targeted", target_images=x[1:2], steps=5, record_every=2,
+                               progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 5) for i in range(1, 6)]
+    assert t.extra["trajectory"]["step"] == [0, 2, 4, 5]

@@ -35,7 +35,7 @@ class PGDConfig(FGSMConfig):
     step_size: float | None = Field(None, gt=0, le=100, description="step length; default 2.5·ε/steps (Madry et al.)")
     random_start: bool = Field(True, description="start from a uniform point of the ε-ball")
     restarts: int = Field(1, ge=1, le=100, description="independent random restarts; images already broken are kept")
-    seed: int = Field(0, ge=0, description="seed for the random starts")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for the random starts")
 
     @model_validator(mode="after")
     def _restarts_need_random_start(self) -> "PGDConfig":
@@ -202,7 +202,7 @@ class AutoAttackConfig(Config):
     attacks: list[Literal["apgd-ce", "apgd-t", "fab", "fab-t", "square", "apgd-dlr"]] | None = Field(
         None, description="with version 'custom': which attacks to run, e.g. [\"apgd-ce\"]")
     batch_size: int = Field(250, ge=1, le=10_000, description="images per internal batch")
-    seed: int = Field(0, ge=0, description="seed of the attacks' randomness")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the attacks' randomness")
 
     @model_validator(mode="after")
     def _custom_needs_attacks(self) -> "AutoAttackConfig":

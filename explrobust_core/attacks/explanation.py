@@ -27,6 +27,8 @@ from ..registry import Config, Registry
 from ..results import Result, summarize
 
 Measure = Literal["topk_intersection", "kendall_tau", "spearman_rho", "center_of_mass_shift"]
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called after every attack step (``total`` = steps × restarts) of the whole batch."""
 
 
 class _ExplainerChoice(Config):
@@ -34,7 +36,7 @@ class _ExplainerChoice(Config):
     explainer_options: dict[str, Any] = Field(default_factory=dict, description="options of that method")
     unattackable: Literal["exclude", "count_as_robust"] = Field(
         "exclude", description="images where no iterate keeps the prediction: left out (NaN) or scored as unchanged")
-    seed: int = Field(0, ge=0, description="seed for random starts / random directions")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for random starts / random directions")
 
     @model_validator(mode="after")
     def _differentiable_explainer(self):
@@ -155,12 +157,18 @@ def attack_summary(name: str, per_image: dict[str, Any], seed: int = 0) -> dict[
 
 @EXPLANATION_ATTACKS.register("ifia", config=IFIAConfig,
                               summary="Untargeted (Ghorbani IFIA): top-k, centre of mass or random; label kept")
-def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.Tensor | None = None) -> Result:
+def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.Tensor | None = None,
+         progress: Progress | None = None) -> Result:
     """Push each image's map away from its own, within an L∞ ε-ball, keeping the prediction.
 
     ``labels`` are the predictions to keep (default: the model's predictions on ``images``).
     Per image, the iterate kept is the one with the lowest ``measure`` score among those whose
     prediction equals the original, over all steps and restarts.
+
+    ``extra["trajectory"]`` records every step's iterate, measured on the original model:
+    ``step`` (0 = the clean image; restarts continue the count), the ``measure`` (its value, e.g. the
+    centre-of-mass shift in pixels), ``explanation_loss`` to the original map and ``label_kept``;
+    each is a list over steps of per-image lists. ``progress(done, total)`` is called after each step.
     """
     started = time.perf_counter()
     x = images.detach()
@@ -179,6 +187,14 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
 
         best_score = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=torch.float64)
         best_x = x.clone()
+        sign = -1.0 if cfg.measure == "center_of_mass_shift" else 1.0  # the score is minus the shift
+        with torch.no_grad():
+            kept0 = model(x).argmax(1) == keep
+        # recorded as float32 device tensors, read back once at the end (no per-step synchronisation)
+        rec_score = [sign * _lower_is_stronger(cfg.measure, original, original, cfg.k).float()]
+        rec_loss = [explanation_loss(original, original).float()]
+        rec_kept = [kept0]
+        total, done = cfg.steps * cfg.restarts, 0
         for _ in range(cfg.restarts):
             x_adv = x.clone()
             if cfg.random_start:
@@ -198,8 +214,11 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                 with torch.no_grad():
                     candidate = (x + (x_adv + cfg.step_size * direction.sign() - x).clamp(-cfg.eps, cfg.eps)).clamp(0, 1)
                     kept = model(candidate).argmax(1) == keep
-                score = _lower_is_stronger(cfg.measure, original, _maps(model, candidate, keep, cfg).detach(),
-                                           cfg.k).to(torch.float64)
+                candidate_map = _maps(model, candidate, keep, cfg).detach()
+                score = _lower_is_stronger(cfg.measure, original, candidate_map, cfg.k).to(torch.float64)
+                rec_score.append(sign * score.float())
+                rec_loss.append(explanation_loss(original, candidate_map).float())
+                rec_kept.append(kept)
                 better = kept & (score < best_score)
                 best_score = torch.where(better, score, best_score)
                 best_x = torch.where(_mask(better, x), candidate, best_x)
@@ -207,6 +226,9 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                     x_adv = torch.where(_mask(kept, x), candidate, x_adv)
                 else:
                     x_adv = candidate
+                done += 1
+                if progress is not None:
+                    progress(done, total)
 
         attacked = torch.isfinite(best_score)
         final = _maps(model, best_x, keep, cfg).detach()
@@ -223,7 +245,10 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                  "linf": (best_x - x).flatten(1).abs().amax(1), **metrics}
     summary = attack_summary("ifia", per_image, cfg.seed)
     config = {"attack": "ifia", **cfg.model_dump(mode="json"), "attack_model": view_note}
+    trajectory = {"step": list(range(len(rec_score))), cfg.measure: torch.stack(rec_score).tolist(),
+                  "explanation_loss": torch.stack(rec_loss).tolist(), "label_kept": torch.stack(rec_kept).tolist()}
     return Result(kind="explanation_attack/ifia", config=config, per_image=per_image, summary=summary,
+                  extra={"trajectory": trajectory},
                   tensors={"adversarial": best_x, "original_map": original, "attacked_map": final},
                   seconds=time.perf_counter() - started)
 
@@ -234,13 +259,13 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
 @EXPLANATION_ATTACKS.register("targeted", config=TargetedConfig,
                               summary="Targeted (Dombrowski): map toward a target image's map, output kept")
 def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels: torch.Tensor | None = None,
-             target_images: torch.Tensor | None = None) -> Result:
+             target_images: torch.Tensor | None = None, progress: Progress | None = None) -> Result:
     """Minimise ``expl_weight·MSE(m(x'), m(x_t)) + output_weight·MSE(softmax f(x'), softmax f(x))``.
 
     Adam on the input with β grown geometrically from ``beta_start`` to ``beta_end`` on the
     softplus view; pixels clamped to [0, 1] (and to the ε-ball if ``eps``). L_e start/end and the
     recorded trajectory are measured on the original model; the target's map is its explanation
-    for its own predicted class.
+    for its own predicted class. ``progress(done, steps)`` is called after each Adam step.
     """
     if target_images is None or target_images.shape != images.shape:
         raise ValueError("the targeted attack needs one target image per victim image, of the same shape")
@@ -294,6 +319,8 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
                 x_adv.clamp_(0, 1)
             if step % cfg.record_every == 0 or step == cfg.steps:
                 record(step, x_adv.detach().clone())
+            if progress is not None:
+                progress(step, cfg.steps)
 
         final = best_x
         kept_any = torch.tensor(trajectory["label_kept"][1:], device=x.device).any(0)  # any recorded step
@@ -319,15 +346,19 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
 
 def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "ifia", *,
                            config: dict | Config | None = None, labels: torch.Tensor | None = None,
-                           target_images: torch.Tensor | None = None, **options) -> Result:
-    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``)."""
+                           target_images: torch.Tensor | None = None, progress: Progress | None = None,
+                           **options) -> Result:
+    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``).
+
+    ``progress(done, total)``, if given, is called after every step of the attack (for progress bars).
+    """
     entry = EXPLANATION_ATTACKS.get(name)
     values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
     cfg = entry.make_config({**values, **options})
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
     if name == "targeted":
-        return entry.obj(model, images, cfg, labels=labels, target_images=target_images)
+        return entry.obj(model, images, cfg, labels=labels, target_images=target_images, progress=progress)
     if target_images is not None:
         raise ValueError(f"attack {name!r} is untargeted; use 'targeted' to attack toward target images")
-    return entry.obj(model, images, cfg, labels=labels)
+    return entry.obj(model, images, cfg, labels=labels, progress=progress)

@@ -1,0 +1,227 @@
+"""Classification robustness: PGD/FGSM on a batch of test images, accuracy against ε, adversarial examples
+and the minimal flipping ε per image, for every chosen model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+import torch
+
+from explrobust_core.attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
+from explrobust_core.figures import accuracy_vs_eps_figure, adversarial_gallery_figure, flip_eps_figure
+from pages import ui
+
+RESULT = "classification_result"
+CHUNK = 256  # images per attack call: bounds memory on large images, still one batch per call
+GALLERY = 8  # adversarial examples kept per model and ε for the gallery
+
+ui.page_header(
+    "Classification robustness",
+    "What: how fast each model's accuracy falls when an adversary may change every pixel by up to ε "
+    "(PGD or FGSM), what the adversarial images look like, and the smallest ε that flips each image.",
+    "How: press **Show me** to attack a seeded sample of test images at a grid of ε from 0 to ε max on every "
+    "chosen model; then browse the gallery by model and ε without recomputing.",
+)
+
+models = ui.model_picker()
+if not models:
+    st.info("Choose at least one model (here or on the Model zoo page).")
+    st.stop()
+entries = ui.checkpoints()
+datasets = {entries[m].card.dataset for m in models}
+if len(datasets) > 1:
+    st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); "
+             "their accuracies are only comparable on one test set. Pick models of one dataset.")
+    st.stop()
+dataset_name = datasets.pop()
+try:
+    data = ui.dataset(dataset_name, "test")
+except (FileNotFoundError, ValueError) as err:  # e.g. a torchvision dataset whose files are not here
+    st.error(str(err))
+    st.stop()
+classes = data.info.classes
+
+with st.form("classification_form"):
+    left, mid, right = st.columns(3)
+    attack = left.radio("Attack", ["pgd", "fgsm"], horizontal=True,
+                        format_func={"pgd": "PGD (iterated)", "fgsm": "FGSM (one step)"}.get)
+    norm = left.radio("Threat model", ["linf", "l2"], horizontal=True, format_func={"linf": "L∞", "l2": "L2"}.get)
+    eps_max = left.number_input("ε max (pixel units; L2: of the whole image)", 0.001, 50.0, 0.3, 0.01, format="%.3f")
+    n_eps = left.slider("Points on the ε grid", 2, 16, 7)
+    steps = mid.number_input("PGD steps", 1, 1000, 20, help="step size 2.5·ε/steps (Madry et al.)")
+    restarts = mid.number_input("PGD random restarts", 1, 20, 1)
+    n_images = mid.number_input(f"Test images (of {len(data)})", 1, len(data), min(128, len(data)))
+    seed = mid.number_input("Seed (image sample and random starts)", 0, 2**31 - 1, 0)
+    flip = right.checkbox("Minimal flipping ε per image", True,
+                          help="a batched bisection on ε with PGD (the attack settings above), up to ε max")
+    iterations = right.slider("Bisection rounds", 2, 12, 6, help="precision ε max / 2^rounds")
+    submitted = st.form_submit_button("Show me", type="primary")
+
+
+def sample_indices(n: int, seed: int) -> list[int]:
+    """A seeded sample of test images, the same for every model (in sampled order: test sets are often sorted
+    by class, and the gallery shows the first few)."""
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    return perm[:n].tolist()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def evaluate_model(model_name: str, weights: str, mtime_ns: int, dataset: str, indices: tuple[int, ...], attack: str,
+                   config_json: str, eps_grid: tuple[float, ...], flip: bool, iterations: int) -> dict:
+    """One model: accuracy at each ε, a few adversarial examples per ε, the minimal flipping ε per image."""
+    model, _ = ui.load_model(weights)
+    device = next(model.parameters()).device
+    data = ui.dataset(dataset, "test")
+    cfg = json.loads(config_json)
+    x_all, y_all = data.batch(list(indices))
+    starts = range(0, len(indices), CHUNK)
+    chunks = [(x_all[i:i + CHUNK].to(device), y_all[i:i + CHUNK].to(device)) for i in starts]
+    attack_cfg = cfg if attack == "pgd" else {"norm": cfg["norm"]}
+    work = len(eps_grid) * len(chunks) + (len(chunks) if flip else 0)
+    bar = st.progress(0.0, text=f"{model_name}: attacking…")
+    done = 0
+
+    def tick(text: str) -> None:
+        nonlocal done
+        done += 1
+        bar.progress(done / work, text=f"{model_name}: {text}")
+
+    with torch.no_grad():
+        clean_probs = torch.cat([torch.softmax(model(x), 1).cpu() for x, _ in chunks])
+    clean_pred = clean_probs.argmax(1)
+    accuracy, adv_pred, gallery, gallery_conf = [], [], [], []
+    for eps in eps_grid:
+        preds, adversarial = [], []
+        for start, (x, y) in zip(starts, chunks):
+            if eps == 0:  # no attack: the clean predictions
+                preds.append(clean_pred[start:start + len(y)])
+                adversarial.append(x[:GALLERY].cpu())
+            else:
+                r = run_classification_attack(model, x, y, attack, config={**attack_cfg, "eps": eps})
+                preds.append(r.per_image["adv_pred"].cpu())
+                adversarial.append(r.tensors["adversarial"][:GALLERY].cpu())
+            tick(f"ε = {eps:.3g}")
+        pred = torch.cat(preds)
+        adv = torch.cat(adversarial)[:GALLERY]
+        with torch.no_grad():
+            conf = torch.softmax(model(adv.to(device)), 1).amax(1).cpu()
+        accuracy.append(float((pred == y_all).float().mean()))
+        adv_pred.append(pred.tolist())
+        gallery.append(adv)
+        gallery_conf.append(conf.tolist())
+    min_eps = None
+    if flip:
+        parts = []
+        for x, y in chunks:
+            parts.append(minimal_flip_eps(model, x, y, eps_max=eps_grid[-1], iterations=iterations, config=cfg).cpu())
+            tick("minimal flipping ε")
+        min_eps = torch.cat(parts).tolist()
+    bar.empty()
+    return {"model": model_name, "eps": list(eps_grid), "accuracy": accuracy, "clean_pred": clean_pred.tolist(),
+            "clean_conf": clean_probs.amax(1).tolist(), "adv_pred": adv_pred, "gallery": gallery,
+            "gallery_conf": gallery_conf, "min_eps": min_eps}
+
+
+if submitted:
+    # PGD's settings; FGSM uses only the norm, the minimal flipping ε always uses PGD
+    cfg = {"norm": norm, "steps": int(steps), "restarts": int(restarts), "seed": int(seed), "random_start": True}
+    try:
+        CLASSIFICATION_ATTACKS.get("pgd").make_config({**cfg, "eps": float(eps_max)})  # clear messages
+        eps_grid = tuple(float(e) for e in np.round(np.linspace(0.0, float(eps_max), int(n_eps)), 6))
+        indices = sample_indices(int(n_images), int(seed))
+        runs = []
+        for name in models:
+            entry = entries[name]
+            runs.append(evaluate_model(name, str(entry.path), entry.path.stat().st_mtime_ns, dataset_name,
+                                       tuple(indices), attack, json.dumps(cfg, sort_keys=True), eps_grid, bool(flip),
+                                       int(iterations)))
+    except ValueError as err:  # ConfigError included: a setting the user can change
+        st.error(f"Cannot run this attack: {err}")
+        st.stop()
+    except torch.OutOfMemoryError:
+        st.error("The attack ran out of accelerator memory: use fewer images or fewer restarts.")
+        st.stop()
+    st.session_state[RESULT] = {"attack": attack, "config": cfg, "indices": indices, "labels":
+                                ui.labels(data)[indices].tolist(), "dataset": dataset_name, "runs": runs,
+                                "flip": bool(flip)}
+
+shown = st.session_state.get(RESULT)
+if shown is None:
+    st.info("Press **Show me** to attack a sample of test images on every chosen model.")
+    st.stop()
+
+runs, cfg, indices, y = shown["runs"], shown["config"], shown["indices"], shown["labels"]
+threat = "L∞" if cfg["norm"] == "linf" else "L2"
+what = (f"PGD-{cfg['steps']} ({cfg['restarts']} restart{'s' if cfg['restarts'] > 1 else ''})"
+        if shown["attack"] == "pgd" else "FGSM")
+st.subheader(f"{what}, {threat}, on {len(indices)} {shown['dataset']} test images")
+
+
+def name_of(c: int) -> str:
+    return classes[c] if 0 <= c < len(classes) else str(c)
+
+
+# --- accuracy against ε, and the minimal flipping ε -----------------------------------------------------------
+curve_col, flip_col = st.columns(2)
+with curve_col:
+    st.markdown("**Accuracy against ε**")
+    curve_rows = [{"model": r["model"], "eps": e, "accuracy": a} for r in runs for e, a in zip(r["eps"], r["accuracy"])]
+    ui.show_figure(accuracy_vs_eps_figure({r["model"]: (r["eps"], r["accuracy"]) for r in runs},
+                                          xlabel=f"ε ({threat}, pixel units)", title=f"{what}, {threat}"),
+                   "classification_accuracy_vs_eps", pd.DataFrame(curve_rows))
+if shown["flip"]:
+    with flip_col:
+        st.markdown("**Minimal flipping ε per image** (bisection with PGD; images misclassified already count as 0)")
+        eps_top = runs[0]["eps"][-1]
+        ui.show_figure(flip_eps_figure({r["model"]: r["min_eps"] for r in runs}, eps_top,
+                                       title=f"PGD {threat}, up to ε = {eps_top:g}"),
+                       "classification_minimal_eps",
+                       pd.DataFrame({"index": indices, "true": [name_of(c) for c in y],
+                                     **{r["model"]: r["min_eps"] for r in runs}}))
+summary = []
+for r in runs:
+    row = {"model": r["model"], **{f"acc @ ε={e:g}": a for e, a in zip(r["eps"], r["accuracy"])}}
+    if r["min_eps"] is not None:
+        v = np.asarray(r["min_eps"], dtype=float)
+        row["median minimal ε"] = float(np.median(v)) if v.size else None
+        row[f"unflipped at ε={r['eps'][-1]:g}"] = float(np.isinf(v).mean())
+    summary.append(row)
+table = pd.DataFrame(summary)
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c != "model"})
+ui.downloads("classification_summary", data=table)
+
+# --- adversarial examples -----------------------------------------------------------------------------------
+st.markdown("**Adversarial examples** (clean prediction → prediction under attack; red: the prediction flipped)")
+pick_model, pick_eps = st.columns(2)
+model_name = pick_model.selectbox("Gallery model", [r["model"] for r in runs])  # no key: new runs reset it
+run = next(r for r in runs if r["model"] == model_name)
+eps_choice = pick_eps.select_slider("Gallery ε", options=run["eps"], value=run["eps"][len(run["eps"]) // 2],
+                                    format_func=lambda e: f"{e:g}")
+k = run["eps"].index(eps_choice)
+adv = run["gallery"][k]
+n = adv.shape[0]
+clean, _ = data.batch(indices[:n])
+adv_pred = run["adv_pred"][k][:n]
+min_eps = run["min_eps"]
+clean_titles = [f"#{indices[i]} true {name_of(y[i])}\n→ {name_of(run['clean_pred'][i])} ({run['clean_conf'][i]:.2f})"
+                for i in range(n)]
+
+
+def flip_note(i: int) -> str:
+    if min_eps is None:
+        return ""
+    return f"\nmin ε {min_eps[i]:.3g}" if np.isfinite(min_eps[i]) else "\nnot flipped"
+
+
+adv_titles = [f"→ {name_of(adv_pred[i])} ({run['gallery_conf'][k][i]:.2f}){flip_note(i)}" for i in range(n)]
+flipped = [adv_pred[i] != run["clean_pred"][i] for i in range(n)]
+gallery_rows = [{"index": indices[i], "true": name_of(y[i]), "clean prediction": name_of(run["clean_pred"][i]),
+                 "adversarial prediction": name_of(adv_pred[i]), "confidence": run["gallery_conf"][k][i],
+                 "flipped": flipped[i], **({} if min_eps is None else {"minimal ε": min_eps[i]})} for i in range(n)]
+ui.show_figure(adversarial_gallery_figure(clean, adv, clean_titles, adv_titles, flipped,
+                                          title=f"{model_name}, {what} {threat} ε = {eps_choice:g}"),
+               "classification_gallery", pd.DataFrame(gallery_rows))
+
+ui.export_all("classification")
