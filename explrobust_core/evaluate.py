@@ -40,7 +40,7 @@ class EvaluationConfig(Config):
     targeted: TargetedConfig = Field(default_factory=TargetedConfig, description="targeted attack settings")
     pairs_file: str | None = Field(None, description="stored victim/target pairs (Way1/2/3 JSON); default: "
                                                      "fresh Way2 pairs among correctly classified images")
-    seed: int = Field(0, ge=0, description="seed for pairs and bootstrap")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for pairs and bootstrap")
 
 
 _IG100 = {"explainer": "integrated_gradients", "explainer_options": {"n_steps": 100, "rule": "riemann_right"}}

@@ -141,7 +141,7 @@ class IntegrationRule(Config):
 class BaselineConfig(Config):
     baseline: Literal["zero", "blur", "uniform"] = Field("zero", description="reference input")
     blur_sigma: float = Field(5.0, gt=0, le=100, description="σ in pixels of the blurred baseline")
-    seed: int = Field(0, ge=0, description="seed for random baselines / noise")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for random baselines / noise")
 
 
 class IntegratedGradientsConfig(GradientConfig, IntegrationRule, BaselineConfig):
@@ -151,7 +151,7 @@ class IntegratedGradientsConfig(GradientConfig, IntegrationRule, BaselineConfig)
 class SmoothGradConfig(GradientConfig):
     n_samples: int = Field(25, ge=1, le=4096, description="noisy copies per image")
     stdev: float = Field(0.15, ge=0, le=10, description="σ of the Gaussian noise, in pixel units")
-    seed: int = Field(0, ge=0, description="noise seed")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="noise seed")
     internal_batch_size: int = Field(512, ge=1, le=65536, description="inputs per forward pass (memory bound)")
 
 

@@ -163,7 +163,7 @@ COMPARISONS: Registry[Callable[..., Tensor]] = Registry("comparison metric")
 
 
 class TopKConfig(Config):
-    k: int = Field(100, ge=1, description="Number of top pixels compared (RAR: 100; Flower 1000).")
+    k: int = Field(100, ge=1, le=1_000_000, description="Number of top pixels compared (RAR: 100; Flower 1000).")
 
 
 _SIM = "similarity"  # higher = more similar

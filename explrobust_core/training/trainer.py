@@ -58,7 +58,7 @@ class TrainConfig(Config):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random draw")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
-    max_train_images: int | None = Field(None, ge=1, description="use only the first n training images")
+    max_train_images: int | None = Field(None, ge=1, le=10_000_000, description="use only the first n training images")
     eval_images: int = Field(500, ge=1, le=100_000, description="held-out test images for per-epoch metrics")
     eval_pgd_eps: float = Field(0.3, ge=0, le=1, description="ε of the per-epoch PGD accuracy")
     eval_pgd_steps: int = Field(10, ge=0, le=1000, description="steps of the per-epoch PGD (0: skip)")
