@@ -90,3 +90,27 @@ def cluster_view(features, labels, clusters=None, *, method: str = "pca", seed: 
         p = np.asarray(predictions.detach().cpu() if isinstance(predictions, torch.Tensor) else predictions).ravel()
         view["correct"] = (p == y).tolist()
     return view
+
+
+def indices_from_selection(selection) -> list[int]:
+    """Image indices of the points picked by a box/lasso selection of a plotly scatter.
+
+    ``selection`` is the ``points`` list of a plotly selection event (or a mapping holding it);
+    each point carries its image index as ``customdata`` (a number, or a list or typed-array dict
+    whose first item is the index). Points without one (pair lines) are ignored; order kept, duplicates dropped.
+    """
+    points = selection.get("points", []) if hasattr(selection, "get") else (selection or [])
+    out: dict[int, None] = {}
+    for p in points:
+        data = p.get("customdata") if hasattr(p, "get") else None
+        if isinstance(data, dict):  # a typed array (numpy customdata) comes back as {"0": index, "1": …}
+            data = data.get("0", next(iter(data.values()), None))
+        elif isinstance(data, (list, tuple)):
+            data = data[0] if data else None
+        if data is None:
+            continue
+        try:
+            out[int(data)] = None
+        except (TypeError, ValueError):
+            continue
+    return list(out)

@@ -43,13 +43,13 @@ class LandscapeConfig(Config):
         "random", description="the first axis (in 2D the second axis is random, orthogonalised)")
     radius: float = Field(0.3, gt=0, le=2, description="axes run over [−radius, radius] in pixel units")
     points: int = Field(41, ge=3, le=101, description="grid points per axis (odd: the centre is the clean input)")
-    losses: list[LossName] = Field(["ce", "explanation_change"], min_length=1, description="losses to evaluate")
+    losses: list[LossName] = Field(["ce", "explanation_change"], min_length=1, max_length=3, description="losses to evaluate")
     explainer: str = Field("gradient_x_input", description="explanation method of the explanation losses")
     explainer_options: dict[str, Any] = Field(default_factory=dict, description="options of that method")
-    k: int = Field(100, ge=1, description="top-k size of the explanation direction")
+    k: int = Field(100, ge=1, le=1_000_000, description="top-k size of the explanation direction")
     beta: float = Field(10.0, gt=0, le=1e4, description="softplus β for the explanation direction")
     batch_size: int = Field(1024, ge=1, le=65536, description="grid points per forward pass (memory bound)")
-    seed: int = Field(0, ge=0, description="seed of the random direction")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the random direction")
 
     @model_validator(mode="after")
     def _checks(self) -> "LandscapeConfig":
@@ -306,3 +306,104 @@ def curvature_summary(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     return Result(kind="curvature", config={"radius": radius, "beta": beta, "explainer": explainer,
                                             "n_samples": n_samples, "iterations": iterations, "seed": seed},
                   per_image=per_image, summary=summary, seconds=time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- attack endpoints and one-call report
+
+
+def attack_endpoints(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, landscape: Result,
+                     endpoints: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """Where attack endpoints lie relative to a landscape computed on ``images``.
+
+    Per attack and image: ``coordinates`` (the least-squares position in the landscape's line or
+    plane, in its axis units), ``in_plane`` (the share ‖projection‖/‖perturbation‖ of the
+    perturbation that lies in it: near 1 means the marker is where the attack really went), and
+    the endpoint's true losses ``ce`` and ``explanation_change`` (L_e to the clean map).
+    """
+    cfg = LandscapeConfig(**landscape.config)
+    dirs = list(landscape.tensors["directions"].unbind(1))
+    x, y = images.detach(), labels.to(images.device)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with eval_mode(model):
+        clean_maps = _maps(model, x, y, cfg)
+        for name, points in endpoints.items():
+            points = points.detach().to(x.device)
+            coords = plane_coordinates(x, points, dirs)
+            basis = torch.stack([d.flatten(1) for d in dirs], dim=2).to(torch.float64)
+            projected = (basis @ coords[:, :, None]).squeeze(2)
+            delta = (points - x).flatten(1).to(torch.float64)
+            with torch.no_grad():
+                ce = F.cross_entropy(model(points), y, reduction="none")
+            change = explanation_loss(_maps(model, points, y, cfg), clean_maps)
+            out[name] = {"coordinates": coords, "in_plane": projected.norm(dim=1) / delta.norm(dim=1).clamp_min(1e-12),
+                         "ce": ce.detach().to(torch.float64), "explanation_change": change.detach().to(torch.float64)}
+    return out
+
+
+def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                     config: LandscapeConfig | dict | None = None, *, dims: tuple[int, ...] = (1, 2),
+                     points_2d: int | None = None, target_images: torch.Tensor | None = None, attack_eps: float = 0.1,
+                     pgd_steps: int = 20, ifia_steps: int = 0, curvature: bool = True, curvature_samples: int = 16,
+                     curvature_iterations: int = 20, **options) -> Result:
+    """Everything the loss-landscape view shows for one model, in one result.
+
+    The 1D curves (``config.points`` per axis) and the 2D surfaces (``points_2d`` per axis) share the
+    first direction (same seed), so the 1D curve is the b = 0 line of the surface. Attack endpoints
+    (PGD L∞ at ``attack_eps`` when ``pgd_steps`` > 0, the IFIA top-k explanation attack when
+    ``ifia_steps`` > 0) are projected into each view; curvature numbers use ``attack_eps`` as radius.
+    ``extra[f"{d}d"]`` holds ``axis``, ``mean`` (loss → grid averaged over the images), ``grids``
+    (per image) and ``endpoints``; ``summary`` the clean losses, endpoint losses and curvature.
+    """
+    from .attacks.classification import pgd_perturb
+    from .attacks.explanation import run_explanation_attack
+
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    base = LandscapeConfig(**{**values, **options})
+    if not dims or any(d not in (1, 2) for d in dims):
+        raise ValueError(f"dims must be a non-empty subset of (1, 2), got {dims}")
+    cfgs = {d: LandscapeConfig(**{**base.model_dump(), "dims": d,
+                                  "points": base.points if d == 1 or points_2d is None else points_2d}) for d in dims}
+    if not 0 < attack_eps <= 1:
+        raise ValueError(f"attack_eps must be in (0, 1], got {attack_eps}")
+    started = time.perf_counter()
+    x, y = images.detach(), labels.to(images.device)
+    ends: dict[str, torch.Tensor] = {}
+    with eval_mode(model):
+        if pgd_steps > 0:
+            ends["PGD"], _ = pgd_perturb(model, x, y, eps=attack_eps, steps=pgd_steps, random_init=False)
+        if ifia_steps > 0:
+            ifia = run_explanation_attack(model, x, "ifia", eps=attack_eps, steps=ifia_steps,
+                                          step_size=2.5 * attack_eps / ifia_steps, k=min(base.k, x[0, 0].numel()),
+                                          eval_k=min(base.k, x[0, 0].numel()), measure="topk_intersection",
+                                          explainer=base.explainer, explainer_options=base.explainer_options,
+                                          beta=base.beta, seed=base.seed)
+            ends["IFIA"] = ifia.tensors["adversarial"]
+    extra: dict[str, Any] = {}
+    per_image: dict[str, Any] = {"label": y}
+    for d, cfg in cfgs.items():
+        r = input_landscape(model, x, y, cfg, target_images=target_images)
+        view = {"axis": r.extra["axis"], "mean": r.extra["mean"], "grids": r.extra["grids"], "clean": r.summary}
+        view["endpoints"] = attack_endpoints(model, x, y, r, ends) if ends else {}
+        extra[f"{d}d"] = view
+        for name, v in r.per_image.items():
+            if name.startswith("clean_"):
+                per_image[name] = v
+    first = extra[f"{dims[0]}d"]
+    summary: dict[str, Any] = {name: float(v.mean()) for name, v in per_image.items() if name.startswith("clean_")}
+    for name, e in first["endpoints"].items():
+        per_image.update({f"{name}_ce": e["ce"], f"{name}_explanation_change": e["explanation_change"]})
+        summary[name] = {"ce": float(e["ce"].mean()), "explanation_change": float(e["explanation_change"].mean()),
+                         **{f"in_plane_{k}": float(extra[k]["endpoints"][name]["in_plane"].mean()) for k in extra}}
+    if curvature:
+        c = curvature_summary(model, x, y, radius=attack_eps, beta=base.beta, explainer=base.explainer,
+                              n_samples=curvature_samples, iterations=curvature_iterations, seed=base.seed)
+        summary["curvature"] = c.summary
+        per_image.update({f"curvature_{k}": v for k, v in c.per_image.items() if k != "label"})
+    return Result(kind="landscape/report", config={**base.model_dump(mode="json"), "dims": list(dims),
+                                                   "points_2d": cfgs[2].points if 2 in cfgs else None,
+                                                   "attack_eps": attack_eps, "pgd_steps": pgd_steps,
+                                                   "ifia_steps": ifia_steps, "curvature": curvature,
+                                                   "curvature_samples": curvature_samples,
+                                                   "curvature_iterations": curvature_iterations},
+                  per_image=per_image, summary=summary, extra=extra, tensors=ends,
+                  seconds=time.perf_counter() - started)

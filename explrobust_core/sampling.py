@@ -212,6 +212,46 @@ def sample_pairs(way: int, *, dataset: str, labels: torch.Tensor, n_pairs: int =
         raise ValueError("Way3 needs a reference model and the candidate images")
     features = reference_features(model, images, source=feature_source, explainer=explainer)
     clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
-    return PairSet(way=3, dataset=dataset, split=split, n_candidates=n, seed=seed, pairs=clusters.pairs,
-                   reference=reference, feature_source=feature_source, k=k, prototypes=clusters.prototypes,
+    return way3_pairset(clusters, dataset=dataset, split=split, seed=seed, reference=reference,
+                        feature_source=feature_source, k=k)
+
+
+def way3_pairset(clusters: Way3Clusters, *, dataset: str, split: str = "test", seed: int = 0,
+                 reference: str | None = None, feature_source: str = "penultimate", k: int | None = None) -> PairSet:
+    """The :class:`PairSet` of already computed Way3 clusters (every image of ``clusters`` is a candidate)."""
+    return PairSet(way=3, dataset=dataset, split=split, n_candidates=len(clusters.cluster), seed=seed,
+                   pairs=clusters.pairs, reference=reference, feature_source=feature_source,
+                   k=k if k is not None else max(clusters.cluster) + 1, prototypes=clusters.prototypes,
                    prototype_cluster=clusters.prototype_cluster)
+
+
+# --------------------------------------------------------------------------- explanation distances
+
+
+def pairwise_explanation_loss(maps: torch.Tensor) -> torch.Tensor:
+    """``(M, M)`` matrix of L_e between every two maps ``(M, H, W)`` (float64, exact differences)."""
+    m = maps.detach().flatten(1).to(torch.float64)
+    d = torch.cdist(m[None], m[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+    return d.pow(2) / m.shape[1]
+
+
+def cluster_explanation_loss(maps: torch.Tensor, cluster) -> dict[str, float | int | None]:
+    """Mean and spread of L_e between maps of the same cluster and of different clusters.
+
+    The check of the SEP paper's Appendix C (images of one cluster should have similar
+    explanations): ``maps`` ``(M, H, W)`` with cluster ids ``cluster`` ``(M,)``, every unordered pair
+    of distinct maps counted once. Raw L_e units; ``None`` where no such pair exists.
+    """
+    c = torch.as_tensor(_labels_array(cluster))
+    if c.numel() != maps.shape[0]:
+        raise ValueError(f"{maps.shape[0]} maps but {c.numel()} cluster ids")
+    d = pairwise_explanation_loss(maps)
+    upper = torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)
+    same = (c[:, None] == c[None, :]) & upper
+    out: dict[str, float | int | None] = {}
+    for name, mask in (("intra", same), ("inter", upper & ~same)):
+        values = d[mask]
+        out[f"{name}_pairs"] = int(values.numel())
+        out[f"{name}_mean"] = float(values.mean()) if values.numel() else None
+        out[f"{name}_std"] = float(values.std()) if values.numel() > 1 else None
+    return out

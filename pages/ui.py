@@ -130,7 +130,13 @@ def downloads(stem: str, fig=None, data=None) -> None:
     for col, (ext, blob) in zip(cols, files.items()):
         col.download_button(ext.upper(), blob, file_name=f"{stem}.{ext}", mime=_MIME[ext], key=f"dl-{stem}-{ext}",
                             on_click="ignore", width="stretch")
-    st.session_state.setdefault(_EXPORTS, {}).update({f"{stem}.{ext}": blob for ext, blob in files.items()})
+    for ext, blob in files.items():
+        add_export(f"{stem}.{ext}", blob)
+
+
+def add_export(file_name: str, blob: bytes) -> None:
+    """Put one more file (already offered by its own button) into the page's zip."""
+    st.session_state.setdefault(_EXPORTS, {})[file_name] = blob
 
 
 def export_all(page: str) -> None:
