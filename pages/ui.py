@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import streamlit as st
 
 from explrobust_core.zoo import CheckpointEntry, list_checkpoints, load_checkpoint_cached, shipped_zoo_dir, user_zoo_dir
@@ -113,17 +115,20 @@ _MIME = {"png": "image/png", "pdf": "application/pdf", "csv": "text/csv", "json"
 
 def downloads(stem: str, fig=None, data=None) -> None:
     """Download buttons for one figure (PNG, PDF) and its numbers (CSV, JSON); the files also go into
-    the page's zip (``export_all``). ``fig`` is a matplotlib figure; it is closed here."""
+    the page's zip (``export_all``). ``fig`` is a matplotlib figure: it leaves pyplot's registry here and
+    is rendered to PNG/PDF only when a button is clicked (300 dpi PDFs on every rerun would be slow)."""
+    import functools
+
     from explrobust_core.figures import figure_bytes
     from explrobust_core.io import check_name
 
     check_name(stem, "export name")
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes | Callable[[], bytes]] = {}
     if fig is not None:
         import matplotlib.pyplot as plt
 
-        files.update({ext: figure_bytes(fig, ext) for ext in ("png", "pdf")})
-        plt.close(fig)
+        plt.close(fig)  # no leak across reruns; a closed Figure still renders
+        files.update({ext: functools.partial(figure_bytes, fig, ext) for ext in ("png", "pdf")})
     if data is not None:
         files.update(_table_bytes(data))
     cols = st.columns(max(len(files), 1) + 3)
@@ -134,24 +139,30 @@ def downloads(stem: str, fig=None, data=None) -> None:
         add_export(f"{stem}.{ext}", blob)
 
 
-def add_export(file_name: str, blob: bytes) -> None:
-    """Put one more file (already offered by its own button) into the page's zip."""
+def add_export(file_name: str, blob: bytes | Callable[[], bytes]) -> None:
+    """Put one more file (bytes, or a function making them on demand) into the page's zip."""
     st.session_state.setdefault(_EXPORTS, {})[file_name] = blob
 
 
-def export_all(page: str) -> None:
-    """One zip of every figure and table this run of the page offered for download."""
+def _zip(files: dict[str, bytes | Callable[[], bytes]]) -> bytes:
     import io
     import zipfile
 
-    files = st.session_state.get(_EXPORTS) or {}
-    if not files:
-        return
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, blob in sorted(files.items()):
-            zf.writestr(name, blob)
-    st.download_button(f"Export all {len(files)} files of this page (zip)", buf.getvalue(),
+            zf.writestr(name, blob() if callable(blob) else blob)
+    return buf.getvalue()
+
+
+def export_all(page: str) -> None:
+    """One zip of every figure and table this run of the page offered, made when clicked."""
+    import functools
+
+    files = dict(st.session_state.get(_EXPORTS) or {})
+    if not files:
+        return
+    st.download_button(f"Export all {len(files)} files of this page (zip)", functools.partial(_zip, files),
                        file_name=f"explrobust-{page}.zip", mime="application/zip", key=f"zip-{page}",
                        on_click="ignore")
 
