@@ -8,7 +8,13 @@ from explrobust_core.figures import overlay_rgb
 from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
 from pages import ui
 
-st.title("Explorer")
+ui.page_header(
+    "Explorer",
+    "Browse the dataset with the explanation maps of several models on top: where does each model look, "
+    "and does a robust model look at the digit's strokes more than a natural one?",
+    "The first page of test images is already explained by the models chosen on the Model zoo page; filter "
+    "by class or by correct/incorrect, change the method, or upload your own image.",
+)
 models = ui.model_picker()
 if not models:
     st.info("Choose at least one model (Model zoo page).")
@@ -89,6 +95,7 @@ shown = indices[(page - 1) * per_page: page * per_page]
 x, y = data.batch(shown)
 
 xs = x if own is None else torch.cat([x, own.tensor.to(x.dtype)])
+shown_maps, rows = [], []
 for name in models:
     model, card = ui.load_model(str(entries[name].path))
     device = next(model.parameters()).device
@@ -106,3 +113,17 @@ for name in models:
         label = f"#{shown[i]} {classes[int(y[i])]}" if i < len(shown) else "your image"
         col.image(overlay_rgb(xs[i], maps[i], cmap, alpha), width="stretch",
                   caption=f"{label} → {classes[pred]} ({float(probs[i, pred]):.2f})")
+        rows.append({"model": name, "image": label, "prediction": classes[pred],
+                     "confidence": float(probs[i, pred])})
+    shown_maps.append((name, maps))
+
+if shown_maps:  # the grid as one publication figure: a row per model
+    from explrobust_core.figures import overlay_grid_figure
+
+    fig = overlay_grid_figure(
+        xs.repeat(len(shown_maps), 1, 1, 1), torch.cat([m for _, m in shown_maps]),
+        [f"{r['model'].split('/')[-1]}: {r['image']} → {r['prediction']}" for r in rows],
+        cmap, alpha, ncols=xs.shape[0], title=f"{method} explanations")
+    st.markdown("**Download this grid**")
+    ui.downloads(f"explorer_{method}", fig, rows)
+    ui.export_all("explorer")

@@ -10,7 +10,12 @@ from explrobust_core.models import ARCHITECTURES
 from explrobust_core.zoo import user_zoo_dir
 from pages import ui
 
-st.title("Model zoo")
+ui.page_header(
+    "Model zoo",
+    "Every checkpoint with its card and measured numbers: shipped models (natural, PGD-AT, TRADES, SEP±, "
+    "IG-NORM, ART on mnist5k) and the ones you trained or uploaded.",
+    "Choose the models to compare below: every other page starts from this choice.",
+)
 entries = ui.checkpoints()
 for kind, text in st.session_state.pop("zoo_flash", []):  # what the last upload/delete did
     getattr(st, kind)(text)
@@ -44,6 +49,7 @@ if entries:
     st.dataframe(table, hide_index=True, width="stretch",
                  column_config={"clean acc": st.column_config.NumberColumn(format="percent"),
                                 "PGD acc ε=0.3": st.column_config.NumberColumn(format="percent")})
+    ui.downloads("model_zoo", data=table)
     ui.selection_widget(list(entries))
 
     with st.expander("Model cards"):
