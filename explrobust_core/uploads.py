@@ -242,6 +242,18 @@ def _decode_npy(data: bytes, name: str, c: int, h: int, w: int) -> tuple[torch.T
     return x.contiguous(), [n for n in notices if n], (w0, h0), f"array {arr.dtype}"
 
 
+def _upload_bytes(data, label: str, limit: int, what: str) -> bytes:
+    """The uploaded file's bytes, refused when not bytes, empty or over ``limit``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UploadError(f"{label}: expected the file's bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data:
+        raise UploadError(f"{label} is empty")
+    if len(data) > limit:
+        raise UploadError(f"{label} is {len(data):,} bytes, over the {limit:,}-byte {what}")
+    return data
+
+
 def load_image(data: bytes, input_shape: Sequence[int], *, name: str = "upload", invert: bool = False,
                dataset_mean: Sequence[float] | None = None) -> UploadedImage:
     """Validate uploaded bytes as one image for a model with ``input_shape = (C, H, W)``.
@@ -254,13 +266,7 @@ def load_image(data: bytes, input_shape: Sequence[int], *, name: str = "upload",
     """
     c, h, w = _target(input_shape)
     label = repr(str(name)[:80])
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise UploadError(f"{label}: expected the file's bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data:
-        raise UploadError(f"{label} is empty")
-    if len(data) > IMAGE_MAX_BYTES:
-        raise UploadError(f"{label} is {len(data):,} bytes, over the {IMAGE_MAX_BYTES:,}-byte limit for images")
+    data = _upload_bytes(data, label, IMAGE_MAX_BYTES, "limit for images")
     if data.startswith(b"\x93NUMPY"):
         x, notices, size, mode = _decode_npy(data, label, c, h, w)
     else:
@@ -450,13 +456,7 @@ def install_checkpoint(data: bytes, filename: str, card: ModelCard, *, overwrite
     if suffix not in FOREIGN_SUFFIXES:
         raise UploadError(f"{label}: upload a {', '.join(FOREIGN_SUFFIXES)} file (a safetensors file or a torch "
                           f"state dict), not {suffix or 'a file without extension'}")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise UploadError(f"{label}: expected the file's bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data:
-        raise UploadError(f"{label} is empty")
-    if len(data) > CHECKPOINT_MAX_BYTES:
-        raise UploadError(f"{label} is {len(data):,} bytes, over the {CHECKPOINT_MAX_BYTES:,}-byte upload limit")
+    data = _upload_bytes(data, label, CHECKPOINT_MAX_BYTES, "upload limit")
     notices += check_card_fits_dataset(card)
     if card.name in _shipped_names(card.dataset):
         raise UploadError(f"{card.dataset}/{card.name} is a shipped model; choose another name")

@@ -28,22 +28,9 @@ ui.page_header(
     "so robustly trained models (PGD-AT, SEP_pos, SEP_neg, …) can be compared row by row.",
 )
 
-models = ui.model_picker()
-if not models:
-    st.info("Choose at least one model (here or on the Model zoo page).")
-    st.stop()
+models, dataset_name = ui.models_of_one_dataset("an attack on one image needs models of one dataset.")
 entries = ui.checkpoints()
-datasets = {entries[m].card.dataset for m in models}
-if len(datasets) > 1:
-    st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); "
-             "an attack on one image needs models of one dataset. Pick models of one dataset.")
-    st.stop()
-dataset_name = datasets.pop()
-try:
-    data = ui.dataset(dataset_name, "test")
-except (FileNotFoundError, ValueError) as err:  # e.g. a torchvision dataset whose files are not here
-    st.error(str(err))
-    st.stop()
+data = ui.dataset_or_stop(dataset_name, "test")
 classes = data.info.classes
 labels = ui.labels(data)
 

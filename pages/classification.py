@@ -24,22 +24,9 @@ ui.page_header(
     "chosen model; then browse the gallery by model and ε without recomputing.",
 )
 
-models = ui.model_picker()
-if not models:
-    st.info("Choose at least one model (here or on the Model zoo page).")
-    st.stop()
+models, dataset_name = ui.models_of_one_dataset("their accuracies are only comparable on one test set.")
 entries = ui.checkpoints()
-datasets = {entries[m].card.dataset for m in models}
-if len(datasets) > 1:
-    st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); "
-             "their accuracies are only comparable on one test set. Pick models of one dataset.")
-    st.stop()
-dataset_name = datasets.pop()
-try:
-    data = ui.dataset(dataset_name, "test")
-except (FileNotFoundError, ValueError) as err:  # e.g. a torchvision dataset whose files are not here
-    st.error(str(err))
-    st.stop()
+data = ui.dataset_or_stop(dataset_name, "test")
 classes = data.info.classes
 
 with st.form("classification_form"):

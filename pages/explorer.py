@@ -15,23 +15,12 @@ ui.page_header(
     "The first page of test images is already explained by the models chosen on the Model zoo page; filter "
     "by class or by correct/incorrect, change the method, or upload your own image.",
 )
-models = ui.model_picker()
-if not models:
-    st.info("Choose at least one model (Model zoo page).")
-    st.stop()
+models, dataset_name = ui.models_of_one_dataset("their maps are shown on one dataset's images.")
 entries = ui.checkpoints()
-datasets = {entries[m].card.dataset for m in models}
-if len(datasets) > 1:
-    st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); pick one.")
-    st.stop()
 
 left, mid, right = st.columns(3)
 split = left.radio("Split", ["test", "train"], horizontal=True)
-try:
-    data = ui.dataset(datasets.pop(), split)
-except (FileNotFoundError, ValueError) as err:  # e.g. a torchvision dataset whose files are not here
-    st.error(str(err))
-    st.stop()
+data = ui.dataset_or_stop(dataset_name, split)
 classes = data.info.classes
 wanted = left.multiselect("Classes", classes, default=[])
 correctness = mid.radio("Show", ["all", "correct", "incorrect"], horizontal=True,

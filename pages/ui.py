@@ -59,6 +59,30 @@ def model_picker(label: str = "Models", key: str = "models_here") -> list[str]:
     return st.multiselect(label, names, default=selected_models(), key=key)
 
 
+def models_of_one_dataset(why: str) -> tuple[list[str], str]:
+    """The model picker, stopping the page with a message unless the chosen models share one dataset;
+    ``why`` says why this page needs that. Returns the chosen names and their dataset."""
+    models = model_picker()
+    if not models:
+        st.info("Choose at least one model (here or on the Model zoo page).")
+        st.stop()
+    datasets = {checkpoints()[m].card.dataset for m in models}
+    if len(datasets) > 1:
+        st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); "
+                 f"{why} Pick models of one dataset.")
+        st.stop()
+    return models, datasets.pop()
+
+
+def dataset_or_stop(name: str, split: str):
+    """The dataset, or a message (e.g. a torchvision dataset whose files are not on this machine)."""
+    try:
+        return dataset(name, split)
+    except (FileNotFoundError, ValueError) as err:
+        st.error(str(err))
+        st.stop()
+
+
 def selection_widget(names: list[str]) -> None:
     """The multiselect whose choice every page uses; copied out of the widget so it survives page
     switches (Streamlit drops a widget's state when its page is not shown)."""

@@ -190,3 +190,13 @@ def browser_page(server, chromium):
         yield BrowserPage(context.new_page(), server)
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Pages run inside the test process; on a shared 2-core machine two intra-op threads competing with other
+    processes slow an attack's many tiny steps down many-fold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

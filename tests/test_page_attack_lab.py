@@ -1,41 +1,18 @@
 """Attack lab page: AppTest runs on the shipped zoo, and the real server in Debian's chromium."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from apptest_pages import by_label, open_page
+
 SEP_COMPARISON = ["mnist5k/natural", "mnist5k/pgd_at", "mnist5k/sep_pos"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The page runs inside the test process; on a shared 2-core machine two intra-op threads that compete
-    with other processes slow the attack's many tiny steps down many-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def by_label(widgets, label: str):
-    return next(w for w in widgets if w.label.startswith(label))
-
-
-def open_page(models):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
-    at.session_state["selected_models"] = models  # as if chosen on the Model zoo page
-    at.switch_page("pages/attack_lab.py").run()
-    assert not at.exception
-    assert at.title[0].value == "Attack lab"
-    return at
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_untargeted_attack_on_three_models_keeps_labels_and_moves_maps():
-    at = open_page(SEP_COMPARISON)
+    at = open_page("attack_lab", "Attack lab", SEP_COMPARISON)
     assert at.multiselect[0].value == SEP_COMPARISON
     assert not at.dataframe  # nothing heavy before the click
     by_label(at.number_input, "Steps").set_value(40)
@@ -64,7 +41,7 @@ def test_untargeted_attack_on_three_models_keeps_labels_and_moves_maps():
 
 
 def test_targeted_attack_lowers_the_explanation_loss_to_the_target():
-    at = open_page(["mnist5k/natural"])
+    at = open_page("attack_lab", "Attack lab", ["mnist5k/natural"])
     at.radio(key="attack_lab_kind").set_value("Targeted (Dombrowski)").run()
     assert at.number_input(key="attack_lab_target").value is not None
     by_label(at.number_input, "Steps").set_value(50)
@@ -78,7 +55,7 @@ def test_targeted_attack_lowers_the_explanation_loss_to_the_target():
 
 
 def test_impossible_settings_are_messages_not_tracebacks():
-    at = open_page(["mnist5k/natural"])
+    at = open_page("attack_lab", "Attack lab", ["mnist5k/natural"])
     by_label(at.number_input, "k (top-k").set_value(5000)  # larger than a 28×28 map
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception
@@ -107,10 +84,10 @@ def digits_user_zoo(tmp_path, monkeypatch, digits_train):
 
 
 def test_models_of_two_datasets_and_a_too_large_k_are_messages(digits_user_zoo):
-    at = open_page(["mnist5k/natural", digits_user_zoo])
+    at = open_page("attack_lab", "Attack lab", ["mnist5k/natural", digits_user_zoo])
     assert "different datasets" in at.error[0].value and "digits" in at.error[0].value
     assert not at.button  # no form to submit
-    at = open_page([digits_user_zoo])  # digits alone work, but their maps have only 64 pixels
+    at = open_page("attack_lab", "Attack lab", [digits_user_zoo])  # digits alone work, but their maps have only 64 pixels
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and "larger than the map (64 pixels)" in at.error[0].value
     by_label(at.number_input, "k (top-k").set_value(10)

@@ -1,52 +1,21 @@
 """Classification robustness page: AppTest runs on the shipped zoo, and the real server in Debian's chromium."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from apptest_pages import by_label, open_page, show_me
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The page runs inside the test process; on a shared 2-core machine two intra-op threads that compete
-    with other processes slow the attacks down many-fold."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def by_label(widgets, label: str):
-    return next(w for w in widgets if w.label.startswith(label))
-
-
-def open_page(models):
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
-    at.session_state["selected_models"] = models  # as if chosen on the Model zoo page
-    at.switch_page("pages/classification.py").run()
-    assert not at.exception
-    assert at.title[0].value == "Classification robustness"
-    return at
-
-
-def click_show_me(at):
-    next(b for b in at.button if b.label == "Show me").click().run()
-    assert not at.exception and not at.error
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_pgd_curves_gallery_and_minimal_eps():
-    at = open_page(["mnist5k/natural", "mnist5k/pgd_at"])
+    at = open_page("classification", "Classification robustness", ["mnist5k/natural", "mnist5k/pgd_at"])
     assert not at.dataframe  # nothing heavy before the click
     by_label(at.number_input, "Test images").set_value(64)
     by_label(at.slider, "Points on the ε grid").set_value(4)  # ε = 0, 0.1, 0.2, 0.3
     by_label(at.number_input, "PGD steps").set_value(10)
     by_label(at.slider, "Bisection rounds").set_value(4)
-    click_show_me(at)
+    assert not show_me(at).error
     table = at.dataframe[0].value.set_index("model")
     acc = table[[c for c in table.columns if c.startswith("acc @")]].to_numpy()
     assert acc.shape == (2, 4)
@@ -68,15 +37,15 @@ def test_pgd_curves_gallery_and_minimal_eps():
 
 
 def test_fgsm_l2_runs_and_is_weaker_than_pgd():
-    at = open_page(["mnist5k/natural"])
+    at = open_page("classification", "Classification robustness", ["mnist5k/natural"])
     for label, value in [("Test images", 64), ("PGD steps", 10)]:
         by_label(at.number_input, label).set_value(value)
     by_label(at.slider, "Points on the ε grid").set_value(3)
     by_label(at.checkbox, "Minimal flipping").uncheck()
-    click_show_me(at)
+    assert not show_me(at).error
     pgd = at.dataframe[0].value.iloc[0]
     by_label(at.radio, "Attack").set_value("fgsm")
-    click_show_me(at)
+    assert not show_me(at).error
     fgsm = at.dataframe[0].value.iloc[0]
     assert at.subheader[0].value.startswith("FGSM")
     assert "median minimal ε" not in fgsm.index and len(at.get("image")) == 2  # no minimal-ε figure
@@ -84,7 +53,7 @@ def test_fgsm_l2_runs_and_is_weaker_than_pgd():
     assert fgsm["acc @ ε=0.3"] >= pgd["acc @ ε=0.3"]  # one step is not stronger than ten
     by_label(at.radio, "Threat model").set_value("l2")
     by_label(at.number_input, "ε max").set_value(3.0)
-    click_show_me(at)
+    assert not show_me(at).error
     l2 = at.dataframe[0].value.iloc[0]
     assert "acc @ ε=3" in l2.index and l2["acc @ ε=3"] < l2["acc @ ε=0"]
 
@@ -103,7 +72,7 @@ def test_models_of_two_datasets_are_a_message(tmp_path, monkeypatch, digits_trai
     monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(tmp_path))
     ui._entries.clear()  # the checkpoint listing is cached for a few seconds
     try:
-        at = open_page(["mnist5k/natural", "digits/tiny"])
+        at = open_page("classification", "Classification robustness", ["mnist5k/natural", "digits/tiny"])
         assert "different datasets" in at.error[0].value and not at.button
     finally:
         ui._entries.clear()

@@ -8,28 +8,10 @@ import pytest
 
 from explrobust_core.sampling import load_pairs
 
+from apptest_pages import by_label, open_page, show_me
+
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "models_zoo" / "mnist5k" / "pairs_way3.json"
-
-
-def _open():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
-    at.switch_page("pages/clusters.py").run()
-    assert not at.exception
-    assert at.title[0].value == "Clusters"
-    return at
-
-
-def _show_me(at):
-    next(b for b in at.button if b.label == "Show me").click().run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _widget(widgets, label_start: str):
-    return next(w for w in widgets if w.label.startswith(label_start))
 
 
 def _metrics(at) -> dict[str, str]:
@@ -47,9 +29,9 @@ def test_selection_events_give_image_indices():
 
 
 def test_show_me_reproduces_the_shipped_way3_pairs_and_offers_them_as_json(tmp_path):
-    at = _open()
+    at = open_page("clusters", "Clusters")
     assert not at.get("plotly_chart")  # nothing heavy before the click
-    _show_me(at)
+    show_me(at)
     assert len(at.get("plotly_chart")) == 1
     metrics = _metrics(at)
     assert metrics["Pairs"] == "150" and metrics["Pairs across clusters"] == "100%"
@@ -102,9 +84,9 @@ def test_show_me_reproduces_the_shipped_way3_pairs_and_offers_them_as_json(tmp_p
 
 def test_way1_pairs_cross_clusters_less_are_saved_and_errors_are_messages(tmp_path, monkeypatch):
     monkeypatch.setenv("EXPLROBUST_RUNS", str(tmp_path))
-    at = _open()
-    _widget(at.radio, "Sampling").set_value(1)  # Way1
-    _show_me(at)
+    at = open_page("clusters", "Clusters")
+    by_label(at.radio, "Sampling").set_value(1)  # Way1
+    show_me(at)
     metrics = _metrics(at)
     assert metrics["Pairs"] == "150"
     crossing = float(metrics["Pairs across clusters"].rstrip("%")) / 100
@@ -116,9 +98,9 @@ def test_way1_pairs_cross_clusters_less_are_saved_and_errors_are_messages(tmp_pa
     stored = load_pairs(saved[0], dataset_size=1000)
     assert stored.way == 1 and len(stored.pairs) == 150 and all(v != t for v, t in stored.pairs)
     assert at.success and str(saved[0]) in at.success[0].value
-    _widget(at.number_input, "Candidate images").set_value(20)  # 20 candidate images …
-    _widget(at.slider, "Clusters k").set_value(30)  # … but 30 clusters
-    _show_me(at)
+    by_label(at.number_input, "Candidate images").set_value(20)  # 20 candidate images …
+    by_label(at.slider, "Clusters k").set_value(30)  # … but 30 clusters
+    show_me(at)
     assert at.error and "k must be between 2" in at.error[0].value
 
 

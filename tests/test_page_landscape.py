@@ -8,28 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from apptest_pages import by_label, open_page, show_me
+
 REPO = Path(__file__).resolve().parent.parent
 ZOO = REPO / "models_zoo" / "mnist5k"
 
-
-def _open():
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
-    at.switch_page("pages/landscape.py").run()
-    assert not at.exception
-    assert at.title[0].value == "Loss landscape"
-    return at
-
-
-def _show_me(at):
-    next(b for b in at.button if b.label == "Show me").click().run()
-    assert not at.exception, at.exception
-    return at
-
-
-def _widget(widgets, label_start: str):
-    return next(w for w in widgets if w.label.startswith(label_start))
 
 
 def _model_and_images(name: str, indices):
@@ -41,9 +24,9 @@ def _model_and_images(name: str, indices):
 
 
 def test_show_me_centre_is_the_clean_loss_and_curvature_is_reported():
-    at = _open()
+    at = open_page("landscape", "Loss landscape")
     assert not at.dataframe  # nothing computed before the click
-    _show_me(at)
+    show_me(at)
     numbers = at.dataframe[0].value
     assert list(numbers["model"]) == ["mnist5k/natural"]
     row = numbers.iloc[0]
@@ -77,13 +60,13 @@ def test_two_models_target_loss_and_errors():
     from explrobust_core.explain import attribute
     from explrobust_core.metrics import attribution_to_map, explanation_loss, in_paper_units
 
-    at = _open()
+    at = open_page("landscape", "Loss landscape")
     at.multiselect[0].set_value(["mnist5k/natural", "mnist5k/pgd_at"])
-    _widget(at.radio, "Show").set_value("1d")
-    _widget(at.radio, "Explanation loss").set_value("target")
-    _widget(at.checkbox, "IFIA").set_value(False)
-    _widget(at.checkbox, "Curvature").set_value(False)
-    _show_me(at)
+    by_label(at.radio, "Show").set_value("1d")
+    by_label(at.radio, "Explanation loss").set_value("target")
+    by_label(at.checkbox, "IFIA").set_value(False)
+    by_label(at.checkbox, "Curvature").set_value(False)
+    show_me(at)
     numbers = at.dataframe[0].value
     assert list(numbers["model"]) == ["mnist5k/natural", "mnist5k/pgd_at"]
     assert "CE Hessian trace" not in numbers and "IFIA CE" not in numbers
@@ -99,14 +82,14 @@ def test_two_models_target_loss_and_errors():
         assert curve[20] == pytest.approx(float(explanation_loss(m0, m1)), rel=1e-4)
         assert in_paper_units(curve[20]) > 1  # different digits, different maps
     # mistakes are messages, not tracebacks
-    _widget(at.number_input, "Points per 2D axis").set_value(20)
-    _widget(at.radio, "Show").set_value("2d")
-    _show_me(at)
+    by_label(at.number_input, "Points per 2D axis").set_value(20)
+    by_label(at.radio, "Show").set_value("2d")
+    show_me(at)
     assert at.error and "odd" in at.error[0].value
-    _widget(at.number_input, "Points per 2D axis").set_value(21)
-    _widget(at.number_input, "Image (index").set_value(999)
-    _widget(at.number_input, "Images to average").set_value(5)
-    _show_me(at)
+    by_label(at.number_input, "Points per 2D axis").set_value(21)
+    by_label(at.number_input, "Image (index").set_value(999)
+    by_label(at.number_input, "Images to average").set_value(5)
+    show_me(at)
     assert at.error and "do not all exist" in at.error[0].value
 
 

@@ -62,6 +62,24 @@ def _open_study(**state):
     return at
 
 
+def _tiny_quick_protocol(monkeypatch):
+    """The page's quick protocol, cut down to seconds for the tests; returns the cut-down config maker."""
+    from explrobust_core import study
+    from explrobust_core.evaluate import make_evaluation_config
+
+    real = study.quick_config
+
+    def tiny(dataset, base=None, **kw):
+        cfg = real(dataset, base, **kw).model_dump(mode="json")
+        cfg.update(n_images=40, n_explanation_images=3, attack_batch_size=3)
+        cfg["pgd"]["steps"] = 2
+        cfg["targeted"]["steps"] = 3
+        return make_evaluation_config(**cfg)
+
+    monkeypatch.setattr(study, "quick_config", tiny)
+    return tiny
+
+
 def _metric(at, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -119,18 +137,8 @@ def test_stored_results_answer_the_question(study_env):
 
 def test_measure_a_missing_model_into_the_runs_dir(study_env, monkeypatch):
     from explrobust_core import study
-    from explrobust_core.evaluate import make_evaluation_config
 
-    real = study.quick_config
-
-    def tiny(dataset, base=None, **kw):  # the page's quick protocol, cut down to seconds for the test
-        cfg = real(dataset, base, **kw).model_dump(mode="json")
-        cfg.update(n_images=40, n_explanation_images=3, attack_batch_size=3)
-        cfg["pgd"]["steps"] = 2
-        cfg["targeted"]["steps"] = 3
-        return make_evaluation_config(**cfg)
-
-    monkeypatch.setattr(study, "quick_config", tiny)
+    tiny = _tiny_quick_protocol(monkeypatch)
     shipped_before = sorted((p.name, p.stat().st_mtime_ns) for p in SHIPPED.iterdir())
     zoo_config = json.loads((SHIPPED / "natural.eval.json").read_text())["config"]
     quick_id = study.protocol_id(tiny("mnist5k", zoo_config).model_dump(mode="json"))
@@ -180,19 +188,9 @@ def test_queue_missing_models_as_background_jobs(study_env, monkeypatch):
     """The same measurement as a background evaluation job: it runs in its own process and its result
     lands where the page reads it."""
     from explrobust_core import study
-    from explrobust_core.evaluate import make_evaluation_config
     from explrobust_core.jobs import JobStore, LocalExecutor
 
-    real = study.quick_config
-
-    def tiny(dataset, base=None, **kw):
-        cfg = real(dataset, base, **kw).model_dump(mode="json")
-        cfg.update(n_images=40, n_explanation_images=3, attack_batch_size=3)
-        cfg["pgd"]["steps"] = 2
-        cfg["targeted"]["steps"] = 3
-        return make_evaluation_config(**cfg)
-
-    monkeypatch.setattr(study, "quick_config", tiny)
+    tiny = _tiny_quick_protocol(monkeypatch)
     zoo_config = json.loads((SHIPPED / "natural.eval.json").read_text())["config"]
     quick_id = study.protocol_id(tiny("mnist5k", zoo_config).model_dump(mode="json"))
     at = _open_study(study_protocol=quick_id)
