@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    python bench/bench_training.py                 # full run (5 repeats, 128 images, 10 PGD steps), JSON on stdout
-    python bench/bench_training.py --quick         # smoke test (2 repeats, 16 images, 2 PGD steps)
-    python bench/bench_training.py --out bench_training.json --threads 1
+    .venv/bin/python bench/bench_training.py                 # full run (5 repeats, 128 images, 10 PGD steps), JSON on stdout
+    .venv/bin/python bench/bench_training.py --quick         # smoke test (2 repeats, 16 images, 2 PGD steps)
+    .venv/bin/python bench/bench_training.py --out bench_training.json --threads 1
 
 On a machine shared with other torch jobs, pass ``--threads 1``: with more threads than free cores
 torch's OpenMP workers contend and a step takes tens of times longer on both sides, which swamps
@@ -35,9 +35,9 @@ different things. Then ``--repeats`` timed runs per side, interleaved with alter
 peer, peer, ours, ours, peer, …) so machine noise and order effects hit both alike. Per side:
 median, min, max and IQR of the wall times in seconds.
 
-Reading the ratios: ``ratio = peer_median / ours_median``; above 1 we are faster (1.3 → the peer
+Reading the ratios: ``speedup = peer_median / ours_median``; above 1 we are faster (1.3 → the peer
 takes 1.3× our time; the project aims at ≥ 1.3 for the training step), below 1 we are slower.
-``ratio_min`` compares the fastest runs, less sensitive to a busy machine. Look at the IQRs before
+``speedup_min`` compares the fastest runs, less sensitive to a busy machine. Look at the IQRs before
 reading much into ratios within ~10 % of 1. Timings are reported, never asserted on.
 """
 
@@ -45,24 +45,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as _dt
-import gc
-import json
-import os
-import platform
-import subprocess
 import sys
-import time
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # works without the editable install too
-    sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
+import _common as C  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -71,87 +61,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Time one SEP training step (ours) against the same objective with captum InputXGradient "
                     "made differentiable through its gradient_func (the seed's way), interleaved on the same "
-                    "machine, and print a JSON report. ratio = peer_median / ours_median; >1 means we are faster.")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per side and row (default 5; 2 with --quick)")
+                    "machine, and print a JSON report. speedup = peer_median / ours_median; >1 means we are faster.")
+    C.add_common_args(p)
     p.add_argument("--batch", type=int, default=None, help="mnist5k training images in the batch (default 128; 16 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="PGD steps of the training attack (default 10; 2 with --quick)")
     p.add_argument("--eps", type=float, default=0.3, help="PGD L∞ budget (default 0.3)")
     p.add_argument("--lam", type=float, default=5e4, help="SEP λ (default 5e4)")
     p.add_argument("--sigma", type=float, default=0.1, help="σ of the Gaussian noise ζ (default 0.1)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the weights and the step's generator (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="few repeats, images and PGD steps: a smoke test, not a measurement")
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON report to this file")
     args = p.parse_args(argv)
-    if args.repeats is None:
-        args.repeats = 2 if args.quick else 5
-    if args.batch is None:
-        args.batch = 16 if args.quick else 128
-    if args.steps is None:
-        args.steps = 2 if args.quick else 10
-    for name in ("repeats", "batch", "steps"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name} must be at least 1")
-    return args
-
-
-# --------------------------------------------------------------------------- report header
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git_state() -> dict | None:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip() != ""
-        return {"commit": commit, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def header() -> dict:
-    import captum
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        usable = os.cpu_count()
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "cpus_usable": usable,
-            "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(),
-            "device": "cpu",
-            "python": platform.python_version(),
-            "load_average_at_start": _load_average(),
-        },
-        "versions": {
-            "explrobust": _version("explrobust"),
-            "torch": torch.__version__,
-            "captum": getattr(captum, "__version__", _version("captum")),
-            "numpy": np.__version__,
-        },
-        "git": _git_state(),
-    }
+    return C.resolve_defaults(args, {"repeats": (2, 5), "batch": (16, 128), "steps": (2, 10)}, p)
 
 
 # --------------------------------------------------------------------------- the peer: captum, seed style
@@ -181,21 +100,6 @@ def differentiable_input_x_gradient(model: torch.nn.Module):
 
 
 # --------------------------------------------------------------------------- timing and comparison
-
-
-def _stats(times: list[float]) -> dict:
-    t = np.asarray(times)
-    q1, q3 = np.percentile(t, [25, 75])
-    return {"median_s": float(np.median(t)), "min_s": float(t.min()), "max_s": float(t.max()),
-            "iqr_s": float(q3 - q1), "times_s": [round(float(v), 6) for v in t]}
-
-
-def _timed(setup: Callable[[], None], fn: Callable[[], object]) -> float:
-    setup()  # untimed: reset weights and optimizer
-    gc.collect()
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def param_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -236,41 +140,20 @@ def compare(ours: dict, peer: dict) -> dict:
 
 def bench_row(name: str, sides: dict[str, tuple[Callable[[], None], Callable[[], object], Callable[[], dict]]],
               repeats: int, info: dict) -> dict:
-    """``sides[label] = (setup, timed_fn, check_fn)``; labels ``ours`` and ``peer``."""
-    print(f"[bench] {name}: warm-up + agreement check", file=sys.stderr, flush=True)
-    results = {}
-    for label, (setup, _fn, check) in sides.items():
-        setup()
-        results[label] = check()
-    agreement = compare(results["ours"], results["peer"])
-    del results
-    times: dict[str, list[float]] = {"ours": [], "peer": []}
-    for i in range(repeats):
-        order = ("ours", "peer") if i % 2 == 0 else ("peer", "ours")
-        for label in order:
-            setup, fn, _check = sides[label]
-            times[label].append(_timed(setup, fn))
-        print(f"[bench] {name}: {i + 1}/{repeats} ours {times['ours'][-1]:.3f}s peer {times['peer'][-1]:.3f}s",
-              file=sys.stderr, flush=True)
-    s_ours, s_peer = _stats(times["ours"]), _stats(times["peer"])
-    return {
-        "name": name,
-        **info,
-        "ours": s_ours,
-        "peer": s_peer,
-        "ratio": s_peer["median_s"] / s_ours["median_s"],
-        "ratio_min": s_peer["min_s"] / s_ours["min_s"],
-        "agreement": agreement,
-    }
+    """``sides[label] = (setup, timed_fn, check_fn)``; labels ``ours`` and ``peer``. The warm-up runs
+    ``check_fn`` (it also returns the loss and gradients for the agreement check)."""
+    t = C.run_interleaved(name, {label: fn for label, (_s, fn, _c) in sides.items()}, repeats,
+                          warmups={label: check for label, (_s, _f, check) in sides.items()},
+                          setups={label: setup for label, (setup, _f, _c) in sides.items()}, keep_first=False)
+    agreement = compare(t.warm["ours"], t.warm["peer"])
+    s_ours, s_peer = t.stats("ours"), t.stats("peer")
+    return {"name": name, **info, "ours": s_ours, "peer": s_peer, **C.speedup(s_ours, s_peer), "agreement": agreement}
 
 
 # --------------------------------------------------------------------------- rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace) -> dict:
     # captum warns that x did not require grad on every call (the seed's path); keep stderr readable
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
 
@@ -389,11 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
           "peer": stability_fns("peer", model_peer, peer_stability)}),
     ]
 
-    report = {
-        "benchmark": "training: one SEP step, explrobust_core OBJECTIVES['sep'] vs captum InputXGradient "
-                     "made differentiable via gradient_func (seed style)",
-        **header(),
-        "config": {
+    report = C.new_report(
+        "training: one SEP step, explrobust_core OBJECTIVES['sep'] vs captum InputXGradient made differentiable via "
+        "gradient_func (seed style)", {
             "quick": args.quick,
             "repeats": args.repeats,
             "warmup_runs": 1,
@@ -411,25 +292,23 @@ def main(argv: list[str] | None = None) -> dict:
             "ours": "OBJECTIVES.get('sep').obj(model, x, y, cfg, Generator().manual_seed(seed)); stability_term row: "
                     "the same code as objectives.sep's term (explain.attribute(..., create_graph=True))",
             "peer": peer_desc,
-            "ratio": "peer_median / ours_median (>1: we are faster; aim >= 1.3)",
+            "speedup": "peer_median / ours_median (>1: we are faster; aim >= 1.3)",
             "agreement": "from the untimed warm-up: loss |ours-peer|/|peer|; grads max|g_ours-g_peer|/max|g_peer| "
                          "over all parameters and for the worst single tensor",
-        },
-        "rows": [],
-    }
+        })
 
     for name, what, sides in plan:
         row = bench_row(name, sides, args.repeats, {"what": what})
         report["rows"].append(row)
-
-    report["machine_load_average_at_end"] = _load_average()
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        ag = row["agreement"]
+        label = (f"SEP training step, batch {args.batch}, PGD-{args.steps}, gradient×input" if name == "sep_step" else
+                 f"SEP stability term only (λ·L_e forward+backward), batch {args.batch}")
+        report["table"].append(C.table_entry(
+            name, label, row["ours"], peer=row["peer"], peer_label="captum gradient_func override",
+            agreement=("identical loss and gradients" if ag["loss_rel_diff"] == 0 and ag["grads_max_rel_diff"] == 0 else
+                       f"loss rel. diff {ag['loss_rel_diff']:.0e}, grads {ag['grads_max_rel_diff']:.0e}")))
     return report
 
 
 if __name__ == "__main__":
-    main()
+    C.cli(parse_args, run)
