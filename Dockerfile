@@ -1,5 +1,5 @@
 # explrobust dashboard: the pinned requirements.txt on Python 3.11, torch's CPU wheels by default.
-#   docker build -t explrobust . && docker run -p 8501:8501 explrobust
+#   docker build -t explrobust . && docker run --init -p 8501:8501 explrobust   (--init reaps job workers)
 # CUDA: a base image that has python3.11 and pip, and torch's CUDA wheels, e.g.
 #   docker build --build-arg BASE=<cuda image with python3.11 + pip> \
 #                --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 -t explrobust:cuda .

@@ -778,10 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns = parser.parse_args(argv)
         ns.argv = argv
         return ns.func(ns)
-    except (ConfigError, ValueError, IndexError, KeyError, FileNotFoundError, MissingExtraError, FloatingPointError) as err:
+    except (ConfigError, ValueError, IndexError, FileNotFoundError, MissingExtraError, FloatingPointError) as err:
         # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError).
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err  # KeyError's str() adds quotes
-        print(f"explrobust: error: {message}", file=sys.stderr)
+        print(f"explrobust: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -89,6 +89,16 @@ def make_evaluation_config(preset: str | None = None, **overrides) -> Evaluation
         raise
 
 
+# where each stage of evaluate_model's progress lies on one 0→1 bar: (start, span)
+STAGES = {"clean accuracy": (0.0, 0.05), "PGD accuracy": (0.05, 0.4), "explanation attack": (0.45, 0.55)}
+
+
+def overall_fraction(stage: str, fraction: float) -> float:
+    """evaluate_model reports each stage from 0 to 1; this is the whole run's fraction."""
+    start, span = STAGES.get(stage, (0.0, 1.0))
+    return min(1.0, start + span * fraction)
+
+
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
         yield range(start, min(n, start + size))

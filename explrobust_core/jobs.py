@@ -118,6 +118,17 @@ def spec_name(spec: TrainJobSpec | EvaluateJobSpec) -> str:
 # --------------------------------------------------------------------------- store
 
 
+class JobNotFound(KeyError, ValueError):
+    """No job with this id (a ValueError too, so the CLI prints it as one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no such job"
+
+
+class JobCancelled(Exception):
+    """Raised inside a worker when its job was asked to stop."""
+
+
 @dataclass
 class Job:
     id: str
@@ -202,11 +213,15 @@ class JobStore:
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / check_name(job_id, "job id")
 
-    def add(self, spec: TrainJobSpec | EvaluateJobSpec) -> Job:
+    def add(self, spec: TrainJobSpec | EvaluateJobSpec,
+            guard: Callable[[sqlite3.Connection], None] | None = None) -> Job:
+        """Queue a job; ``guard(db)`` runs in the same write transaction (a check that must not race)."""
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         log = self.job_dir(job_id) / "job.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with self.transaction() as db:
+            if guard is not None:
+                guard(db)
             db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, log_path) VALUES (?,?,?,?,?,?,?)",
                        (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), "queued", time.time(), str(log)))
         return self.get(job_id)
@@ -222,7 +237,7 @@ class JobStore:
         with self._connect() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
-            raise KeyError(f"no job {job_id!r} in {self.path}")
+            raise JobNotFound(f"no job {job_id!r} in {self.path}")
         return self._job(row)
 
     def list(self, statuses: tuple[str, ...] | None = None) -> list[Job]:
@@ -312,9 +327,8 @@ class LocalExecutor:
         return int(self.store.setting("max_concurrent", os.environ.get("EXPLROBUST_MAX_JOBS", "1")))
 
     def submit(self, spec: TrainJobSpec | EvaluateJobSpec) -> Job:
-        if isinstance(spec, TrainJobSpec):
-            _check_free_name(self.store, spec.train)
-        job = self.store.add(spec)
+        guard = (lambda db: _check_free_name(db, spec.train)) if isinstance(spec, TrainJobSpec) else None
+        job = self.store.add(spec, guard)
         self.start_queued()
         return self.store.get(job.id)
 
@@ -355,38 +369,49 @@ class LocalExecutor:
         """Mark running jobs whose worker process is gone as interrupted; returns them."""
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
-                del self._children[pid]
+                self._children.pop(pid, None)  # another session's thread may have reaped it already
         gone = []
         for job in self.store.list(("running",)):
             if job.pid is None and time.time() - (job.started or 0) < 30:
                 continue  # being started by another poller right now
             if not _process_alive(job.pid, job.id):
-                with self.store.transaction() as db:  # only if nobody else finished it meanwhile
-                    db.execute("UPDATE jobs SET status = 'interrupted', finished = ?, error = ? "
-                               "WHERE id = ? AND status = 'running'",
-                               (time.time(), "the worker process ended without finishing; resume continues from "
-                                             "the last saved state", job.id))
+                status, why = (("cancelled", "cancelled before the worker could stop by itself") if job.cancel_requested
+                               else ("interrupted", "the worker process ended without finishing; resume continues "
+                                                    "from the last saved state"))
+                with self.store.transaction() as db:  # only this attempt, and only if nobody finished it meanwhile
+                    db.execute(f"UPDATE jobs SET status = ?, finished = ?, error = ? WHERE id = ? AND "
+                               f"status = 'running' AND attempts = ? AND pid {'IS NULL' if job.pid is None else '= ?'}",
+                               (status, time.time(), why, job.id, job.attempts,
+                                *(() if job.pid is None else (job.pid,))))
                 gone.append(self.store.get(job.id))
         return gone
 
     def cancel(self, job_id: str) -> Job:
+        running = 0
+        with self.store.transaction() as db:  # a queued job is cancelled only if no poller claimed it meanwhile
+            queued = db.execute("UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued'",
+                                (time.time(), job_id)).rowcount
+            if not queued:
+                running = db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'",
+                                     (job_id,)).rowcount
         job = self.store.get(job_id)
-        if job.status == "queued":
-            self.store.update(job_id, status="cancelled", finished=time.time())
-        elif job.status == "running":
-            self.store.update(job_id, cancel_requested=1)
-            if _process_alive(job.pid, job.id):
-                os.kill(job.pid, signal.SIGTERM)  # the trainer's StopFlag: stop at the next batch, save state
-        else:
+        if not queued and not running:
             raise ConfigError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+        if running and _process_alive(job.pid, job.id):
+            try:
+                os.kill(job.pid, signal.SIGTERM)  # the worker's StopFlag: stop at the next batch, save state
+            except ProcessLookupError:
+                pass  # it ended just now; reconcile() records how
         return self.store.get(job_id)
 
     def resume(self, job_id: str) -> Job:
         """Queue an interrupted, cancelled or failed job again; training continues from its last state."""
-        job = self.store.get(job_id)
-        if job.status not in ("interrupted", "cancelled", "failed"):
+        with self.store.transaction() as db:
+            requeued = db.execute("UPDATE jobs SET status = 'queued', finished = NULL, error = NULL WHERE id = ? "
+                                  "AND status IN ('interrupted', 'cancelled', 'failed')", (job_id,)).rowcount
+        if not requeued:
+            job = self.store.get(job_id)
             raise ConfigError(f"job {job_id} is {job.status}; only interrupted, cancelled or failed jobs resume")
-        self.store.update(job_id, status="queued", finished=None, error=None)
         self.start_queued()
         return self.store.get(job_id)
 
@@ -397,6 +422,10 @@ class LocalExecutor:
         job = self.store.get(job_id)
         if job.status in ACTIVE:
             raise ConfigError(f"job {job_id} is {job.status}; cancel it first")
+        trained = self.store.job_dir(job_id) / f"{job.name}.safetensors"
+        if job.kind == "train" and trained.exists() and "zoo_checkpoint" not in job.result:
+            raise ConfigError(f"job {job_id} trained {trained} but could not add it to the zoo ({job.error}); "
+                              "move that file away (or upload it on the Model zoo page) before deleting the job")
         shutil.rmtree(self.store.job_dir(job_id), ignore_errors=True)
         self.store.delete(job_id)
 
@@ -412,16 +441,19 @@ class LocalExecutor:
         raise TimeoutError(f"job {job_id} still {self.store.get(job_id).status} after {timeout:.0f} s")
 
 
-def _check_free_name(store: JobStore, cfg: TrainConfig) -> None:
-    """Refuse a training job whose checkpoint name is taken in the zoos or by an active job."""
+def _check_free_name(db: sqlite3.Connection, cfg: TrainConfig) -> None:
+    """Refuse a training job whose checkpoint name is taken in the zoos or by an active job (run inside
+    the store's write transaction, so two submits of one name cannot both pass)."""
     from .zoo import shipped_zoo_dir, user_zoo_dir
 
     for zoo in (user_zoo_dir(), shipped_zoo_dir()):
         if (zoo / cfg.dataset / f"{cfg.name}.safetensors").exists() or (zoo / cfg.dataset / cfg.name).is_dir():
             raise ConfigError(f"train.name: a checkpoint {cfg.dataset}/{cfg.name} exists already; choose another name")
-    for job in store.list(ACTIVE):
-        if job.kind == "train" and job.name == cfg.name and job.spec["train"]["dataset"] == cfg.dataset:
-            raise ConfigError(f"train.name: job {job.id} is already training {cfg.dataset}/{cfg.name}")
+    rows = db.execute("SELECT id, spec FROM jobs WHERE kind = 'train' AND name = ? AND status IN ('queued', 'running')",
+                      (cfg.name,)).fetchall()
+    for row in rows:
+        if json.loads(row["spec"])["train"]["dataset"] == cfg.dataset:
+            raise ConfigError(f"train.name: job {row['id']} is already training {cfg.dataset}/{cfg.name}")
 
 
 # --------------------------------------------------------------------------- the worker
@@ -437,6 +469,7 @@ class _Reporter:
         self.last = 0.0
         self.cancel_checked = 0.0
         self.cancelled = False
+        self.stop: Callable[[], bool] | None = None
 
     def train_event(self, event: dict[str, Any]) -> None:
         if "metrics" in event:
@@ -456,7 +489,15 @@ class _Reporter:
                               | {"loss": event["loss"]}, losses=self.losses)
 
     def stage(self, stage: str, fraction: float) -> None:
-        self.store.update(self.job_id, progress={"stage": stage, "fraction": fraction})
+        """Evaluation progress; also where an evaluation notices that it was asked to stop."""
+        from .evaluate import overall_fraction
+
+        if self.stop is not None and self.stop():
+            raise JobCancelled(stage)
+        now = time.time()
+        if now - self.last >= self.every_s or fraction >= 1:
+            self.last = now
+            self.store.update(self.job_id, progress={"stage": stage, "fraction": overall_fraction(stage, fraction)})
 
     def cancel_requested(self) -> bool:
         now = time.time()
@@ -520,17 +561,26 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
     from .training.trainer import StopFlag
 
     store = store or JobStore()
+    with store.transaction() as db:  # run only the attempt this process was started for
+        mine = db.execute("UPDATE jobs SET pid = ? WHERE id = ? AND status = 'running' AND (pid IS NULL OR pid = ?)",
+                          (os.getpid(), job_id, os.getpid())).rowcount
+    if not mine:
+        print(f"job {job_id} is not waiting for this worker (status {store.get(job_id).status}); exiting", flush=True)
+        return 3
     job = store.get(job_id)
-    store.update(job_id, pid=os.getpid(), status="running")
     spec = parse_spec(job.spec)
     print(f"job {job_id} (attempt {job.attempts}): {job.kind} {job.name}, pid {os.getpid()}", flush=True)
     reporter = _Reporter(store, job)
     flag = StopFlag().install()
+    reporter.stop = lambda: flag() or reporter.cancel_requested()
     try:
-        if isinstance(spec, TrainJobSpec):
-            status = _run_training(store, job, spec, reporter, lambda: flag() or reporter.cancel_requested())
-        else:
-            status = _run_evaluation(store, job, spec, reporter)
+        try:
+            if isinstance(spec, TrainJobSpec):
+                status = _run_training(store, job, spec, reporter, reporter.stop)
+            else:
+                status = _run_evaluation(store, job, spec, reporter)
+        except JobCancelled:  # an evaluation stopped between stages; nothing partial is stored
+            status = "cancelled" if store.get(job_id).cancel_requested else "interrupted"
         store.update(job_id, status=status, finished=time.time())
         print(f"job {job_id}: {status}", flush=True)
         code = 0 if status == "done" else 3

@@ -606,6 +606,15 @@ def quick_config(dataset: str, base: dict[str, Any] | None = None, shipped_root:
         pairs_file=str(pairs) if pairs.is_file() else None, seed=int(base.get("seed", 0)))
 
 
+def quick_config_for(collection: Collection, dataset: str, entries: Iterable[Any]):
+    """The quick protocol of ``dataset`` as the Robustness study page offers it: built on the shipped
+    zoo's protocol when there is one (so page runs and background jobs fill the same column)."""
+    found = protocols(collection, dataset)
+    base = next((p["config"] for p in found if p["shipped"]), found[0]["config"] if found else None)
+    channels = next(e.card.input_shape[0] for e in entries if e.card is not None and e.card.dataset == dataset)
+    return quick_config(dataset, base, channels=channels)
+
+
 def runnable_config(config: dict[str, Any], dataset: str, shipped_root: str | os.PathLike | None = None):
     """A stored evaluation's config, ready to run again: its provenance fields dropped and a relative
     pair file (as the zoo build records it) found again in the shipped zoo."""

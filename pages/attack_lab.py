@@ -244,7 +244,7 @@ ui.show_figure(trajectory_figure({m: {"step": c["step"], **{key: [np.nan if v is
 # --- the panels, one tab per model -------------------------------------------------------------------------
 st.markdown("**Images and maps** (the perturbation is amplified to the full grey range; maps share one colour scale)")
 tabs = st.tabs([run["model"] for run in runs])
-for tab, run in zip(tabs, runs):
+for k, (tab, run) in enumerate(zip(tabs, runs)):
     with tab:
         before, after, kept = st.columns(3)
         before.metric("Prediction before", name_of(run["pred_before"]), f"{run['conf_before']:.3f}",
@@ -255,7 +255,7 @@ for tab, run in zip(tabs, runs):
         kept.metric("Label kept", "yes" if run["pred_after"] == run["pred_before"] else "no")
         fig = attack_panels_figure(run["image"], run["adversarial"], run["original_map"], run["attacked_map"],
                                    run.get("target_map"))  # the tab names the model
-        stem = ("attack_lab_panels_" + run["model"].replace("/", "_"))[:64]
+        stem = (f"attack_lab_panels_{k}_" + run["model"].replace("/", "_"))[:64]  # k: unique if names are cut
         ui.show_figure(fig, stem, {"model": run["model"], **run["per_image"],
                                    "config": json.dumps(run["config"], sort_keys=True)})
 

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explrobust_core import study
+from explrobust_core.evaluate import overall_fraction
 from explrobust_core.figures import robustness_scatter_figure, sep_comparison_figure, trades_sweep_figure
 from pages import ui
 
@@ -58,10 +59,8 @@ dataset = top[0].selectbox("Dataset", datasets, index=datasets.index("mnist5k") 
                            key="study_dataset")
 n_models = sum(1 for m in data.models.values() if m.dataset == dataset)
 found = study.protocols(data, dataset)
-zoo_base = next((p["config"] for p in found if p["shipped"]), found[0]["config"] if found else None)
 try:
-    channels = next(m.input_shape[0] for m in (e.card for e in entries.values()) if m.dataset == dataset)
-    quick = study.quick_config(dataset, zoo_base, channels=channels)
+    quick = study.quick_config_for(data, dataset, entries.values())
     quick_config = quick.model_dump(mode="json")
     quick_id = study.protocol_id(quick_config)
 except Exception as err:  # noqa: BLE001
@@ -305,12 +304,10 @@ if in_page.button(f"Measure {len(chosen)} model(s)", disabled=not chosen, type="
         st.error(f"Cannot run this protocol: {err}")
         st.stop()
     bar = st.progress(0.0, text="starting…")
-    weights = {"clean accuracy": (0.0, 0.05), "PGD accuracy": (0.05, 0.4), "explanation attack": (0.45, 0.55)}
     done, failed = [], []
     for i, name in enumerate(chosen):
         def progress(stage: str, fraction: float, i=i, name=name) -> None:
-            start, span = weights.get(stage, (0.0, 1.0))
-            bar.progress(min(1.0, (i + start + span * fraction) / len(chosen)),
+            bar.progress(min(1.0, (i + overall_fraction(stage, fraction)) / len(chosen)),
                          text=f"{name} ({i + 1}/{len(chosen)}): {stage} {fraction:.0%}")
         try:
             model, _ = ui.load_model(data.models[name].path)

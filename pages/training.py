@@ -57,13 +57,20 @@ with eval_tab:
     with st.form("eval-form"):
         model = st.selectbox("Model", names)
         preset = st.selectbox("Protocol", ["quick"] + sorted(PRESETS),
-                              help="quick: 200 images, PGD-20 at ε 0.1/0.2/0.3, top-k IFIA on 50 images")
+                              help="quick: the Robustness study page's quick protocol (its results fill the same "
+                                   "column there); the others are the papers' protocols")
         go = st.form_submit_button("Start evaluation")
     if go and model:
-        quick = {"n_images": 200, "pgd": {"steps": 20}, "n_explanation_images": 50, "ifia": {"steps": 50}}
         try:
-            spec = EvaluateJobSpec(model=model, preset=None if preset == "quick" else preset,
-                                   evaluation=quick if preset == "quick" else {})
+            quick = {}
+            if preset == "quick":
+                from explrobust_core import study
+
+                entries = ui.checkpoints()
+                dataset_name = entries[model].card.dataset
+                collection = study.collect(entries.values())
+                quick = study.quick_config_for(collection, dataset_name, entries.values()).model_dump(mode="json")
+            spec = EvaluateJobSpec(model=model, preset=None if preset == "quick" else preset, evaluation=quick)
             job = ex.submit(spec)
             st.success(f"Job {job.id} is {job.status}.")
         except (ConfigError, ValueError) as err:
@@ -105,7 +112,7 @@ def job_details(job) -> None:
         if job.status not in ACTIVE and b3.button("Delete", key=f"delete-{job.id}"):
             ex.delete(job.id)
             st.rerun()
-    except (ConfigError, KeyError) as err:
+    except (ConfigError, KeyError) as err:  # e.g. the job changed state in another session meanwhile
         st.error(str(err))
 
 
@@ -126,9 +133,9 @@ def queue_view() -> None:
                            "started": pd.to_datetime(j.started, unit="s") if j.started else None} for j in reversed(jobs)])
     st.dataframe(table, hide_index=True, width="stretch", key="jobs-table",
                  column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
-    ids = [j.id for j in reversed(jobs)]
-    shown = st.selectbox("Job", ids, format_func=lambda i: f"{i} · {ex.store.get(i).name}", key="job-shown")
-    job_details(ex.store.get(shown))
+    by_id = {j.id: j for j in reversed(jobs)}  # this poll's snapshot: a job deleted meanwhile is simply gone
+    shown = st.selectbox("Job", list(by_id), format_func=lambda i: f"{i} · {by_id[i].name}", key="job-shown")
+    job_details(by_id[shown])
 
 
 st.subheader("Queue")

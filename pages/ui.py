@@ -246,8 +246,7 @@ def config_inputs(config, key: str, skip: tuple[str, ...] = (), overrides: dict 
         elif type(None) in args and any(a in (int, float) for a in args):
             text = st.text_input(label, "" if default is None else str(default), help=f"{helptext} (empty: none)",
                                  key=wkey)
-            values[name] = None if not text.strip() else (int(text) if int in args and text.strip().isdigit()
-                                                          else text.strip())
+            values[name] = text.strip() or None  # the config parses (or refuses, naming the field) the text
         else:  # dicts and lists as JSON
             text = st.text_input(f"{label} (JSON)", json.dumps(default), help=helptext, key=wkey)
             try:

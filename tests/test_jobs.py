@@ -222,3 +222,48 @@ def test_an_evaluation_job_stores_its_result(runs):
     protocol = study.protocol_id(stored["config"])
     record = study.records_for(collection, "mnist5k", protocol)["mnist5k/natural"]
     assert record.source == "study run" and record.summary == stored["summary"]
+
+
+def test_an_evaluation_job_can_be_cancelled_and_stores_nothing(runs):
+    executor = LocalExecutor(JobStore(runs))
+    spec = parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": "cpu",
+                       "evaluation": {"n_images": 1000, "batch_size": 16, "eps_list": [0.1, 0.2, 0.3],
+                                      "pgd": {"steps": 40, "step_size": 0.01}}})
+    job = executor.submit(spec)
+    wait_for(lambda: executor.store.get(job.id).progress.get("stage"), what="the evaluation to start")
+    executor.cancel(job.id)
+    stopped = executor.wait(job.id, timeout=120)
+    assert stopped.status == "cancelled", Path(stopped.log_path).read_text()
+    assert not (runs / "study").exists() or not list((runs / "study").rglob("*.json"))
+
+
+def test_the_same_name_cannot_be_queued_twice_and_a_worker_runs_only_its_own_attempt(runs):
+    from explrobust_core.jobs import run_worker
+
+    executor = LocalExecutor(JobStore(runs))
+    executor.store.set_setting("max_concurrent", "1")
+    first = executor.submit(tiny("twice"))
+    with pytest.raises(ConfigError, match="already training"):
+        executor.submit(tiny("twice"))
+    queued = executor.submit(tiny("later"))
+    assert executor.cancel(queued.id).status == "cancelled"
+    # a stray worker for a job that is not waiting for one changes nothing
+    assert run_worker(queued.id, executor.store) == 3
+    assert executor.store.get(queued.id).status == "cancelled" and executor.store.get(queued.id).pid is None
+    assert executor.wait(first.id, timeout=180).status == "done"
+
+
+def test_deleting_a_job_never_loses_an_unregistered_checkpoint(runs):
+    store = JobStore(runs)
+    executor = LocalExecutor(store)
+    job = store.add(tiny("orphan"))
+    trained = store.job_dir(job.id) / "orphan.safetensors"
+    trained.write_bytes(b"weights")  # as if training finished but joining the zoo failed
+    store.update(job.id, status="failed", error="FileExistsError: taken", finished=time.time())
+    with pytest.raises(ConfigError, match="move that file away"):
+        executor.delete(job.id)
+    assert trained.read_bytes() == b"weights" and store.get(job.id).status == "failed"
+    trained.unlink()
+    executor.delete(job.id)
+    with pytest.raises(KeyError):
+        store.get(job.id)
