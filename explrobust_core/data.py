@@ -56,6 +56,10 @@ class ImageDataset(torch.utils.data.Dataset):
         pairs = [self[i] for i in idx]
         return torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs], dtype=torch.long)
 
+    def all_labels(self) -> torch.Tensor:
+        """Every label of the split, ``(N,)``; subclasses answer without decoding images."""
+        return torch.tensor([int(self[i][1]) for i in range(len(self))], dtype=torch.long)
+
 
 class TensorImageDataset(ImageDataset):
     """An in-memory dataset (the embedded ones): fast batched indexing, no per-item Python loop."""
@@ -75,6 +79,9 @@ class TensorImageDataset(ImageDataset):
         idx = torch.as_tensor(check_indices(indices, len(self)), dtype=torch.long)
         return self.images[idx], self.labels[idx]
 
+    def all_labels(self) -> torch.Tensor:
+        return self.labels
+
 
 class WrappedImageDataset(ImageDataset):
     """A torchvision-style dataset whose items are already (tensor in [0,1], label)."""
@@ -88,6 +95,15 @@ class WrappedImageDataset(ImageDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, label = self.inner[i]
         return image, int(label)
+
+    def all_labels(self) -> torch.Tensor:
+        # torchvision sets keep their labels in a list beside the files (MNIST/CIFAR/ImageFolder: targets,
+        # SVHN: labels, Flowers102: _labels); reading them is instant, decoding every image is not
+        for attr in ("targets", "labels", "_labels"):
+            values = getattr(self.inner, attr, None)
+            if values is not None and len(values) == len(self):
+                return torch.as_tensor([int(v) for v in values], dtype=torch.long)
+        return super().all_labels()
 
 
 def check_indices(indices: Sequence[int], n: int) -> list[int]:
@@ -314,6 +330,7 @@ for _name, _cls, _kw, _classes, _mean, _std, _shape, _layout, _resize in _TORCHV
 class _FileListDataset(torch.utils.data.Dataset):
     def __init__(self, items: list[tuple[Path, int]], transform):
         self.items, self.transform = items, transform
+        self.targets = [label for _, label in items]  # labels without opening the images
 
     def __len__(self) -> int:
         return len(self.items)

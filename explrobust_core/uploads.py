@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -191,6 +192,16 @@ def _to_channels(im, c: int):
 
 def _decode_npy(data: bytes, name: str, c: int, h: int, w: int) -> tuple[torch.Tensor, list[str], tuple[int, int], str]:
     notices: list[str] = []
+    try:  # the header first: a few bytes must not declare an array that np.load would allocate
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        declared, _, _ = (np.lib.format.read_array_header_1_0(stream) if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0(stream))
+    except Exception as err:  # noqa: BLE001 - untrusted bytes
+        raise UploadError(f"{name} is not a readable .npy array: {type(err).__name__}: {err}") from None
+    if math.prod(declared) > 4 * IMAGE_MAX_PIXELS:
+        raise UploadError(f"{name} declares {math.prod(declared):,} values (shape {declared}), over the "
+                          f"{4 * IMAGE_MAX_PIXELS:,}-value limit for an image")
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as err:

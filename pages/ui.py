@@ -96,11 +96,7 @@ def selection_widget(names: list[str]) -> None:
 
 @st.cache_data(show_spinner="Reading the labels…")  # _data is not hashed: keyed by name and split
 def _labels_of(_data, name: str, split: str):
-    import torch
-
-    if hasattr(_data, "labels"):  # in-memory sets
-        return _data.labels
-    return torch.tensor([int(_data[i][1]) for i in range(len(_data))])  # once per dataset, then cached
+    return _data.all_labels()  # once per dataset, then cached
 
 
 def labels(data):

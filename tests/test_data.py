@@ -94,3 +94,28 @@ def test_tinyimagenet_layout(tmp_path):
     assert len(train) == 4 and train.info.classes == wnids
     assert test.batch([0, 1, 2])[1].tolist() == [1, 0, 1]
     assert test.info.input_shape == (3, 64, 64)
+
+
+def test_all_labels_come_without_decoding_images(tmp_path):
+    """Folder datasets (and torchvision's) answer all_labels from their label lists, equal to item by item."""
+    from PIL import Image
+
+    from explrobust_core.data import load_dataset
+
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for k in range(3 if cls == "cat" else 2):
+                Image.new("RGB", (8, 8), (k * 40, 0, 0)).save(tmp_path / split / cls / f"{k}.png")
+    data = load_dataset("imagefolder", "test", {"root": str(tmp_path), "image_size": 8})
+    calls = []
+    original = type(data.inner).__getitem__
+    type(data.inner).__getitem__ = lambda self, i: calls.append(i) or original(self, i)
+    try:
+        labels = data.all_labels()
+    finally:
+        type(data.inner).__getitem__ = original
+    assert calls == []
+    assert labels.tolist() == [int(data[i][1]) for i in range(len(data))] == [0, 0, 0, 1, 1]
+    digits = load_dataset("digits", "test")
+    assert digits.all_labels() is digits.labels

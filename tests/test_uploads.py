@@ -508,3 +508,15 @@ def test_two_sessions_never_see_each_others_selection_or_upload(tmp_path, monkey
     assert any("first.png" in c for c in _captions(first)) and not any("second.png" in c for c in _captions(first))
     assert any("second.png" in c for c in _captions(second)) and not any("first.png" in c for c in _captions(second))
     assert "selected_models" not in second.session_state
+
+
+def test_an_npy_header_declaring_a_huge_array_is_refused_before_loading():
+    import numpy as np
+
+    from explrobust_core.uploads import UploadError, load_image
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1, 200_000, 200_000)})
+    assert header.getvalue().startswith(b"\x93NUMPY")  # magic + header: 160 GB of float32 declared in ~128 bytes
+    with pytest.raises(UploadError, match="declares"):
+        load_image(header.getvalue() + b"\x00" * 64, (1, 28, 28), name="bomb.npy")
