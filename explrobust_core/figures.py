@@ -173,6 +173,17 @@ def trajectory_figure(curves: dict[str, dict[str, list[float]]], panels: list[tu
     return fig
 
 
+def _finish_curves(fig, ax, xlabel: str, ylabel: str, title: str) -> None:
+    """Labels, light grid, legend and optional title of a one-axes curve figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, loc="best")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+
+
 def accuracy_vs_eps_figure(curves: dict[str, tuple[list[float], list[float]]], xlabel: str = "ε (pixel units)",
                            title: str = ""):
     """Accuracy under attack against the budget ε, one line per model (``curves[model] = (eps, accuracy)``)."""
@@ -182,14 +193,8 @@ def accuracy_vs_eps_figure(curves: dict[str, tuple[list[float], list[float]]], x
         fig, ax = new_figure(width=3.6, height=2.6)
         for model, (eps, acc) in curves.items():
             ax.plot(eps, acc, marker="o", markersize=3, linewidth=1.2, label=model)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("accuracy under attack")
         ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, loc="best")
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
+        _finish_curves(fig, ax, xlabel, "accuracy under attack", title)
     return fig
 
 
@@ -237,13 +242,7 @@ def flip_eps_figure(min_eps: dict[str, list[float]], eps_max: float, title: str 
             ax.step(xs, ys, where="post", linewidth=1.2, label=model)
         ax.set_xlim(0, eps_max)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("ε (pixel units)")
-        ax.set_ylabel("fraction flipped at ≤ ε")
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, loc="best")
-        if title:
-            ax.set_title(title)
-        fig.tight_layout()
+        _finish_curves(fig, ax, "ε (pixel units)", "fraction flipped at ≤ ε", title)
     return fig
 
 
