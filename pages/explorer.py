@@ -83,15 +83,32 @@ page = st.number_input(f"Page (of {pages}; {len(indices)} images)", 1, pages, 1)
 shown = indices[(page - 1) * per_page: page * per_page]
 x, y = data.batch(shown)
 
+
+
+def explain(path: str, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and maps (for the predicted class) of one model, batched over the images."""
+    model, _ = ui.load_model(path)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probs = torch.softmax(model(images.to(device)), 1).cpu()
+    return probs, explanation_maps(model, images.to(device), method, target="predicted").cpu()
+
+
+@st.cache_data(show_spinner="Explaining…", max_entries=256)
+def explain_dataset_images(path: str, modified: float, split: str, indices: tuple[int, ...], method: str):
+    """Cached per model file, images and method: paging back, colour map and opacity recompute nothing."""
+    return explain(path, data.batch(list(indices))[0], method)
+
+
 xs = x if own is None else torch.cat([x, own.tensor.to(x.dtype)])
 shown_maps, rows = [], []
 for name in models:
-    model, card = ui.load_model(str(entries[name].path))
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        probs = torch.softmax(model(xs.to(device)), 1).cpu()
+    path = entries[name].path
     try:
-        maps = explanation_maps(model, xs.to(device), method, target="predicted").cpu()
+        probs, maps = explain_dataset_images(str(path), path.stat().st_mtime, split, tuple(shown), method)
+        if own is not None:  # the upload lives in this session only: not cached
+            own_probs, own_maps = explain(str(path), own.tensor.to(x.dtype), method)
+            probs, maps = torch.cat([probs, own_probs]), torch.cat([maps, own_maps])
     except ValueError as err:  # e.g. a method that does not fit this architecture
         st.error(f"{name}: {err}")
         continue
