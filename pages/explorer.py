@@ -89,9 +89,11 @@ def explain(path: str, images: torch.Tensor, method: str) -> tuple[torch.Tensor,
     """Class probabilities and maps (for the predicted class) of one model, batched over the images."""
     model, _ = ui.load_model(path)
     device = next(model.parameters()).device
-    with torch.no_grad():
-        probs = torch.softmax(model(images.to(device)), 1).cpu()
-    return probs, explanation_maps(model, images.to(device), method, target="predicted").cpu()
+    with ui.model_lock(path):
+        with torch.no_grad():
+            probs = torch.softmax(model(images.to(device)), 1).cpu()
+        maps = explanation_maps(model, images.to(device), method, target="predicted").cpu()
+    return probs, maps
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=256)

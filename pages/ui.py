@@ -38,6 +38,15 @@ def _load_model(path: str, modified: float):
     return load_checkpoint_cached(path, "auto")
 
 
+@st.cache_resource(show_spinner=False)
+def model_lock(path: str):
+    """One lock per cached model: captum's display methods put hooks on the (shared) model while they run,
+    so two sessions must not explain the same model at the same instant."""
+    import threading
+
+    return threading.Lock()
+
+
 def load_model(path: str):
     """(model, card), cached per server on the best device; a file replaced on disk is loaded anew."""
     from pathlib import Path
