@@ -35,10 +35,11 @@ def tiny(name: str, **over) -> TrainJobSpec:
     return parse_spec({"kind": "train", "train": train})
 
 
-def slow(name: str, epochs: int = 3) -> TrainJobSpec:
-    """PGD training with small batches: a few seconds per epoch, long enough to interrupt mid-epoch."""
+def slow(name: str, epochs: int = 3, images: int | None = 480) -> TrainJobSpec:
+    """PGD training with small batches: about a second per epoch of 480 images on an idle 2-core machine,
+    long enough to interrupt mid-run (progress is written at most every 0.5 s)."""
     return tiny(name, objective="pgd_at", objective_config={"eps": 0.1, "steps": 10}, epochs=epochs, batch_size=16,
-                max_train_images=480)
+                max_train_images=images)
 
 
 def wait_for(predicate, timeout: float = 120, what: str = "condition"):
@@ -105,7 +106,7 @@ def test_tiny_training_job_runs_to_done_and_joins_the_user_zoo(runs, tmp_path):
 
 def test_sigkill_mid_epoch_is_reported_interrupted_and_resume_finishes(runs):
     executor = LocalExecutor(JobStore(runs))
-    job = executor.submit(slow("killed", epochs=3))
+    job = executor.submit(slow("killed", epochs=5))
     store = executor.store
     # after epoch 1 ended (its state is saved) and epoch 2 is under way
     wait_for(lambda: store.get(job.id).progress.get("epoch", 0) >= 2 and store.get(job.id).metrics,
@@ -122,12 +123,12 @@ def test_sigkill_mid_epoch_is_reported_interrupted_and_resume_finishes(runs):
     assert resumed.status == "running"
     done = executor.wait(job.id, timeout=300)
     assert done.status == "done", Path(done.log_path).read_text()
-    assert done.attempts == 2 and [m["epoch"] for m in done.metrics] == [1, 2, 3]
+    assert done.attempts == 2 and [m["epoch"] for m in done.metrics] == [1, 2, 3, 4, 5]
 
 
 def test_cancel_stops_at_the_next_batch_and_resume_finishes(runs):
     executor = LocalExecutor(JobStore(runs))
-    job = executor.submit(slow("cancelled", epochs=2))
+    job = executor.submit(slow("cancelled", epochs=2, images=None))  # all 1,437 digits: ~3 s an epoch
     wait_for(lambda: executor.store.get(job.id).progress.get("batch", 0) >= 3, what="training to start")
     executor.cancel(job.id)
     stopped = executor.wait(job.id, timeout=120)
@@ -162,7 +163,7 @@ def test_restarting_the_ui_process_leaves_the_job_running_and_visible(runs):
     ui = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
         "from explrobust_core.jobs import JobStore, LocalExecutor, parse_spec\n"
-        f"spec = parse_spec({slow('survivor', epochs=2).model_dump(mode='json')!r})\n"
+        f"spec = parse_spec({slow('survivor', epochs=3, images=None).model_dump(mode='json')!r})\n"
         "job = LocalExecutor(JobStore()).submit(spec)\n"
         "print(job.id, flush=True)\n"
         "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True, cwd=REPO)
