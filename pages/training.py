@@ -37,7 +37,8 @@ with train_tab:
         st.caption(f"**{objective}** — {OBJECTIVES.get(objective).summary}")
         left, right = st.columns(2)
         with left:
-            run = ui.config_inputs(TrainConfig, "train", overrides={"name": f"my_{objective}", "epochs": 1,
+            # keyed by objective: each objective's form keeps its own values, and the name follows the objective
+            run = ui.config_inputs(TrainConfig, f"train-{objective}", overrides={"name": f"my_{objective}", "epochs": 1,
                                                                     "max_train_images": 1000, "eval_images": 200},
                                    skip=("dataset", "architecture", "objective", "objective_config", "dataset_config",
                                          "arch_config", "step_every", "step_gamma", "momentum", "amp"))

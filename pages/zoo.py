@@ -21,6 +21,7 @@ for kind, text in st.session_state.pop("zoo_flash", []):  # what the last upload
     getattr(st, kind)(text)
 if any(n not in entries for n in st.session_state.get("zoo_selection_widget", [])):
     del st.session_state["zoo_selection_widget"]  # a chosen model is gone: rebuild the widget from what exists
+    st.session_state[ui.SELECTED] = [n for n in st.session_state.get(ui.SELECTED, []) if n in entries]
 
 
 def refresh(*messages: tuple[str, str]) -> None:
@@ -35,6 +36,11 @@ def row(name: str, entry) -> dict:
     card = entry.card
     summary = (card.metrics.get("evaluation") or {}).get("summary", {})
     pgd = {round(r["eps"], 4): r["accuracy"] for r in summary.get("pgd_accuracy", [])}
+    if not summary:  # not evaluated yet: the trainer's held-out numbers (its own ε), marked as such
+        train_eval = card.metrics.get("train_eval") or {}
+        summary = {"clean_accuracy": card.metrics.get("train_clean_accuracy")}
+        if train_eval.get("pgd_eps") is not None:
+            pgd = {round(float(train_eval["pgd_eps"]), 4): card.metrics.get("train_pgd_accuracy")}
     expl = summary.get("explanation", {})
     le = lambda key: (expl.get(key) or {}).get("mean")  # noqa: E731
     return {"model": name, "objective": card.objective, "architecture": card.architecture,

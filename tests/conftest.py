@@ -147,7 +147,11 @@ class BrowserPage:
 
     def wait_idle(self, timeout_ms: int = 180_000) -> None:
         """Wait until the script run finished (the running indicator is gone)."""
-        self.page.wait_for_selector("[data-testid='stStatusWidget']", state="detached", timeout=timeout_ms)
+        # the app root says whether a script run is in progress (the status widget is hidden in minimal toolbar mode)
+        self.page.wait_for_function(
+            "() => { const app = document.querySelector(\"[data-testid='stApp']\");"
+            " return app !== null && app.getAttribute('data-test-script-state') !== 'running'; }",
+            timeout=timeout_ms)
 
     def open(self, title: str, timeout_ms: int = 120_000) -> None:
         """Start at the root (a cold server's first request must not be a deep link) and click the page."""

@@ -25,9 +25,12 @@ def test_form_submits_a_job_that_finishes_and_appears_in_the_zoo(private_runs):
     at.switch_page("pages/training.py").run()
     assert not at.exception and at.title[0].value == "Training jobs"
     assert "No jobs yet." in [i.value for i in at.info]
+    at.selectbox[0].set_value("trades").run()  # the name follows the objective
+    assert at.text_input(key="train-trades-name").value == "my_trades"
+    at.selectbox[0].set_value("natural").run()
     at.selectbox[1].set_value("digits").run()  # dataset
-    at.text_input(key="train-name").set_value("page_job")
-    at.number_input(key="train-epochs").set_value(2)
+    at.text_input(key="train-natural-name").set_value("page_job")
+    at.number_input(key="train-natural-epochs").set_value(2)
     at.button[0].click().run()
     assert not at.exception and not at.error
     assert at.success[0].value.startswith("Job ")
@@ -49,7 +52,7 @@ def test_bad_values_are_refused_with_the_field_named(private_runs):
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
     at.switch_page("pages/training.py").run()
-    at.text_input(key="train-name").set_value("../escape")
+    at.text_input(key="train-natural-name").set_value("../escape")
     at.button[0].click().run()
     assert not at.exception
     assert "name" in at.error[0].value and JobStore().list() == []
