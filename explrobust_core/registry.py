@@ -130,3 +130,16 @@ class Registry(Generic[T]):
 
     def describe(self) -> list[dict[str, Any]]:
         return [e.describe() for e in self]
+
+
+def field_bounds(field) -> dict:
+    """A pydantic field's numeric bounds as ``min_value`` / ``max_value`` (the forms use the config's ranges)."""
+    import annotated_types as at
+
+    out = {}
+    for m in field.metadata:
+        if isinstance(m, (at.Ge, at.Gt)):
+            out["min_value"] = m.ge if isinstance(m, at.Ge) else m.gt
+        if isinstance(m, (at.Le, at.Lt)):
+            out["max_value"] = m.le if isinstance(m, at.Le) else m.lt
+    return out

@@ -6,6 +6,8 @@ from typing import Callable
 
 import streamlit as st
 
+from explrobust_core.exports import table_files, zip_files
+from explrobust_core.registry import field_bounds
 from explrobust_core.zoo import CheckpointEntry, list_checkpoints, load_checkpoint_cached, shipped_zoo_dir, user_zoo_dir
 
 SELECTED = "selected_models"
@@ -124,20 +126,6 @@ def page_header(title: str, what: str, how: str) -> None:
     st.session_state[_EXPORTS] = {}
 
 
-def _table_bytes(data) -> dict[str, bytes]:
-    import json
-
-    import pandas as pd
-
-    from explrobust_core.results import _jsonable
-
-    if isinstance(data, pd.DataFrame):
-        frame, obj = data, data.to_dict(orient="records")
-    else:
-        obj = _jsonable(data)
-        frame = pd.DataFrame(obj if isinstance(obj, list) else [obj])
-    return {"csv": frame.to_csv(index=False).encode(), "json": json.dumps(_jsonable(obj), indent=1).encode()}
-
 
 _MIME = {"png": "image/png", "pdf": "application/pdf", "csv": "text/csv", "json": "application/json"}
 
@@ -159,7 +147,7 @@ def downloads(stem: str, fig=None, data=None) -> None:
         plt.close(fig)  # no leak across reruns; a closed Figure still renders
         files.update({ext: functools.partial(figure_bytes, fig, ext) for ext in ("png", "pdf")})
     if data is not None:
-        files.update(_table_bytes(data))
+        files.update(table_files(data))
     cols = st.columns(max(len(files), 1) + 3)
     for col, (ext, blob) in zip(cols, files.items()):
         col.download_button(ext.upper(), blob, file_name=f"{stem}.{ext}", mime=_MIME[ext], key=f"dl-{stem}-{ext}",
@@ -173,17 +161,6 @@ def add_export(file_name: str, blob: bytes | Callable[[], bytes]) -> None:
     st.session_state.setdefault(_EXPORTS, {})[file_name] = blob
 
 
-def _zip(files: dict[str, bytes | Callable[[], bytes]]) -> bytes:
-    import io
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, blob in sorted(files.items()):
-            zf.writestr(name, blob() if callable(blob) else blob)
-    return buf.getvalue()
-
-
 def export_all(page: str) -> None:
     """One zip of every figure and table this run of the page offered, made when clicked."""
     import functools
@@ -191,7 +168,7 @@ def export_all(page: str) -> None:
     files = dict(st.session_state.get(_EXPORTS) or {})
     if not files:
         return
-    st.download_button(f"Export all {len(files)} files of this page (zip)", functools.partial(_zip, files),
+    st.download_button(f"Export all {len(files)} files of this page (zip)", functools.partial(zip_files, files),
                        file_name=f"explrobust-{page}.zip", mime="application/zip", key=f"zip-{page}",
                        on_click="ignore")
 
@@ -203,18 +180,6 @@ def show_figure(fig, stem: str, data=None) -> None:
 
 
 # --- forms generated from the typed configs (same defaults and ranges as the CLI) ------------------
-
-
-def _bounds(field) -> dict:
-    import annotated_types as at
-
-    out = {}
-    for m in field.metadata:
-        if isinstance(m, (at.Ge, at.Gt)):
-            out["min_value"] = m.ge if isinstance(m, at.Ge) else m.gt
-        if isinstance(m, (at.Le, at.Lt)):
-            out["max_value"] = m.le if isinstance(m, at.Le) else m.lt
-    return out
 
 
 def config_inputs(config, key: str, skip: tuple[str, ...] = (), overrides: dict | None = None) -> dict:
@@ -242,10 +207,10 @@ def config_inputs(config, key: str, skip: tuple[str, ...] = (), overrides: dict 
             values[name] = st.selectbox(label, list(args), index=list(args).index(default), help=helptext, key=wkey)
         elif ann is int:
             values[name] = int(st.number_input(label, value=int(default), step=1, help=helptext, key=wkey,
-                                               **{k: int(v) for k, v in _bounds(field).items()}))
+                                               **{k: int(v) for k, v in field_bounds(field).items()}))
         elif ann is float:
             values[name] = float(st.number_input(label, value=float(default), format="%g", help=helptext, key=wkey,
-                                                 **{k: float(v) for k, v in _bounds(field).items()}))
+                                                 **{k: float(v) for k, v in field_bounds(field).items()}))
         elif ann is str:
             values[name] = st.text_input(label, str(default), help=helptext, key=wkey)
         elif type(None) in args and any(a in (int, float) for a in args):
