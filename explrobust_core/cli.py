@@ -572,6 +572,87 @@ def cmd_jobs_worker(ns: argparse.Namespace) -> int:
     return run_worker(ns.id, JobStore(ns.runs) if ns.runs else None)
 
 
+# --------------------------------------------------------------------------- sweeps
+
+
+def _sweep_protocol(ns: argparse.Namespace, dataset: str) -> dict[str, Any]:
+    """--preset / --evaluation as given, else the Robustness study's quick protocol of the dataset."""
+    if ns.preset or ns.evaluation:
+        return {"preset": ns.preset, "evaluation": json.loads(ns.evaluation) if ns.evaluation else {}}
+    from .study import quick_protocol
+
+    return {"evaluation": quick_protocol(dataset, ns.runs).model_dump(mode="json")}
+
+
+def _print_sweep(rows: list[dict[str, Any]], fields: list[str]) -> None:
+    def num(v, scale=1.0, fmt=".1f"):
+        return "—" if v is None else format(scale * v, fmt)
+
+    print("  ".join([f"{f:>10}" for f in fields] + ["status     ", " clean", "   PGD", " L_e start", "   L_e end",
+                                                     "  model"]))
+    for r in rows:
+        print("  ".join([f"{r[f]!s:>10}" for f in fields]
+                        + [f"{r.get('status', 'done'):<11}", f"{num(r['clean_accuracy'], 100):>6}",
+                           f"{num(r['pgd_accuracy'], 100):>6}", f"{num(r['le_start']):>10}", f"{num(r['le_end']):>10}",
+                           f"  {r['model']}"]))
+
+
+def _write_sweep_outputs(ns: argparse.Namespace, rows: list[dict[str, Any]], spec: dict[str, Any]) -> None:
+    from . import sweep
+
+    sweep.write_table(rows, ns.json, ns.csv, {"sweep": spec})
+    if ns.figure:
+        from .figures import save_figure, sweep_figure
+
+        fields = list(spec["grid"])
+        save_figure(sweep_figure(rows, fields[0], fields[1] if len(fields) > 1 else None,
+                                 title=f"sweep {spec['name']}"), ns.figure)
+        print(f"wrote {ns.figure}", file=sys.stderr)
+
+
+def cmd_sweep_run(ns: argparse.Namespace) -> int:
+    from . import sweep
+
+    argv = ["train", *ns.extra]
+    train_ns = build_parser("train", _choice_in(argv)).parse_args(argv)
+    base = _train_config(train_ns).model_dump(mode="json")
+    base.pop("name")
+    spec = sweep.make_spec(name=ns.name, train=base, grid=sweep.parse_grid(ns.grid),
+                           evaluate=_sweep_protocol(ns, base["dataset"]), max_parallel=ns.max_parallel)
+    executor = _executor(ns)
+    state = sweep.submit(spec, executor)
+    print(f"sweep {spec.name}: {len(state['points'])} points queued or running "
+          f"(at most {spec.max_parallel} at once); `explrobust sweep status {spec.name}` shows them", file=sys.stderr)
+    if ns.wait:
+        for point in state["points"]:
+            job = executor.wait(point["job"], timeout=ns.timeout)
+            print(f"{point['name']}: {job.status}", file=sys.stderr)
+    rows = sweep.status_rows(state, executor.store)
+    _print_sweep(rows, list(spec.grid))
+    _write_sweep_outputs(ns, rows, state["spec"])
+    return 0 if not ns.wait or all(r["status"] == "done" for r in rows) else 3
+
+
+def cmd_sweep_status(ns: argparse.Namespace) -> int:
+    from . import sweep
+
+    executor = _executor(ns)
+    executor.start_queued()
+    state = sweep.load_state(ns.name, executor.store.root)
+    rows = sweep.status_rows(state, executor.store)
+    _print_sweep(rows, list(state["spec"]["grid"]))
+    _write_sweep_outputs(ns, rows, state["spec"])
+    return 0
+
+
+def cmd_sweep_list(ns: argparse.Namespace) -> int:
+    from . import sweep
+
+    for name in sweep.list_sweeps(_executor(ns).store.root):
+        print(name)
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -747,6 +828,38 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     q = jobs.add_parser("worker", help="(internal) run one queued job in this process")
     q.add_argument("id")
     q.set_defaults(func=cmd_jobs_worker)
+
+    p = sub.add_parser("sweep", help="train a grid over one or two objective fields as jobs, each point then evaluated")
+    p.add_argument("--runs", default=None, help="runs directory (default: $EXPLROBUST_RUNS or ~/.explrobust/runs)")
+    sweeps = p.add_subparsers(dest="sweep_command", required=True)
+
+    def outputs(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--json", default=None, help="write the table as JSON")
+        q.add_argument("--csv", default=None, help="write the table as CSV")
+        q.add_argument("--figure", default=None, help="write the figure (.png or .pdf)")
+
+    q = sweeps.add_parser(
+        "run", help="queue (or resume) a sweep: each grid point is a training job evaluated when trained",
+        usage="explrobust sweep run --name NAME --grid FIELD=V1,V2,… [--grid FIELD=…] [--preset P | --evaluation JSON] "
+              "[--max-parallel K] [--wait] [TRAIN FLAGS …]",
+        description="FIELD is a field of the objective's config (SEP: lam, sigma, …; TRADES: beta); at most 64 points. "
+                    "The other flags are `explrobust train`'s and set the base run. Running the same sweep again "
+                    "resumes it. Default protocol: the Robustness study's quick protocol of the dataset.")
+    q.add_argument("--name", required=True, help="sweep name (points are named NAME_FIELDVALUE…)")
+    q.add_argument("--grid", action="append", required=True, metavar="FIELD=V1,V2,…", help="a swept field (once or twice)")
+    q.add_argument("--preset", default=None, help="evaluation preset of every point (e.g. sep_mnist)")
+    q.add_argument("--evaluation", default=None, metavar="JSON", help="EvaluationConfig overrides of every point")
+    q.add_argument("--max-parallel", type=int, default=1, help="points trained at once (1–64)")
+    q.add_argument("--wait", action="store_true", help="wait until every point is done, then print the table")
+    q.add_argument("--timeout", type=float, default=24 * 3600, help="--wait: seconds to wait per point")
+    outputs(q)
+    q.set_defaults(func=cmd_sweep_run)
+    q = sweeps.add_parser("status", help="the sweep's table: each point's status and, once evaluated, its numbers")
+    q.add_argument("name")
+    outputs(q)
+    q.set_defaults(func=cmd_sweep_status)
+    q = sweeps.add_parser("list", help="the sweeps in the runs directory")
+    q.set_defaults(func=cmd_sweep_list)
     return parser
 
 
@@ -771,7 +884,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv[0] if argv else None, _choice_in(argv))
-        if argv[:1] == ["jobs"] and "submit" in argv:  # submit passes the `train` flags through
+        if (argv[:1] == ["jobs"] and "submit" in argv) or argv[:2] == ["sweep", "run"]:  # `train` flags pass through
             ns, extra = parser.parse_known_args(argv)
             ns.extra = extra
         else:

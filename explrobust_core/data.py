@@ -140,6 +140,18 @@ Loader = Callable[[Config, Split], ImageDataset]
 DATASETS: Registry[Loader] = Registry("dataset")
 
 
+# grey-scale digit-like sets whose papers attack at ε = 0.3; every other (colour) set uses 8/255
+_MNIST_LIKE = frozenset({"mnist5k", "digits", "mnist", "fashionmnist"})
+
+
+def default_budgets(name: str) -> dict[str, float]:
+    """The usual L∞ budget ε and SEP noise σ of a dataset, in pixel units (MNIST-like: 0.3 / 0.1;
+    colour datasets: 8/255 for both, the CIFAR-10 convention)."""
+    if name in _MNIST_LIKE:
+        return {"eps": 0.3, "sigma": 0.1}
+    return {"eps": 8 / 255, "sigma": 8 / 255}
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("EXPLROBUST_DATA", Path.home() / "explrobust_data")).expanduser()
 

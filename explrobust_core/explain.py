@@ -132,6 +132,20 @@ class GradientConfig(Config):
     score: Score = Field("logit", description="explain this output of the target class")
 
 
+InputSpace = Literal["pixel", "model"]
+
+
+class InputSpaceConfig(Config):
+    space: InputSpace = Field(
+        "pixel", description="'pixel': x ⊙ ∇ₓf, zero baseline = black image (captum's form); 'model': in the "
+                             "normalised input z = (x − μ)/σ, z ⊙ ∇_z f = (x − μ) ⊙ ∇ₓf, zero baseline z = 0 "
+                             "(the Dombrowski reference code's form)")
+
+
+class GradientXInputConfig(GradientConfig, InputSpaceConfig):
+    pass
+
+
 class IntegrationRule(Config):
     n_steps: int = Field(50, ge=1, le=2048, description="points on the path from baseline to input")
     rule: Literal["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"] = Field(
@@ -144,7 +158,7 @@ class BaselineConfig(Config):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for random baselines / noise")
 
 
-class IntegratedGradientsConfig(GradientConfig, IntegrationRule, BaselineConfig):
+class IntegratedGradientsConfig(GradientConfig, IntegrationRule, BaselineConfig, InputSpaceConfig):
     internal_batch_size: int = Field(512, ge=1, le=65536, description="inputs per forward pass (memory bound)")
 
 
@@ -172,11 +186,27 @@ def gradient(model, x, target, cfg: GradientConfig, create_graph: bool) -> torch
                                   score=cfg.score, internal_batch_size=x.shape[0], create_graph=create_graph)
 
 
-@EXPLAINERS.register("gradient_x_input", config=GradientConfig, tags=("differentiable",),
-                     summary="Gradient × input")
-def gradient_x_input(model, x, target, cfg: GradientConfig, create_graph: bool) -> torch.Tensor:
+def _model_space_origin(model: nn.Module, x: torch.Tensor, space: InputSpace) -> torch.Tensor | None:
+    """The pixel image whose normalised input is z = 0 (the model's mean μ), or None in pixel space.
+
+    In the model's input space z = (x − μ)/σ the chain rule gives ∇_z f = σ ⊙ ∇ₓf, so
+    z ⊙ ∇_z f = (x − μ) ⊙ ∇ₓf: only μ is needed, σ cancels.
+    """
+    if space == "pixel":
+        return None
+    from .models import input_normalization
+
+    mean, _ = input_normalization(model)
+    return mean.to(device=x.device, dtype=x.dtype).expand_as(x)
+
+
+@EXPLAINERS.register("gradient_x_input", config=GradientXInputConfig, tags=("differentiable",),
+                     summary="Gradient × input, in pixel space (x ⊙ ∇ₓf) or the model's input space")
+def gradient_x_input(model, x, target, cfg: GradientXInputConfig, create_graph: bool) -> torch.Tensor:
     x = _prepare_input(x, create_graph)
-    return x * gradient(model, x, target, cfg, create_graph)
+    origin = _model_space_origin(model, x, cfg.space)
+    grad = gradient(model, x, target, cfg, create_graph)
+    return (x if origin is None else x - origin) * grad
 
 
 def integration_rule(rule: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +249,9 @@ def make_baseline(x: torch.Tensor, cfg: BaselineConfig, generator: torch.Generat
                      summary="Integrated gradients (Sundararajan et al.): (x − x′) ⊙ ∫ ∇score(x′ + α(x − x′)) dα")
 def integrated_gradients(model, x, target, cfg: IntegratedGradientsConfig, create_graph: bool) -> torch.Tensor:
     x = _prepare_input(x, create_graph)
-    baseline = make_baseline(x, cfg)
+    origin = _model_space_origin(model, x, cfg.space) if cfg.baseline == "zero" else None
+    # other baselines are pixel images: (z − z′) ⊙ ∇_z = (x − x′) ⊙ ∇ₓ, the same in both spaces
+    baseline = make_baseline(x, cfg) if origin is None else origin
     diff = x - baseline
     alphas, weights = (t.to(x.device, x.dtype) for t in integration_rule(cfg.rule, cfg.n_steps))
     shape = (-1,) + (1,) * x.ndim

@@ -576,3 +576,52 @@ def sep_comparison_figure(rows: list[dict], eps: float, title: str = ""):
             fig.suptitle(title)
         fig.tight_layout()
     return fig
+
+
+def sweep_figure(rows: list[dict], field: str, series: str | None = None, title: str = ""):
+    """A sweep as the SEP paper's sensitivity tables read: accuracy (clean, PGD) on the left and
+    L_e start / end (×10⁻⁷, end with its CI) on the right, against the swept ``field``.
+
+    The swept values sit at evenly spaced positions in sorted order (a λ grid spans both signs and
+    several orders of magnitude); ``series`` (a second swept field) gives one line per value.
+    Rows without numbers yet (points still running) are left out.
+    """
+    import matplotlib
+
+    done = [r for r in rows if r.get("clean_accuracy") is not None]
+    values = sorted({r[field] for r in done}, key=lambda v: (isinstance(v, str), v))
+    pos = {v: i for i, v in enumerate(values)}
+    groups = sorted({r.get(series) for r in done}, key=str) if series else [None]
+    with matplotlib.rc_context(PUBLICATION_STYLE):
+        fig, (left, right) = new_figure(ncols=2, width=max(3.0, 0.45 * len(values) + 1.2), height=2.6)
+        for gi, group in enumerate(groups):
+            part = sorted((r for r in done if series is None or r.get(series) == group), key=lambda r: pos[r[field]])
+            x = np.array([pos[r[field]] for r in part], dtype=float)
+            tag = "" if series is None else f" ({series}={group})"
+
+            def column(key: str, scale: float = 1.0) -> np.ndarray:
+                return np.array([np.nan if r.get(key) is None else scale * r[key] for r in part], dtype=float)
+
+            left.plot(x, column("clean_accuracy", 100), marker="o", markersize=3, linewidth=1.1, color=f"C{2 * gi}",
+                      label="clean" + tag)
+            eps = next((r["pgd_eps"] for r in part if r.get("pgd_eps") is not None), None)
+            left.plot(x, column("pgd_accuracy", 100), marker="s", markersize=3, linewidth=1.1, linestyle="--",
+                      color=f"C{2 * gi + 1}", label=(f"PGD ε={eps:g}" if eps is not None else "PGD") + tag)
+            end, low, high = column("le_end"), column("le_end_ci_low"), column("le_end_ci_high")
+            err = np.clip(np.vstack([np.nan_to_num(end - low), np.nan_to_num(high - end)]), 0, None)
+            right.plot(x, column("le_start"), marker="o", markersize=3, linewidth=1.0, color=f"C{2 * gi}", alpha=0.6,
+                       label="L_e start" + tag)
+            right.errorbar(x, end, yerr=err, marker="s", markersize=3, linewidth=1.1, capsize=2, color=f"C{2 * gi + 1}",
+                           label="L_e end" + tag)
+        left.set_ylabel("accuracy (%)")
+        right.set_ylabel("explanation loss ×10⁻⁷")
+        for ax in (left, right):
+            ax.set_xlabel(field)
+            ax.set_xticks(range(len(values)))
+            ax.set_xticklabels([f"{v:g}" if isinstance(v, float) else str(v) for v in values], rotation=30, ha="right")
+            ax.grid(alpha=0.3)
+            ax.legend(frameon=False, loc="best", fontsize=6)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+    return fig

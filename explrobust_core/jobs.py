@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Protocol
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
+from .cancellation import Cancelled, cancellable
 from .io import atomic_write_bytes, check_name, runs_dir
 from .registry import Config, ConfigError, format_validation_error
 from .training.trainer import TrainConfig
@@ -45,27 +46,37 @@ MAX_LOSS_POINTS = 400  # loss-curve points kept per job (older ones are thinned)
 # --------------------------------------------------------------------------- specs
 
 
-class TrainJobSpec(Config):
-    """Train one model; the checkpoint joins the user zoo when the job finishes."""
+class EvaluationRequest(Config):
+    """An evaluation protocol: a preset and/or EvaluationConfig overrides, validated when given."""
 
-    kind: Literal["train"] = "train"
-    train: TrainConfig = Field(..., description="the training run: objective + config, dataset, architecture, …")
+    preset: str | None = Field(None, description="an evaluation preset (rar_mnist, sep_mnist, …)")
+    evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides")
 
-    @field_validator("train")
+    @field_validator("preset")
     @classmethod
-    def _reads_only(cls, v: TrainConfig) -> TrainConfig:
-        if v.dataset_config.get("download"):  # a download writes into the data root, outside the runs directory
-            raise ValueError("dataset_config.download is not allowed in a job: download the dataset first")
+    def _preset(cls, v: str | None) -> str | None:
+        from .evaluate import PRESETS
+
+        if v is not None and v not in PRESETS:
+            raise ValueError(f"unknown preset {v!r}; known: {', '.join(sorted(PRESETS))}")
         return v
 
+    @model_validator(mode="after")
+    def _valid_protocol(self):
+        self.evaluation_config()  # refuse a bad protocol at submit time, not when the job runs
+        return self
 
-class EvaluateJobSpec(Config):
+    def evaluation_config(self):
+        from .evaluate import make_evaluation_config
+
+        return make_evaluation_config(self.preset, **self.evaluation)
+
+
+class EvaluateJobSpec(EvaluationRequest):
     """Evaluate one zoo checkpoint (clean/PGD accuracy and explanation robustness)."""
 
     kind: Literal["evaluate"] = "evaluate"
     model: str = Field(..., description="zoo model as dataset/name, e.g. mnist5k/natural")
-    preset: str | None = Field(None, description="an evaluation preset (rar_mnist, …)")
-    evaluation: dict[str, Any] = Field(default_factory=dict, description="EvaluationConfig overrides")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
 
     @field_validator("model")
@@ -78,19 +89,25 @@ class EvaluateJobSpec(Config):
             check_name(p, "model name")
         return v
 
-    @field_validator("preset")
+
+class TrainJobSpec(Config):
+    """Train one model; the checkpoint joins the user zoo when the job finishes.
+
+    With ``evaluate_after`` the same job then evaluates the new model under that protocol and
+    stores the result where the Robustness study page reads it (what a sweep point needs).
+    """
+
+    kind: Literal["train"] = "train"
+    train: TrainConfig = Field(..., description="the training run: objective + config, dataset, architecture, …")
+    evaluate_after: EvaluationRequest | None = Field(None, description="evaluate the trained model under this protocol")
+    sweep: str | None = Field(None, max_length=64, description="the sweep this job is a point of (for listings)")
+
+    @field_validator("train")
     @classmethod
-    def _preset(cls, v: str | None) -> str | None:
-        from .evaluate import PRESETS
-
-        if v is not None and v not in PRESETS:
-            raise ValueError(f"unknown preset {v!r}; known: {', '.join(sorted(PRESETS))}")
+    def _reads_only(cls, v: TrainConfig) -> TrainConfig:
+        if v.dataset_config.get("download"):  # a download writes into the data root, outside the runs directory
+            raise ValueError("dataset_config.download is not allowed in a job: download the dataset first")
         return v
-
-    def evaluation_config(self):
-        from .evaluate import make_evaluation_config
-
-        return make_evaluation_config(self.preset, **self.evaluation)
 
 
 JobSpec = Annotated[TrainJobSpec | EvaluateJobSpec, Field(discriminator="kind")]
@@ -103,11 +120,6 @@ def parse_spec(data: dict[str, Any] | str) -> TrainJobSpec | EvaluateJobSpec:
         spec = _SPEC.validate_json(data) if isinstance(data, str) else _SPEC.validate_python(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "job spec")) from None
-    if isinstance(spec, EvaluateJobSpec):
-        try:
-            spec.evaluation_config()
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, "job spec: evaluation")) from None
     return spec
 
 
@@ -125,8 +137,8 @@ class JobNotFound(KeyError, ValueError):
         return str(self.args[0]) if self.args else "no such job"
 
 
-class JobCancelled(Exception):
-    """Raised inside a worker when its job was asked to stop."""
+class JobCancelled(Cancelled):
+    """Raised inside a worker when its job was asked to stop (between evaluation stages)."""
 
 
 @dataclass
@@ -524,33 +536,47 @@ def _run_training(store: JobStore, job: Job, spec: TrainJobSpec, reporter: _Repo
                   stop: Callable[[], bool]) -> str:
     from .training.trainer import train
 
-    outcome = train(spec.train, store.job_dir(job.id), progress=reporter.train_event, should_stop=stop,
-                    command=f"explrobust jobs submit (job {job.id})")
-    if not outcome.finished:
-        return "cancelled" if store.get(job.id).cancel_requested else "interrupted"
-    registered = register_checkpoint(outcome.checkpoint, spec.train.dataset, spec.train.name)
-    store.update(job.id, result={"checkpoint": str(outcome.checkpoint), "zoo_checkpoint": str(registered),
-                                 "model": f"{spec.train.dataset}/{spec.train.name}"})
+    model = f"{spec.train.dataset}/{spec.train.name}"
+    done_before = store.get(job.id).result
+    if done_before.get("zoo_checkpoint") and spec.evaluate_after is not None:
+        registered = Path(done_before["zoo_checkpoint"])  # a resumed job whose training had finished
+    else:
+        outcome = train(spec.train, store.job_dir(job.id), progress=reporter.train_event, should_stop=stop,
+                        command=f"explrobust jobs submit (job {job.id})")
+        if not outcome.finished:
+            return "cancelled" if store.get(job.id).cancel_requested else "interrupted"
+        registered = register_checkpoint(outcome.checkpoint, spec.train.dataset, spec.train.name)
+        store.update(job.id, result={"checkpoint": str(outcome.checkpoint), "zoo_checkpoint": str(registered),
+                                     "model": model})
+    if spec.evaluate_after is not None:
+        evaluation = _evaluate_zoo_model(store, model, spec.evaluate_after, spec.train.device, reporter)
+        store.update(job.id, result={**store.get(job.id).result, **evaluation})
     return "done"
 
 
-def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: _Reporter) -> str:
+def _evaluate_zoo_model(store: JobStore, model_name: str, request: EvaluationRequest, device: str,
+                        reporter: _Reporter) -> dict[str, Any]:
     """Evaluate and store the result where the Robustness study page reads it (runs/study/…)."""
     from . import study
     from .data import load_dataset
     from .zoo import list_checkpoints, load_checkpoint, shipped_zoo_dir, user_zoo_dir
 
     entries = [e for e in list_checkpoints(shipped_zoo_dir(), user_zoo_dir())
-               if e.card is not None and f"{e.card.dataset}/{e.card.name}" == spec.model]
+               if e.card is not None and f"{e.card.dataset}/{e.card.name}" == model_name]
     if not entries:
-        raise ConfigError(f"model: no checkpoint {spec.model!r} in the zoo")
-    info = study.collect(entries[:1], store.root).models[spec.model]
-    cfg = spec.evaluation_config()
-    model, card = load_checkpoint(info.path, spec.device)
-    out = study.evaluate_and_store(model, info, load_dataset(card.dataset, cfg.split), cfg,
-                                   preset=spec.preset or "job", runs=store.root, progress=reporter.stage)
+        raise ConfigError(f"model: no checkpoint {model_name!r} in the zoo")
+    info = study.collect(entries[:1], store.root).models[model_name]
+    cfg = request.evaluation_config()
+    model, card = load_checkpoint(info.path, device)
+    with cancellable(reporter.stop):  # the attack and PGD loops check it every step
+        out = study.evaluate_and_store(model, info, load_dataset(card.dataset, cfg.split), cfg,
+                                       preset=request.preset or "job", runs=store.root, progress=reporter.stage)
     summary = json.loads(out.read_text())["summary"]
-    store.update(job.id, result={"evaluation": str(out), "model": spec.model, "summary": summary})
+    return {"evaluation": str(out), "model": model_name, "summary": summary}
+
+
+def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: _Reporter) -> str:
+    store.update(job.id, result=_evaluate_zoo_model(store, spec.model, spec, spec.device, reporter))
     return "done"
 
 
@@ -579,7 +605,7 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
                 status = _run_training(store, job, spec, reporter, reporter.stop)
             else:
                 status = _run_evaluation(store, job, spec, reporter)
-        except JobCancelled:  # an evaluation stopped between stages; nothing partial is stored
+        except Cancelled:  # an evaluation stopped mid-attack or between stages; nothing partial is stored
             status = "cancelled" if store.get(job_id).cancel_requested else "interrupted"
         store.update(job_id, status=status, finished=time.time())
         print(f"job {job_id}: {status}", flush=True)

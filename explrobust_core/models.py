@@ -41,6 +41,19 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def input_normalization(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(1, C, 1, 1)`` mean and std of the model's own :class:`Normalize` layer (the first one).
+
+    Explanations "in the model's input space" need them; a model without a Normalize layer is
+    refused rather than silently taken as unnormalised.
+    """
+    for module in model.modules():
+        if isinstance(module, Normalize):
+            return module.mean, module.std
+    raise ValueError("this model has no Normalize layer, so its input space is unknown; "
+                     "use space='pixel' or wrap it with its mean and std")
+
+
 class ImageClassifier(nn.Module):
     """normalize → features (to a flat penultimate vector) → linear head."""
 

@@ -46,9 +46,24 @@ def study_dir(runs: str | os.PathLike | None = None) -> Path:
 _NOT_PROTOCOL = ("checkpoint", "model", "dataset", "preset", "batch_size", "attack_batch_size")
 
 
+def with_recorded_input_space(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config from before the input space was an option says nothing about it; it was pixel
+    space then. Written out, so re-running it (the targeted attack now defaults to the model's input
+    space) measures the same protocol and its id stays the same."""
+    from .explain import EXPLAINERS
+
+    targeted = config.get("targeted")
+    if not isinstance(targeted, dict):
+        return config
+    explainer, options = targeted.get("explainer", "gradient"), targeted.get("explainer_options") or {}
+    if explainer in EXPLAINERS and "space" in EXPLAINERS.get(explainer).config.model_fields and "space" not in options:
+        return {**config, "targeted": {**targeted, "explainer_options": {**options, "space": "pixel"}}}
+    return config
+
+
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
     """The part of an evaluation config that decides its numbers (the attack that did not run is dropped)."""
-    cfg = {k: v for k, v in config.items() if k not in _NOT_PROTOCOL}
+    cfg = {k: v for k, v in with_recorded_input_space(config).items() if k not in _NOT_PROTOCOL}
     attack = cfg.get("explanation_attack", "ifia")
     for name in ("ifia", "targeted"):
         if attack != name:
@@ -595,7 +610,7 @@ def quick_config(dataset: str, base: dict[str, Any] | None = None, shipped_root:
     base = {k: v for k, v in (base or {}).items() if k not in ("checkpoint", "model", "dataset", "preset")}
     eps_list = list(base.get("eps_list") or ([0.1, 0.2, 0.3] if channels == 1 else [2 / 255, 4 / 255, 8 / 255]))
     pairs = Path(shipped_root if shipped_root is not None else shipped_zoo_dir()) / dataset / "pairs_way3.json"
-    targeted = dict(base.get("targeted") or {"explainer": "gradient_x_input"})
+    targeted = dict(base.get("targeted") or {"explainer": "gradient_x_input", "explainer_options": {"space": "model"}})
     targeted.update(steps=min(int(targeted.get("steps", 50)), 50), record_every=25)
     pgd = dict(base.get("pgd") or {})
     pgd.update(steps=10, step_size=round(2.5 * max(eps_list, default=0.3) / 10, 6))
@@ -615,13 +630,29 @@ def quick_config_for(collection: Collection, dataset: str, entries: Iterable[Any
     return quick_config(dataset, base, channels=channels)
 
 
+def quick_protocol(dataset: str, runs: str | os.PathLike | None = None):
+    """The quick protocol of ``dataset`` for the whole zoo (shipped + user), the same one the
+    Robustness study page, the Training jobs page and ``explrobust sweep`` use, so their results
+    fill the same column."""
+    from .data import known_info
+    from .zoo import list_checkpoints, shipped_zoo_dir, user_zoo_dir
+
+    entries = [e for e in list_checkpoints(shipped_zoo_dir(), user_zoo_dir())
+               if e.card is not None and e.card.dataset == dataset]
+    if entries:
+        return quick_config_for(collect(entries, runs), dataset, entries)
+    info = known_info(dataset)
+    return quick_config(dataset, channels=info.input_shape[0] if info else 1)
+
+
 def runnable_config(config: dict[str, Any], dataset: str, shipped_root: str | os.PathLike | None = None):
     """A stored evaluation's config, ready to run again: its provenance fields dropped and a relative
     pair file (as the zoo build records it) found again in the shipped zoo."""
     from .evaluate import make_evaluation_config
     from .zoo import shipped_zoo_dir
 
-    values = {k: v for k, v in config.items() if k not in ("checkpoint", "model", "dataset", "preset")}
+    values = {k: v for k, v in with_recorded_input_space(config).items()
+              if k not in ("checkpoint", "model", "dataset", "preset")}
     if values.get("pairs_file") and not Path(values["pairs_file"]).is_file():
         root = Path(shipped_root) if shipped_root is not None else shipped_zoo_dir()
         found = root / dataset / Path(str(values["pairs_file"])).name

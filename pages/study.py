@@ -5,9 +5,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from explrobust_core import study
+from explrobust_core import study, sweep
 from explrobust_core.evaluate import overall_fraction
-from explrobust_core.figures import robustness_scatter_figure, sep_comparison_figure, trades_sweep_figure
+from explrobust_core.figures import (robustness_scatter_figure, sep_comparison_figure, sweep_figure,
+                                     trades_sweep_figure)
 from pages import ui
 
 ui.page_header(
@@ -252,6 +253,14 @@ def show_results() -> None:
             paper = pd.DataFrame(study.PAPER_MNIST_TABLE)
             st.dataframe(paper, hide_index=True, width="stretch")
             ui.downloads("study_paper_mnist", data=paper)
+        searched = sweep.shipped_sweep(dataset)
+        if searched:
+            with st.expander("How the shipped SEP models were chosen: the λ sweep (its own, cheaper protocol)"):
+                st.markdown(searched.get("note", ""))
+                table = pd.DataFrame(searched["rows"])
+                st.dataframe(table, hide_index=True, width="stretch")
+                ui.show_figure(sweep_figure([r for r in searched["rows"] if r["objective"] == "sep"], "lam"),
+                               "study_sep_sweep", data=table)
 
 if rows:
     try:

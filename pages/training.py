@@ -1,13 +1,15 @@
 """Training jobs: queue training or evaluation runs as background processes; watch, cancel, resume."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 from pydantic import ValidationError
 
+from explrobust_core import figures, study, sweep
 from explrobust_core.data import DATASETS
-from explrobust_core.evaluate import PRESETS
+from explrobust_core.evaluate import PRESETS, deep_merge, make_evaluation_config
 from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, TrainJobSpec, tail
 from explrobust_core.models import ARCHITECTURES
 from explrobust_core.registry import ConfigError, format_validation_error
@@ -25,7 +27,18 @@ ui.page_header(
 
 
 ex = ui.executor()
-train_tab, eval_tab = st.tabs(["Train a model", "Evaluate a model"])
+train_tab, eval_tab, sweep_tab = st.tabs(["Train a model", "Evaluate a model", "Sweep"])
+
+
+def protocol(choice: str, dataset_name: str, overrides: str = "") -> dict:
+    """quick: the Robustness study's quick protocol (its results fill the same column there); the
+    others are the papers' presets. ``overrides``: optional JSON merged over either."""
+    extra = json.loads(overrides) if overrides.strip() else {}
+    if choice == "quick":
+        quick = study.quick_protocol(dataset_name, ex.store.root).model_dump(mode="json")
+        return {"evaluation": make_evaluation_config(**deep_merge(quick, extra)).model_dump(mode="json")}
+    return {"preset": choice, "evaluation": extra}
+
 
 with train_tab:
     top = st.columns(3)
@@ -67,19 +80,51 @@ with eval_tab:
         go = st.form_submit_button("Start evaluation")
     if go and model:
         try:
-            quick = {}
-            if preset == "quick":
-                from explrobust_core import study
-
-                entries = ui.checkpoints()
-                dataset_name = entries[model].card.dataset
-                collection = study.collect(entries.values())
-                quick = study.quick_config_for(collection, dataset_name, entries.values()).model_dump(mode="json")
-            spec = EvaluateJobSpec(model=model, preset=None if preset == "quick" else preset, evaluation=quick)
+            spec = EvaluateJobSpec(model=model, **protocol(preset, ui.checkpoints()[model].card.dataset))
             job = ex.submit(spec)
             st.success(f"Job {job.id} is {job.status}.")
         except (ConfigError, ValueError) as err:
             st.error(str(err))
+
+
+with sweep_tab:
+    st.caption("A grid over one or two options of an objective (SEP's λ and σ, TRADES' β): each point is a "
+               "training job that evaluates its model when trained; the table and figure fill in as points finish.")
+    top = st.columns(3)
+    s_objective = top[0].selectbox("Objective", OBJECTIVES.names(), index=OBJECTIVES.names().index("sep"), key="sw-obj")
+    fields = list(OBJECTIVES.get(s_objective).config.model_fields)
+    s_dataset = top[1].selectbox("Dataset", DATASETS.names(), index=DATASETS.names().index("mnist5k"), key="sw-data")
+    s_preset = top[2].selectbox("Protocol", ["quick"] + sorted(PRESETS), key="sw-protocol")
+    with st.form("sweep-form"):
+        cols = st.columns(2)
+        s_name = cols[0].text_input("Sweep name", "my_sweep", key="sweep-name")
+        grid_text = cols[1].text_input("Grid (FIELD=V1,V2,… ; a second field after ';')", "lam=-3000,1000,50000",
+                                       help="fields of this objective: " + ", ".join(fields), key="sweep-grid")
+        s_overrides = st.text_input("Protocol overrides (JSON, optional)", "", key="sweep-overrides",
+                                    help='e.g. {"n_images": 500, "targeted": {"steps": 100}}')
+        s_run = ui.config_inputs(TrainConfig, f"sweep-{s_objective}", overrides={"name": "x", "epochs": 1,
+                                                                    "max_train_images": 1000, "eval_images": 200},
+                                 skip=("name", "dataset", "objective", "objective_config", "dataset_config",
+                                       "arch_config", "step_every", "step_gamma", "momentum", "amp", "device"))
+        s_parallel = st.number_input("Points trained at once", 1, 64, 1, key="sweep-parallel")
+        go_sweep = st.form_submit_button("Start sweep")
+    if go_sweep:
+        try:
+            spec = sweep.make_spec(name=s_name, train={**s_run, "dataset": s_dataset, "objective": s_objective},
+                                   grid=sweep.parse_grid([g for g in grid_text.split(";") if g.strip()]),
+                                   evaluate=protocol(s_preset, s_dataset, s_overrides), max_parallel=int(s_parallel))
+            st.success(f"Sweep {spec.name}: {len(sweep.submit(spec, ex)['points'])} points queued.")
+        except (ConfigError, ValueError) as err:
+            st.error(str(err))
+    for name in sweep.list_sweeps(ex.store.root):
+        state = sweep.load_state(name, ex.store.root)
+        rows = sweep.status_rows(state, ex.store)
+        grid = list(state["spec"]["grid"])
+        st.markdown(f"**Sweep {name}** — {sum(r['status'] == 'done' for r in rows)}/{len(rows)} points done")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        if any(r["clean_accuracy"] is not None for r in rows):
+            ui.show_figure(figures.sweep_figure(rows, grid[0], grid[1] if len(grid) > 1 else None),
+                           f"sweep_{name}", data=rows)
 
 
 def _status_icon(status: str) -> str:

@@ -11,7 +11,10 @@ from explrobust_core.sampling import way1_pairs, way2_pairs
 def test_presets_validate_and_overrides_merge():
     for name in PRESETS:
         cfg = make_evaluation_config(name)
-        assert cfg.ifia.explainer == "integrated_gradients" and cfg.ifia.explainer_options["n_steps"] == 100
+        if name.startswith("sep"):  # the SEP protocol: Dombrowski's targeted attack, maps in the model's input space
+            assert cfg.explanation_attack == "targeted" and cfg.targeted.explainer_options == {"space": "model"}
+        else:  # RAR's and ART's: IFIA on IG maps
+            assert cfg.ifia.explainer == "integrated_gradients" and cfg.ifia.explainer_options["n_steps"] == 100
     cfg = make_evaluation_config("rar_mnist", ifia={"steps": 7})
     assert cfg.ifia.steps == 7 and cfg.ifia.k == 200 and cfg.pgd.steps == 40  # the rest of the preset stays
     with pytest.raises(ConfigError, match="unknown preset"):

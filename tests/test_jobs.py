@@ -226,10 +226,13 @@ def test_an_evaluation_job_stores_its_result(runs):
 
 
 def test_an_evaluation_job_can_be_cancelled_and_stores_nothing(runs):
+    """The evaluation is made far longer than any machine finishes (PGD with 10,000 steps on one
+    image per batch), so the test does not depend on machine speed: only a cancel checked inside the
+    PGD loop can end it within the timeout, which is generous for a loaded machine."""
     executor = LocalExecutor(JobStore(runs))
     spec = parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": "cpu",
-                       "evaluation": {"n_images": 1000, "batch_size": 16, "eps_list": [0.1, 0.2, 0.3],
-                                      "pgd": {"steps": 40, "step_size": 0.01}}})
+                       "evaluation": {"n_images": 1000, "batch_size": 1, "eps_list": [0.1, 0.2, 0.3],
+                                      "pgd": {"steps": 10_000, "step_size": 0.01}}})
     job = executor.submit(spec)
     wait_for(lambda: executor.store.get(job.id).progress.get("stage"), what="the evaluation to start")
     executor.cancel(job.id)

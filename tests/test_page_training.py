@@ -58,6 +58,37 @@ def test_bad_values_are_refused_with_the_field_named(private_runs):
     assert "name" in at.error[0].value and JobStore().list() == []
 
 
+def test_a_three_point_sweep_from_the_page_fills_its_table_and_figure(private_runs):
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/training.py").run()
+    at.selectbox(key="sw-data").set_value("digits").run()
+    at.text_input(key="sweep-name").set_value("page_sweep")
+    at.text_input(key="sweep-grid").set_value("lam=-1000,0,1000")
+    at.text_input(key="sweep-overrides").set_value(json.dumps(
+        {"n_images": 60, "eps_list": [0.2], "pgd": {"steps": 3}, "n_explanation_images": 3,
+         "targeted": {"steps": 3, "record_every": 1}}))
+    for field, value in {"epochs": 1, "eval_images": 50, "eval_pgd_steps": 0}.items():
+        at.number_input(key=f"sweep-sep-{field}").set_value(value)
+    at.text_input(key="sweep-sep-max_train_images").set_value("300")  # optional: a text box
+    at.number_input(key="sweep-parallel").set_value(3)
+    next(b for b in at.button if b.label == "Start sweep").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("3 points queued" in s.value for s in at.success)
+    executor = LocalExecutor(JobStore())
+    for job in executor.store.list():
+        assert job.spec["sweep"] == "page_sweep" and job.spec["train"]["epochs"] == 1
+        assert executor.wait(job.id, timeout=300).status == "done", Path(job.log_path).read_text()
+    at.run()
+    assert not at.exception
+    assert any("3/3 points done" in m.value for m in at.markdown)
+    table = next(d.value for d in at.dataframe if "lam" in d.value.columns)
+    assert sorted(table["lam"]) == [-1000.0, 0.0, 1000.0] and table["le_end"].notna().all()
+
+
 @pytest.mark.browser
 def test_browser_submits_a_one_epoch_job_and_sees_it_in_the_zoo(browser_page):
     from playwright.sync_api import expect

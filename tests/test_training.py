@@ -179,3 +179,28 @@ def test_train_cli_errors_are_one_line(tmp_path, capsys):
     assert "differentiable explainer" in capsys.readouterr().err
     assert main(["train", "--name", "../x", "--dataset", "digits", "--out", str(tmp_path)]) == 2
     assert "invalid run name" in capsys.readouterr().err
+
+
+def test_budgets_default_to_the_dataset_and_are_recorded():
+    """A colour dataset must not silently train at MNIST's ε = 0.3; an explicit value wins."""
+    colour = TrainConfig(name="c", dataset="cifar10", objective="sep")
+    assert colour.objective_config["eps"] == pytest.approx(8 / 255) and colour.eval_pgd_eps == pytest.approx(8 / 255)
+    assert colour.objective_config["sigma"] == pytest.approx(8 / 255)
+    grey = TrainConfig(name="g", dataset="mnist5k", objective="trades", objective_config={"eps": 0.2})
+    assert grey.objective_config == {"eps": 0.2} and grey.eval_pgd_eps == 0.3  # TRADES has no σ
+    assert TrainConfig(name="n", dataset="cifar10").objective_config == {}  # natural training has no budget
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_sep_logs_its_term_and_the_terms_bound(digits_train, reduction):
+    torch.manual_seed(0)
+    info = digits_train.info
+    model = build_model("convnet", input_shape=info.input_shape, num_classes=10, mean=info.mean, std=info.std)
+    x, y = digits_train.batch(range(16))
+    cfg = OBJECTIVES.get("sep").make_config({"lam": -50.0, "steps": 1, "reduction": reduction})
+    loss, terms = OBJECTIVES.get("sep").obj(model, x, y, cfg, torch.Generator().manual_seed(0))
+    pixels = x.shape[-2] * x.shape[-1]
+    assert terms["stability_bound"] == pytest.approx(2 / pixels if reduction == "mean" else 2.0)
+    assert 0 < terms["explanation_stability"] <= terms["stability_bound"]
+    assert terms["lam_x_stability"] == pytest.approx(-50.0 * terms["explanation_stability"])
+    assert loss.item() == pytest.approx(terms["ce_adv"] + terms["lam_x_stability"], rel=1e-5)

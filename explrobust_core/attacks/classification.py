@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..cancellation import raise_if_cancelled
 from ..models import eval_mode
 from ..registry import Config, MissingExtraError, Registry
 from ..results import Result
@@ -123,6 +124,7 @@ def pgd_perturb(
     best = x_adv.clone()
     succeeded = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for step in range(steps + 1):
+        raise_if_cancelled("PGD")
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             logits = model(x_adv)
@@ -162,6 +164,7 @@ def pgd_ascent(
     delta = random_start(x, eps_t, norm, generator or torch.Generator().manual_seed(0)) if random_init else 0
     x_adv = (x + delta).clamp(0, 1)
     for _ in range(steps):
+        raise_if_cancelled("PGD ascent")
         x_adv.requires_grad_(True)
         with torch.enable_grad():
             (grad,) = torch.autograd.grad(objective(x_adv).sum(), x_adv)
@@ -289,6 +292,7 @@ def minimal_flip_eps(
         lo = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
         hi = torch.full_like(lo, eps_max)
         for _ in range(iterations):
+            raise_if_cancelled("minimal ε bisection")
             mid = (lo + hi) / 2
             _, ok = pgd_perturb(model, images, labels, eps=mid, steps=cfg.steps,
                                 step_size=None if cfg.step_size is None else cfg.step_size * mid / eps_max,

@@ -19,6 +19,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from ..cancellation import raise_if_cancelled
 from ..explain import EXPLAINERS, attribute
 from ..metrics import (attribution_to_map, center_of_mass, center_of_mass_shift, explanation_loss, in_paper_units,
                        kendall_tau, spearman_rho, topk_intersection)
@@ -85,6 +86,21 @@ class TargetedConfig(_ExplainerChoice):
     record_every: int = Field(10, ge=1, le=10_000, description="record L_e, output drift and label every n steps")
     keep: Literal["best", "last"] = Field(
         "best", description="report the recorded iterate with the lowest L_e that keeps the label, or the last")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reference_input_space(cls, data: Any) -> Any:
+        """Gradient×input and zero-baseline IG maps default to the model's input space here, as the
+        Dombrowski reference code computes them; ``explainer_options={"space": "pixel"}`` opts out.
+        Written into the config, so every stored result says which space it used."""
+        if not isinstance(data, dict):
+            return data
+        explainer = data.get("explainer", "gradient")
+        options = data.get("explainer_options") or {}
+        if (explainer in EXPLAINERS and isinstance(options, dict) and "space" not in options
+                and "space" in EXPLAINERS.get(explainer).config.model_fields):
+            data = {**data, "explainer_options": {**options, "space": "model"}}
+        return data
 
 
 EXPLANATION_ATTACKS: Registry[Callable[..., Result]] = Registry("explanation attack")
@@ -200,6 +216,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
             if cfg.random_start:
                 x_adv = (x + (torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device) * 2 - 1) * cfg.eps).clamp(0, 1)
             for _ in range(cfg.steps):
+                raise_if_cancelled("IFIA")
                 if cfg.objective == "random":
                     direction = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
                 else:
@@ -305,6 +322,7 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
 
         record(0, x)
         for step, beta in enumerate(betas, start=1):
+            raise_if_cancelled("targeted attack")
             if hasattr(net, "beta"):
                 net.beta = beta
             opt.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..attacks.classification import pgd_ascent, pgd_perturb
-from ..explain import EXPLAINERS, attribute
+from ..explain import EXPLAINERS, InputSpace, attribute
 from ..metrics import attribution_to_map, explanation_loss
 from ..models import eval_mode, softplus_view
 from ..registry import Config, Registry
@@ -41,11 +41,19 @@ class TradesConfig(AdversarialConfig):
 
 
 class SEPConfig(AdversarialConfig):
+    """SEP's conventions are explicit fields, recorded in every card (see README, "SEP conventions")."""
+
     lam: float = Field(5e4, ge=-1e9, le=1e9,
                        description="weight λ of ‖m(x+ζ) − m(x)‖²: > 0 flattens (SEP_pos), < 0 sharpens (SEP_neg)")
     sigma: float = Field(0.1, ge=0, le=1, description="σ of the Gaussian noise ζ, pixel units")
     explainer: str = Field("gradient_x_input", description="differentiable explanation method of the maps")
+    space: InputSpace = Field(
+        "model", description="input space of gradient×input / zero-baseline IG maps: 'model' = (x − μ) ⊙ ∇ₓf as the "
+                             "Dombrowski reference code, 'pixel' = x ⊙ ∇ₓf")
+    clamp: bool = Field(True, description="clamp the noisy input x + ζ to [0, 1]")
     on: Literal["clean", "adversarial"] = Field("clean", description="regularise maps around x or around x+δ")
+    reduction: Literal["mean", "sum"] = Field(
+        "mean", description="the squared map difference: 'mean' over pixels (L_e's form) or 'sum' (×H·W)")
     softplus_beta: float | None = Field(None, gt=0, le=1e4,
                                         description="take maps on the Softplus(β) view (none: the ReLU model)")
 
@@ -54,6 +62,10 @@ class SEPConfig(AdversarialConfig):
         if "differentiable" not in EXPLAINERS.get(self.explainer).tags:
             raise ValueError(f"SEP needs a differentiable explainer, not {self.explainer!r}")
         return self
+
+    def explainer_options(self) -> dict[str, Any]:
+        """The input space reaches the explainer when that method has one (gradient×input, IG)."""
+        return {"space": self.space} if "space" in EXPLAINERS.get(self.explainer).config.model_fields else {}
 
 
 class IGNormConfig(AdversarialConfig):
@@ -118,19 +130,28 @@ def trades(model, x, y, cfg: TradesConfig, gen):
 def sep(model, x, y, cfg: SEPConfig, gen):
     """Madry PGD-AT plus the explanation-stability term with Gaussian ζ (double backprop).
 
-    The term is always computed, so λ = 0 is exactly plain adversarial training.
+    The term is always computed, so λ = 0 is exactly plain adversarial training. Logged per batch:
+    the term, λ·term, the adversarial cross-entropy and the term's upper bound — sum-normalised
+    maps m, m′ ≥ 0 give Σ(m − m′)² ≤ Σm² + Σm′² ≤ 2, so 2/(H·W) with the mean reduction.
     """
     x_adv = _adversarial(model, x, y, cfg, gen)
     ce = F.cross_entropy(model(x_adv), y)
     base = x if cfg.on == "clean" else x_adv
     zeta = torch.randn(base.shape, generator=gen, dtype=base.dtype).to(base.device) * cfg.sigma
+    noisy = (base + zeta).clamp(0, 1) if cfg.clamp else base + zeta
     net = model if cfg.softplus_beta is None else softplus_view(model, cfg.softplus_beta)
+    options = cfg.explainer_options()
 
     def maps(inp):
-        return attribution_to_map(attribute(net, inp, cfg.explainer, target=y, create_graph=True))
+        return attribution_to_map(attribute(net, inp, cfg.explainer, target=y, create_graph=True, **options))
 
-    stability = explanation_loss(maps((base + zeta).clamp(0, 1)), maps(base)).mean()
-    return ce + cfg.lam * stability, {"ce_adv": ce.item(), "explanation_stability": stability.item()}
+    per_image = explanation_loss(maps(noisy), maps(base))
+    pixels = base.shape[-2] * base.shape[-1]
+    stability = per_image.mean() * (pixels if cfg.reduction == "sum" else 1)
+    bound = 2.0 * (1 if cfg.reduction == "sum" else 1 / pixels)
+    weighted = cfg.lam * stability
+    return ce + weighted, {"ce_adv": ce.item(), "explanation_stability": stability.item(),
+                           "lam_x_stability": weighted.item(), "stability_bound": bound}
 
 
 def loss_integrated_gradients(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor,

@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..attacks.classification import pgd_perturb
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, default_budgets, load_dataset
 from ..device import resolve_device
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name
 from ..models import ARCHITECTURES, build_model, eval_mode
@@ -60,8 +60,24 @@ class TrainConfig(Config):
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
     max_train_images: int | None = Field(None, ge=1, le=10_000_000, description="use only the first n training images")
     eval_images: int = Field(500, ge=1, le=100_000, description="held-out test images for per-epoch metrics")
-    eval_pgd_eps: float = Field(0.3, ge=0, le=1, description="ε of the per-epoch PGD accuracy")
+    eval_pgd_eps: float = Field(0.3, ge=0, le=1, description="ε of the per-epoch PGD accuracy (default: the dataset's ε)")
     eval_pgd_steps: int = Field(10, ge=0, le=1000, description="steps of the per-epoch PGD (0: skip)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dataset_budgets(cls, data: Any) -> Any:
+        """ε (and SEP's σ) default to the dataset's usual budget, written into the config so the card
+        records them: a CIFAR-10 run must not silently train at MNIST's ε = 0.3."""
+        if not isinstance(data, dict) or data.get("dataset", "mnist5k") not in DATASETS:
+            return data
+        budgets = default_budgets(data.get("dataset", "mnist5k"))
+        data = {**data, "eval_pgd_eps": data.get("eval_pgd_eps", budgets["eps"])}
+        objective = data.get("objective", "natural")
+        if objective in OBJECTIVES and isinstance(data.get("objective_config", {}), dict):
+            fields = OBJECTIVES.get(objective).config.model_fields
+            filled = {k: v for k, v in budgets.items() if k in fields}
+            data["objective_config"] = {**filled, **data.get("objective_config", {})}
+        return data
 
     @field_validator("name")
     @classmethod
@@ -240,7 +256,8 @@ def train(
         objective=cfg.objective, objective_config=obj_cfg.model_dump(mode="json"), seed=cfg.seed,
         epochs=cfg.epochs, wall_time_s=round(wall, 2), command=command,
         metrics={f"train_{k}": v for k, v in final.items() if k in ("clean_accuracy", "pgd_accuracy")} | {
-            "train_eval": {"images": int(y_eval.numel()), "pgd_eps": cfg.eval_pgd_eps, "pgd_steps": cfg.eval_pgd_steps}},
+            "train_eval": {"images": int(y_eval.numel()), "pgd_eps": cfg.eval_pgd_eps, "pgd_steps": cfg.eval_pgd_steps},
+            "training_history": history},
         notes=f"training config: {json.dumps(cfg.model_dump(mode='json'), sort_keys=True)}",
     )
     path = save_checkpoint(model.cpu(), card, out_dir, overwrite=True)
