@@ -9,10 +9,10 @@ CIFAR evaluation (§3.2, §4.5).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from .attacks.classification import PGDConfig, run_classification_attack
@@ -189,6 +189,24 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
         summary["explanation_attack_model"] = parts[0].config["attack_model"] if parts else None
     return Result(kind="evaluation", config=cfg.model_dump(mode="json"), per_image=per_image, summary=summary,
                   seconds=time.perf_counter() - started)
+
+
+class WayStabilityConfig(Config):
+    """Options of :func:`way_stability` (the ``compare-ways`` command), capped: each (way, seed) runs an attack."""
+
+    ways: list[Literal[1, 2, 3]] = Field([1, 2, 3], min_length=1, max_length=3, description="pair selections to compare")
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field([0, 1, 2], min_length=1, max_length=32,
+                                                                  description="seeds the pairs are drawn with")
+    n_pairs: int = Field(30, ge=1, le=1000, description="pairs per (way, seed)")
+    n_candidates: int = Field(1000, ge=2, le=100_000, description="pairs index the first n correctly classified images")
+    k: int = Field(10, ge=2, le=1000, description="Way3 clusters")
+
+    @field_validator("ways", "seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("give each value once")
+        return v
 
 
 def way_stability(model: nn.Module, dataset: ImageDataset, *, ways: tuple[int, ...] = (1, 2, 3), seeds: tuple[int, ...] = (0, 1, 2),
