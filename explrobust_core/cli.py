@@ -661,6 +661,17 @@ def cmd_jobs_logs(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_jobs_rebuild_store(ns: argparse.Namespace) -> int:
+    from .jobs import rebuild_store
+
+    backup, recovered, skipped = rebuild_store(ns.runs)
+    print((f"moved the old store to {backup}; " if backup else "") + f"rebuilt the job store with {len(recovered)} jobs "
+          "(unfinished ones are 'interrupted': `explrobust jobs resume ID` continues them)")
+    for line in skipped:
+        print(f"  skipped {line}", file=sys.stderr)
+    return 0
+
+
 def cmd_jobs_worker(ns: argparse.Namespace) -> int:
     from .jobs import JobStore, run_worker
 
@@ -842,6 +853,9 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     q.add_argument("id")
     q.add_argument("--lines", type=_bounded_int(1, 100_000), default=40)
     q.set_defaults(func=cmd_jobs_logs)
+    q = jobs.add_parser("rebuild-store", help="rebuild a lost or damaged jobs.sqlite from the job folders "
+                                              "(the damaged file is kept as a backup)")
+    q.set_defaults(func=cmd_jobs_rebuild_store)
     q = jobs.add_parser("worker", help="(internal) run one queued job in this process")
     q.add_argument("id")
     q.set_defaults(func=cmd_jobs_worker)
