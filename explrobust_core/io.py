@@ -101,13 +101,14 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str = "file",
         raise error(f"{what} {p} does not exist") from None
     except OSError as err:
         raise error(f"{what} {p} cannot be opened: {err.strerror or err}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
         if not stat.S_ISREG(info.st_mode):
             kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
             raise error(f"{what} {p} is {kind}, not a regular file; refused")
-        if info.st_size > limit:
-            raise error(f"{what} {p} is {info.st_size} bytes, over the {limit}-byte limit")
+        raise error(f"{what} {p} is {info.st_size} bytes, over the {limit}-byte limit")
+    with os.fdopen(fd, "rb") as f:
         try:
             data = f.read(limit + 1)
         except OSError as err:
