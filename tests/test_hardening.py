@@ -427,6 +427,9 @@ CAPPED = [
     ("explrobust_core.attacks.explanation", "IFIAConfig", ["steps", "restarts", "k", "eval_k", "seed"]),
     ("explrobust_core.attacks.explanation", "TargetedConfig", ["steps", "record_every", "seed"]),
     ("explrobust_core.landscape", "LandscapeConfig", ["points", "batch_size", "k", "seed"]),
+    ("explrobust_core.landscape", "CurvatureConfig", ["n_samples", "iterations", "seed"]),
+    ("explrobust_core.sampling", "SampleConfig", ["n_candidates", "n_pairs", "k", "seed"]),
+    ("explrobust_core.evaluate", "WayStabilityConfig", ["n_pairs", "n_candidates", "k"]),
     ("explrobust_core.evaluate", "EvaluationConfig", ["n_images", "batch_size", "n_explanation_images",
                                                       "attack_batch_size", "seed"]),
     ("explrobust_core.training.trainer", "TrainConfig", ["epochs", "batch_size", "eval_images", "eval_pgd_steps",
@@ -445,7 +448,7 @@ def test_over_cap_values_are_refused_with_the_field_named(module, cls_name, fiel
     from explrobust_core.registry import format_validation_error
 
     cls = getattr(importlib.import_module(module), cls_name)
-    required = {"name": "run"} if cls_name == "TrainConfig" else {}
+    required = {"TrainConfig": {"name": "run"}, "SampleConfig": {"way": 1}}.get(cls_name, {})
     for field in fields:
         top, inclusive = _upper(cls, field)
         over = top + 1 if inclusive else top
