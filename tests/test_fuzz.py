@@ -475,7 +475,8 @@ def _run_cli_fuzzed(sandbox: Path, argv: list[str]) -> None:
         shutil.copy(sandbox / "shipped" / "digits" / f"natural{suffix}", out / f"ckpt{suffix}")
     places = {"out": out, "ckpt": out / "ckpt.safetensors", "shipped": sandbox / "shipped",
               "pairs": sandbox / "pairs.json", "mnist_pairs": sandbox / "mnist_pairs.json", "spec": sandbox / "spec.json"}
-    argv = [a.format(**places) for a in argv]
+    for name, place in places.items():  # placeholders only: a fuzzed value may hold braces of its own
+        argv = [a.replace("{" + name + "}", str(place)) for a in argv]
     before = _snapshot(sandbox, out)
     stderr = io.StringIO()
     env = {"EXPLROBUST_RUNS": str(out / "runs"), "EXPLROBUST_USER_ZOO": str(out / "user_zoo"),
