@@ -56,6 +56,9 @@ class TrainJobSpec(Config):
     def _reads_only(cls, v: TrainConfig) -> TrainConfig:
         if v.dataset_config.get("download"):  # a download writes into the data root, outside the runs directory
             raise ValueError("dataset_config.download is not allowed in a job: download the dataset first")
+        from .device import resolve_device
+
+        resolve_device(v.device)  # at submit, not when the worker starts
         return v
 
 

@@ -817,4 +817,6 @@ def test_job_specs_are_strict_and_their_device_is_checked_at_submit():
     for device in ["tpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda"]):
         with pytest.raises(ConfigError, match="device"):
             parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": device})
+        with pytest.raises(ConfigError, match="device"):
+            parse_spec({"kind": "train", "train": {"name": "a", "device": device}})
     assert parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": "cpu"}).device == "cpu"
