@@ -820,3 +820,17 @@ def test_job_specs_are_strict_and_their_device_is_checked_at_submit():
         with pytest.raises(ConfigError, match="device"):
             parse_spec({"kind": "train", "train": {"name": "a", "device": device}})
     assert parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": "cpu"}).device == "cpu"
+
+
+def test_the_training_page_shows_a_lost_job_store_as_an_error_box(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    runs = tmp_path / "runs"
+    _fill_store(runs)
+    (runs / "jobs.sqlite").write_bytes(b"")
+    monkeypatch.setenv("EXPLROBUST_RUNS", str(runs))
+    monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(tmp_path / "zoo"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/training.py").run()
+    assert not at.exception
+    assert "rebuild-store" in at.error[0].value and "2 job folders" in at.error[0].value
