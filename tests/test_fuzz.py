@@ -532,3 +532,18 @@ def test_every_jobs_command_refuses_bad_values_in_one_line(cli_sandbox, action, 
     if action == "submit" and argv[-1].startswith("--"):  # the `train` flags: a value of any type
         argv += [data.draw(st.one_of(INT, TEXT)), "--dataset", "digits"]
     _run_cli_fuzzed(cli_sandbox, argv)
+
+
+def test_the_cli_fuzz_covers_every_command():
+    """A new command joins the fuzz above (an entry in COMMANDS, or JOBS for a jobs action)."""
+    import argparse
+
+    from explrobust_core.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return dict(sub.choices)
+
+    top = commands(build_parser())
+    assert set(top) == set(COMMANDS) | {"jobs"}
+    assert set(commands(top["jobs"])) == set(JOBS)
