@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import types
@@ -21,9 +22,9 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from .registry import ConfigError, MissingExtraError, config_defaults
+from .registry import ConfigError, MissingExtraError, config_defaults, format_validation_error
 
 # --------------------------------------------------------------------------- config → flags
 
@@ -101,11 +102,46 @@ def _int_list(text: str) -> list[int]:
     return out
 
 
+def _index_list(text: str) -> list[int]:
+    """Image indices: each once (a repeated image would be computed again and overwrite its own output)."""
+    out = _int_list(text)
+    repeated = sorted({i for i in out if out.count(i) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(f"indices repeat ({', '.join(map(str, repeated[:5]))}); give each index once")
+    return out
+
+
+def _bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high] (counts outside the typed configs are capped too)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer between {low} and {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+    return parse
+
+
 def _float_list(text: str) -> list[float]:
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        out = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not out or len(out) > 256 or not all(math.isfinite(v) for v in out):
+        raise argparse.ArgumentTypeError("give 1 to 256 finite numbers")
+    return out
+
+
+def _eps_max(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= 100):  # PGD's own ε range; NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"must be a finite number in (0, 100], got {text}")
+    return value
 
 
 def _parse_target(text: str):
@@ -115,6 +151,14 @@ def _parse_target(text: str):
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError("target must be 'true', 'predicted' or a class index") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its refusals on one line (argparse prints the whole usage block first, which buries
+    the one line that says what is wrong); ``--help`` still shows the usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 # --------------------------------------------------------------------------- shared loading
@@ -137,6 +181,31 @@ def _images(ns: argparse.Namespace, dataset, device):
     indices = ns.indices if ns.indices is not None else list(range(min(ns.n_images, len(dataset))))
     x, y = dataset.batch(indices)
     return indices, x.to(device), y.to(device)
+
+
+def _check_output(path: str | None, flag: str, kind: str) -> None:
+    """Refuse an output path that cannot take a ``kind`` ("file" or "directory") before any work is done,
+    so a wrong path costs no computation and leaves nothing half-written."""
+    if not path:
+        return
+    p = Path(path)
+    if p.exists():
+        if kind == "directory" and not p.is_dir():
+            raise ValueError(f"{flag} {p} is a file; give a directory (it is created if missing)")
+        if kind == "file" and (p.is_dir() or not p.is_file()):
+            raise ValueError(f"{flag} {p} is a directory or a special file; give a file path")
+    parent = p if kind == "directory" else p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {p}: {parent} is a file, so nothing can be created below it")
+
+
+def _check_outputs(ns: argparse.Namespace, directories: Sequence[str] = (), files: Sequence[str] = ()) -> None:
+    for name in directories:
+        _check_output(getattr(ns, name, None), "--" + name.replace("_", "-"), "directory")
+    for name in files:
+        _check_output(getattr(ns, name, None), "--" + name.replace("_", "-"), "file")
 
 
 def _write_result(result, ns: argparse.Namespace) -> None:
@@ -221,6 +290,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
     from .metrics import attribution_to_map
 
     started = time.perf_counter()
+    _check_outputs(ns, directories=("out",))
     model, card, dataset, device = _load(ns)
     images, labels = (t.to(device) for t in dataset.batch(ns.indices))
     with torch.no_grad():
@@ -255,9 +325,13 @@ def cmd_explain(ns: argparse.Namespace) -> int:
 def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     from .attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
 
+    _check_outputs(ns, files=("json", "csv"))
     model, card, dataset, device = _load(ns)
     indices, x, y = _images(ns, dataset, device)
-    cfg = CLASSIFICATION_ATTACKS.get(ns.attack).make_config(config_values(ns))
+    entry = CLASSIFICATION_ATTACKS.get(ns.attack)
+    cfg = entry.make_config(config_values(ns))
+    for eps in ns.eps_list or ():  # every ε of the curve is validated before anything runs
+        entry.make_config({**cfg.model_dump(), "eps": eps})
     result = run_classification_attack(model, x, y, ns.attack, cfg)
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
     result.per_image = {"index": indices, **result.per_image}
@@ -280,6 +354,7 @@ def cmd_attack_explanation(ns: argparse.Namespace) -> int:
     from .attacks.explanation import EXPLANATION_ATTACKS, run_explanation_attack
     from .figures import attack_panels_figure, save_figure
 
+    _check_outputs(ns, directories=("out",))
     model, card, dataset, device = _load(ns)
     indices = ns.indices
     x, y = (t.to(device) for t in dataset.batch(indices))
@@ -318,6 +393,7 @@ def cmd_attack_explanation(ns: argparse.Namespace) -> int:
 def cmd_evaluate(ns: argparse.Namespace) -> int:
     from .evaluate import make_evaluation_config, evaluate_model
 
+    _check_outputs(ns, files=("json", "csv"))
     model, card, dataset, _ = _load(ns)
     cfg = make_evaluation_config(ns.preset, **config_values(ns), split=ns.split)
 
@@ -350,22 +426,30 @@ def _reference_name(path: str | Path) -> str:
 
 def cmd_sample(ns: argparse.Namespace) -> int:
     from .data import load_dataset
-    from .sampling import sample_pairs, save_pairs
+    from .io import runs_dir
+    from .sampling import SampleConfig, check_not_in_shipped_zoo, sample_pairs, save_pairs
     from .zoo import load_checkpoint, shipped_zoo_dir
 
-    dataset = load_dataset(ns.dataset, ns.split)
-    n = min(ns.n_candidates, len(dataset))
+    cfg = SampleConfig(way=ns.way, dataset=ns.dataset, split=ns.split, n_candidates=ns.n_candidates,
+                       n_pairs=ns.n_pairs, k=ns.k, feature_source=ns.feature_source, seed=ns.seed)
+    # by default into the runs folder: the shipped pair files are the reference and are never overwritten
+    out = Path(ns.out) if ns.out else (runs_dir() / "pairs" / cfg.dataset /
+                                       f"{cfg.split}-way{cfg.way}-n{cfg.n_pairs}-seed{cfg.seed}.json")
+    check_not_in_shipped_zoo(out)
+    _check_output(str(out), "--out", "file")
+    dataset = load_dataset(cfg.dataset, cfg.split)
+    n = min(cfg.n_candidates, len(dataset))
     images, labels = dataset.batch(range(n))
     model = reference = None
-    if ns.way == 3:
-        ref = ns.reference or shipped_zoo_dir() / ns.dataset / "natural.safetensors"
+    if cfg.way == 3:
+        ref = ns.reference or shipped_zoo_dir() / cfg.dataset / "natural.safetensors"
         model, _ = load_checkpoint(ref, ns.device)
         reference = _reference_name(ref)
-    pairs = sample_pairs(ns.way, dataset=ns.dataset, labels=labels, n_pairs=ns.n_pairs, seed=ns.seed, split=ns.split,
-                         model=model, images=images, reference=reference, k=ns.k, feature_source=ns.feature_source)
-    out = Path(ns.out) if ns.out else shipped_zoo_dir() / ns.dataset / f"pairs_way{ns.way}.json"
+    pairs = sample_pairs(cfg.way, dataset=cfg.dataset, labels=labels, n_pairs=cfg.n_pairs, seed=cfg.seed,
+                         split=cfg.split, model=model, images=images, reference=reference, k=cfg.k,
+                         feature_source=cfg.feature_source)
     save_pairs(pairs, out)
-    print(f"wrote {len(pairs.pairs)} Way{ns.way} pairs over the first {n} {ns.split} images to {out}")
+    print(f"wrote {len(pairs.pairs)} Way{cfg.way} pairs over the first {n} {cfg.split} images to {out}")
     return 0
 
 
@@ -375,6 +459,9 @@ def _landscape_inputs(ns: argparse.Namespace, dataset, device):
 
     if ns.pairs:
         stored = load_pairs(ns.pairs, len(dataset))
+        if (stored.dataset, stored.split) != (dataset.info.name, ns.split):
+            raise ValueError(f"--pairs {ns.pairs} was drawn on {stored.dataset}/{stored.split}, but the checkpoint's "
+                             f"images are {dataset.info.name}/{ns.split}: its indices would pick unrelated images")
         pairs = stored.pairs[: ns.n_pairs]
         x, y = dataset.batch([v for v, _ in pairs])
         targets = dataset.batch([t for _, t in pairs])[0].to(device)
@@ -388,6 +475,7 @@ def _landscape_inputs(ns: argparse.Namespace, dataset, device):
 def cmd_landscape(ns: argparse.Namespace) -> int:
     from .landscape import LandscapeConfig, input_landscape
 
+    _check_outputs(ns, files=("json", "csv"))
     model, card, dataset, device = _load(ns)
     x, y, targets = _landscape_inputs(ns, dataset, device)
     values = config_values(ns)
@@ -405,12 +493,14 @@ def cmd_landscape(ns: argparse.Namespace) -> int:
 
 
 def cmd_curvature(ns: argparse.Namespace) -> int:
-    from .landscape import curvature_summary
+    from .landscape import CurvatureConfig, curvature_summary
 
+    cfg = CurvatureConfig(radius=ns.radius, beta=ns.beta, explainer=ns.explainer, n_samples=ns.n_samples,
+                          iterations=ns.iterations, seed=ns.seed)
+    _check_outputs(ns, files=("json", "csv"))
     model, card, dataset, device = _load(ns)
     x, y, _ = _landscape_inputs(ns, dataset, device)
-    result = curvature_summary(model, x, y, radius=ns.radius, beta=ns.beta, explainer=ns.explainer,
-                               n_samples=ns.n_samples, iterations=ns.iterations, seed=ns.seed)
+    result = curvature_summary(model, x, y, **cfg.model_dump())
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset)
     print(f"{card.name}: input curvature over {x.shape[0]} images")
     print(_fmt(result.summary))
@@ -420,14 +510,16 @@ def cmd_curvature(ns: argparse.Namespace) -> int:
 
 def cmd_compare_ways(ns: argparse.Namespace) -> int:
     from .attacks.explanation import EXPLANATION_ATTACKS
-    from .evaluate import way_stability
+    from .evaluate import WayStabilityConfig, way_stability
     from .zoo import load_checkpoint
 
+    cfg = WayStabilityConfig(ways=ns.ways, seeds=ns.seeds, n_pairs=ns.n_pairs, n_candidates=ns.n_candidates, k=ns.k)
+    attack = EXPLANATION_ATTACKS.get("targeted").make_config(config_values(ns))
+    _check_outputs(ns, files=("json",))
     model, card, dataset, device = _load(ns)
     reference = load_checkpoint(ns.reference, ns.device)[0] if ns.reference else None
-    attack = EXPLANATION_ATTACKS.get("targeted").make_config(config_values(ns))
-    result = way_stability(model, dataset, ways=tuple(ns.ways), seeds=tuple(ns.seeds), n_pairs=ns.n_pairs,
-                           n_candidates=ns.n_candidates, reference=reference, attack=attack, k=ns.k,
+    result = way_stability(model, dataset, ways=tuple(cfg.ways), seeds=tuple(cfg.seeds), n_pairs=cfg.n_pairs,
+                           n_candidates=cfg.n_candidates, reference=reference, attack=attack, k=cfg.k,
                            progress=lambda stage, f: print(f"  {stage}: {f:.0%}", file=sys.stderr, flush=True))
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset)
     print(f"{card.name}: spread of mean L_e end (×10⁻⁷) over seeds, per Way")
@@ -477,6 +569,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "training config")) from None
     out = Path(ns.out) if ns.out else user_zoo_dir() / cfg.dataset
+    _check_output(str(out), "--out", "directory")
     command = "explrobust " + " ".join(ns.argv)
     started = time.perf_counter()
 
@@ -517,7 +610,9 @@ def cmd_jobs_submit(ns: argparse.Namespace) -> int:
     if spec_file:
         if extra:
             raise ConfigError(f"give a spec file or training flags, not both (got {' '.join(extra)})")
-        spec = parse_spec(Path(spec_file).read_text())
+        from .io import read_bounded
+
+        spec = parse_spec(read_bounded(spec_file, 1 << 20, "job spec file").decode("utf-8", "replace"))
     else:  # the `train` command's flags, validated the same way
         argv = ["train", *extra]
         train_ns = build_parser("train", _choice_in(argv)).parse_args(argv)
@@ -563,6 +658,17 @@ def cmd_jobs_logs(ns: argparse.Namespace) -> int:
     from .jobs import tail
 
     print(tail(Path(_executor(ns).store.get(ns.id).log_path), ns.lines), end="")
+    return 0
+
+
+def cmd_jobs_rebuild_store(ns: argparse.Namespace) -> int:
+    from .jobs import rebuild_store
+
+    backup, recovered, skipped = rebuild_store(ns.runs)
+    print((f"moved the old store to {backup}; " if backup else "") + f"rebuilt the job store with {len(recovered)} jobs "
+          "(unfinished ones are 'interrupted': `explrobust jobs resume ID` continues them)")
+    for line in skipped:
+        print(f"  skipped {line}", file=sys.stderr)
     return 0
 
 
@@ -613,6 +719,7 @@ def _write_sweep_outputs(ns: argparse.Namespace, rows: list[dict[str, Any]], spe
 def cmd_sweep_run(ns: argparse.Namespace) -> int:
     from . import sweep
 
+    _check_outputs(ns, files=("json", "csv", "figure"))
     argv = ["train", *ns.extra]
     train_ns = build_parser("train", _choice_in(argv)).parse_args(argv)
     base = _train_config(train_ns).model_dump(mode="json")
@@ -636,6 +743,7 @@ def cmd_sweep_run(ns: argparse.Namespace) -> int:
 def cmd_sweep_status(ns: argparse.Namespace) -> int:
     from . import sweep
 
+    _check_outputs(ns, files=("json", "csv", "figure"))
     executor = _executor(ns)
     executor.start_queued()
     state = sweep.load_state(ns.name, executor.store.root)
@@ -670,7 +778,7 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     from .evaluate import PRESETS, EvaluationConfig
     from .explain import EXPLAINERS
 
-    parser = argparse.ArgumentParser(prog="explrobust", description="Classification vs explanation robustness workbench.")
+    parser = _Parser(prog="explrobust", description="Classification vs explanation robustness workbench.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="list datasets, architectures, explainers, metrics, attacks and checkpoints")
@@ -683,7 +791,7 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
 
     p = sub.add_parser("explain", help="explanation maps for dataset images: PNGs + a JSON of the numbers")
     _common(p)
-    p.add_argument("--indices", required=True, type=_int_list, help="comma-separated image indices, e.g. 0,1,2")
+    p.add_argument("--indices", required=True, type=_index_list, help="comma-separated image indices, e.g. 0,1,2")
     p.add_argument("--method", default="gradient", help="explanation method (see `explrobust info`)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--target", type=_parse_target, default="predicted", help="true | predicted | class index")
@@ -694,11 +802,12 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
 
     p = sub.add_parser("attack-classifier", help="FGSM/PGD on dataset images (the seed's adv_acc.py)")
     _common(p)
-    p.add_argument("--indices", type=_int_list, default=None, help="image indices (default: the first --n-images)")
-    p.add_argument("--n-images", type=int, default=500, help="how many images from the start of the split")
+    p.add_argument("--indices", type=_index_list, default=None, help="image indices (default: the first --n-images)")
+    p.add_argument("--n-images", type=_bounded_int(1, 100_000), default=500,
+                   help="how many images from the start of the split (1–100000)")
     p.add_argument("--attack", default="pgd", help=f"one of {', '.join(CLASSIFICATION_ATTACKS.names())}")
     p.add_argument("--eps-list", type=_float_list, default=None, help="also report accuracy at each ε, e.g. 0.1,0.2,0.3")
-    p.add_argument("--minimal-eps", type=float, default=None, metavar="EPS_MAX",
+    p.add_argument("--minimal-eps", type=_eps_max, default=None, metavar="EPS_MAX",
                    help="also find each image's minimal flipping ε up to EPS_MAX (bisection)")
     p.add_argument("--json", default=None, help="write the result here")
     p.add_argument("--csv", default=None, help="write the per-image table here")
@@ -708,7 +817,7 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
 
     p = sub.add_parser("attack-explanation", help="attack explanations, keeping the prediction (the seed's explAttack.py)")
     _common(p)
-    p.add_argument("--indices", required=True, type=_int_list, help="victim image indices")
+    p.add_argument("--indices", required=True, type=_index_list, help="victim image indices")
     p.add_argument("--target-indices", "--target-index", type=_int_list, default=None,
                    help="target image index (one for all victims, or one per victim): runs the targeted attack")
     p.add_argument("--attack", default=None, help=f"one of {', '.join(EXPLANATION_ATTACKS.names())} (default: by targets)")
@@ -733,13 +842,15 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     p.add_argument("--reference", default=None, help="Way3: reference checkpoint (default: the zoo's natural model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="default: models_zoo/<dataset>/pairs_way<N>.json")
+    p.add_argument("--out", default=None, help="default: RUNS/pairs/<dataset>/<split>-way<N>-n<pairs>-seed<seed>.json "
+                                               "(never the shipped zoo)")
     p.set_defaults(func=cmd_sample)
 
     def victims(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--indices", type=_int_list, default=None, help="image indices")
+        p.add_argument("--indices", type=_index_list, default=None, help="image indices")
         p.add_argument("--pairs", default=None, help="a stored pair file (victims; targets for explanation_target)")
-        p.add_argument("--n-pairs", type=int, default=150, help="use the first n pairs of the file")
+        p.add_argument("--n-pairs", type=_bounded_int(1, 100_000), default=150,
+                       help="use the first n pairs of the file (1–100000)")
         p.add_argument("--json", default=None, help="write the result here")
         p.add_argument("--csv", default=None, help="write the per-image table here")
 
@@ -823,8 +934,11 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
         q.set_defaults(func=cmd_jobs_show if action == "show" else cmd_jobs_action, action=action)
     q = jobs.add_parser("logs", help="the end of a job's log")
     q.add_argument("id")
-    q.add_argument("--lines", type=int, default=40)
+    q.add_argument("--lines", type=_bounded_int(1, 100_000), default=40)
     q.set_defaults(func=cmd_jobs_logs)
+    q = jobs.add_parser("rebuild-store", help="rebuild a lost or damaged jobs.sqlite from the job folders "
+                                              "(the damaged file is kept as a backup)")
+    q.set_defaults(func=cmd_jobs_rebuild_store)
     q = jobs.add_parser("worker", help="(internal) run one queued job in this process")
     q.add_argument("id")
     q.set_defaults(func=cmd_jobs_worker)
@@ -891,9 +1005,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ns = parser.parse_args(argv)
         ns.argv = argv
         return ns.func(ns)
-    except (ConfigError, ValueError, IndexError, FileNotFoundError, MissingExtraError, FloatingPointError) as err:
-        # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError).
-        print(f"explrobust: error: {err}", file=sys.stderr)
+    except ValidationError as err:  # a typed config built directly: one line naming the fields, not pydantic's block
+        print(f"explrobust: error: {format_validation_error(err, err.title)}", file=sys.stderr)
+        return 2
+    except (ConfigError, ValueError, IndexError, OSError, MissingExtraError, FloatingPointError) as err:
+        # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError;
+        # OSError: a path the file system refuses — permissions, a full disk, a name too long).
+        print(f"explrobust: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -152,6 +152,13 @@ def default_budgets(name: str) -> dict[str, float]:
     return {"eps": 8 / 255, "sigma": 8 / 255}
 
 
+def spread_indices(total: int, n: int) -> list[int]:
+    """``n`` indices spread evenly over ``0 … total − 1``. The embedded splits are stored sorted by class,
+    so "the first n images" would be one or two digits only; an even spread takes every class alike."""
+    n = min(n, total)
+    return [i * total // n for i in range(n)]
+
+
 def default_data_root() -> Path:
     return Path(os.environ.get("EXPLROBUST_DATA", Path.home() / "explrobust_data")).expanduser()
 

@@ -9,15 +9,15 @@ CIFAR evaluation (§3.2, §4.5).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from .attacks.classification import PGDConfig, run_classification_attack
 from .attacks.explanation import IFIAConfig, TargetedConfig, attack_summary, run_explanation_attack
-from .data import ImageDataset
+from .data import ImageDataset, spread_indices
 from .models import eval_mode
 from .registry import Config, ConfigError, format_validation_error
 from .results import Result, concat_per_image
@@ -26,7 +26,10 @@ from .sampling import way2_pairs
 
 class EvaluationConfig(Config):
     split: Literal["train", "test"] = Field("test", description="which split to evaluate on")
-    n_images: int = Field(500, ge=1, le=100_000, description="the first n images of the split")
+    n_images: int = Field(500, ge=1, le=100_000, description="images of the split to measure")
+    subset: Literal["spread", "first"] = Field(
+        "spread", description="which n images: spread evenly over the split (every class alike: the embedded "
+                              "splits are sorted by class) or the first n (what results before this option used)")
     batch_size: int = Field(128, ge=1, le=4096, description="images per forward/attack batch (memory bound)")
     eps_list: list[float] = Field([0.1, 0.2, 0.3], min_length=0, max_length=64,
                                   description="PGD accuracy at each ε (pixel units)")
@@ -115,11 +118,12 @@ def _chunks(n: int, size: int):
         yield range(start, min(n, start + size))
 
 
-def predictions(model: nn.Module, dataset: ImageDataset, n: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], batch_size: int,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
     preds, labels = [], []
     with eval_mode(model), torch.no_grad():
-        for idx in _chunks(n, batch_size):
-            x, y = dataset.batch(idx)
+        for rows in _chunks(len(indices), batch_size):
+            x, y = dataset.batch([indices[r] for r in rows])
             preds.append(model(x.to(device)).argmax(1).cpu())
             labels.append(y)
     return torch.cat(preds), torch.cat(labels)
@@ -156,7 +160,8 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     device = next(model.parameters()).device
     report = progress or (lambda stage, fraction: None)
     n = min(cfg.n_images, len(dataset))
-    pred, labels = predictions(model, dataset, n, cfg.batch_size, device)
+    indices = spread_indices(len(dataset), n) if cfg.subset == "spread" else list(range(n))
+    pred, labels = predictions(model, dataset, indices, cfg.batch_size, device)
     correct = pred == labels
     summary: dict[str, Any] = {"n_images": n, "clean_accuracy": float(correct.float().mean())}
     report("clean accuracy", 1.0)
@@ -164,8 +169,8 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     curve = []
     for i, eps in enumerate(cfg.eps_list):
         still_correct = 0
-        for idx in _chunks(n, cfg.batch_size):
-            x, y = dataset.batch(idx)
+        for rows in _chunks(n, cfg.batch_size):
+            x, y = dataset.batch([indices[r] for r in rows])
             r = run_classification_attack(model, x.to(device), y.to(device), "pgd", cfg.pgd, eps=eps)
             still_correct += int((r.per_image["adv_pred"] == r.per_image["label"]).sum())
         curve.append({"eps": eps, "accuracy": still_correct / n})
@@ -177,16 +182,18 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
         if cfg.pairs_file:
             victims, pairs = _stored_pairs(model, dataset, cfg, device, summary)
         else:
-            chosen = correct.nonzero().squeeze(1)
+            chosen = torch.tensor(indices)[correct]  # dataset indices of the correctly classified images
             summary["explanation_skipped_misclassified"] = int((~correct).sum())
             if cfg.explanation_attack == "ifia":
-                victims, pairs = chosen[: cfg.n_explanation_images].tolist(), None
-            elif labels[chosen].unique().numel() < 2:  # a collapsed model: no pair of two classes to attack
+                take = (spread_indices(len(chosen), cfg.n_explanation_images) if cfg.subset == "spread"
+                        else list(range(min(len(chosen), cfg.n_explanation_images))))
+                victims, pairs = chosen[take].tolist(), None
+            elif labels[correct].unique().numel() < 2:  # a collapsed model: no pair of two classes to attack
                 victims, pairs = [], []
                 summary["explanation_note"] = (f"no explanation attack: the correctly classified images "
                                                f"({len(chosen)}) do not cover two classes")
             else:
-                local = way2_pairs(labels[chosen], cfg.n_explanation_images, seed=cfg.seed)
+                local = way2_pairs(labels[correct], cfg.n_explanation_images, seed=cfg.seed)
                 pairs = [(int(chosen[v]), int(chosen[t])) for v, t in local]
                 victims = [v for v, _ in pairs]
         parts = []
@@ -206,6 +213,24 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
                   seconds=time.perf_counter() - started)
 
 
+class WayStabilityConfig(Config):
+    """Options of :func:`way_stability` (the ``compare-ways`` command), capped: each (way, seed) runs an attack."""
+
+    ways: list[Literal[1, 2, 3]] = Field([1, 2, 3], min_length=1, max_length=3, description="pair selections to compare")
+    seeds: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field([0, 1, 2], min_length=1, max_length=32,
+                                                                  description="seeds the pairs are drawn with")
+    n_pairs: int = Field(30, ge=1, le=1000, description="pairs per (way, seed)")
+    n_candidates: int = Field(1000, ge=2, le=100_000, description="pairs index the first n correctly classified images")
+    k: int = Field(10, ge=2, le=1000, description="Way3 clusters")
+
+    @field_validator("ways", "seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("give each value once")
+        return v
+
+
 def way_stability(model: nn.Module, dataset: ImageDataset, *, ways: tuple[int, ...] = (1, 2, 3), seeds: tuple[int, ...] = (0, 1, 2),
                   n_pairs: int = 30, n_candidates: int = 1000, reference: nn.Module | None = None,
                   attack: TargetedConfig | dict | None = None, k: int = 10,
@@ -221,10 +246,10 @@ def way_stability(model: nn.Module, dataset: ImageDataset, *, ways: tuple[int, .
     started = time.perf_counter()
     cfg = attack if isinstance(attack, TargetedConfig) else TargetedConfig(**(attack or {}))
     device = next(model.parameters()).device
-    n = min(n_candidates, len(dataset))
-    pred, labels = predictions(model, dataset, n, 256, device)
+    candidates = spread_indices(len(dataset), n_candidates)  # every class alike (the splits are sorted)
+    pred, labels = predictions(model, dataset, candidates, 256, device)
     keep = (pred == labels).nonzero().squeeze(1)
-    x_all, y_all = dataset.batch(keep.tolist())
+    x_all, y_all = dataset.batch([candidates[k] for k in keep.tolist()])
     rows, spread = [], {}
     total = len(ways) * len(seeds)
     for i, (way, seed) in enumerate((w, s) for w in ways for s in seeds):

@@ -74,6 +74,11 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: Target, labels: to
         t = t.expand(n)
     if t.numel() != n:
         raise ValueError(f"got {t.numel()} targets for {n} images")
+    classes = getattr(getattr(model, "head", None), "out_features", None)  # ImageClassifier's linear head
+    if t.numel() and (int(t.min()) < 0 or (classes is not None and int(t.max()) >= classes)):
+        bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+        raise ValueError(f"target class {bad} is out of range: the model has classes 0 to "
+                         f"{classes - 1 if classes is not None else 'its last'}")
     return t
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import re
+import stat
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -62,8 +64,58 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by ``None``: Python's json writes them as the
+    non-standard literals ``NaN``/``Infinity``, which strict JSON readers (browsers, jq) refuse."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Standard JSON only: NaN and infinities are written as ``null`` (see :func:`finite_json`)."""
+    return atomic_write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+class UnreadableFileError(ValueError):
+    """A file that is refused before (or while) reading it: missing, not a regular file, too large."""
+
+
+def read_bounded(path: str | os.PathLike, limit: int, what: str = "file",
+                 error: type[ValueError] = UnreadableFileError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; ``error`` otherwise.
+
+    ``stat().st_size`` is 0 for a device or a FIFO, so a size check alone lets ``/dev/zero`` fill the
+    memory and a FIFO block forever: the file is opened without blocking, checked to be a regular
+    file on the open descriptor (no swap between check and read), and read at most ``limit + 1``
+    bytes (a file that grows after the check is still caught).
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise error(f"{what} {p} does not exist") from None
+    except OSError as err:
+        raise error(f"{what} {p} cannot be opened: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "a device, FIFO or socket"
+            raise error(f"{what} {p} is {kind}, not a regular file; refused")
+        raise error(f"{what} {p} is {info.st_size} bytes, over the {limit}-byte limit")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise error(f"{what} {p} cannot be read: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise error(f"{what} {p} grew over the {limit}-byte limit while being read")
+    return data
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -72,6 +72,13 @@ class EvaluationRequest(Config):
         return make_evaluation_config(self.preset, **self.evaluation)
 
 
+def _device_at_submit(v: str) -> str:
+    from .device import resolve_device
+
+    resolve_device(v)  # at submit, not when the worker starts: "cuda" on a CPU-only machine is refused now
+    return v
+
+
 class EvaluateJobSpec(EvaluationRequest):
     """Evaluate one zoo checkpoint (clean/PGD accuracy and explanation robustness)."""
 
@@ -88,6 +95,11 @@ class EvaluateJobSpec(EvaluationRequest):
         for p in parts:
             check_name(p, "model name")
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return _device_at_submit(v)
 
 
 class TrainJobSpec(Config):
@@ -107,6 +119,7 @@ class TrainJobSpec(Config):
     def _reads_only(cls, v: TrainConfig) -> TrainConfig:
         if v.dataset_config.get("download"):  # a download writes into the data root, outside the runs directory
             raise ValueError("dataset_config.download is not allowed in a job: download the dataset first")
+        _device_at_submit(v.device)
         return v
 
 
@@ -116,10 +129,12 @@ _SPEC = TypeAdapter(JobSpec)
 
 def parse_spec(data: dict[str, Any] | str) -> TrainJobSpec | EvaluateJobSpec:
     """A validated job spec from a dict or JSON text; errors name the offending field."""
-    try:
-        spec = _SPEC.validate_json(data) if isinstance(data, str) else _SPEC.validate_python(data)
+    try:  # strict: a spec is untrusted JSON, and "3" or true is not a number of epochs
+        spec = _SPEC.validate_json(data if isinstance(data, str) else json.dumps(data), strict=True)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "job spec")) from None
+    except (TypeError, ValueError) as err:  # a dict that JSON cannot hold
+        raise ConfigError(f"invalid job spec: {err}") from None
     return spec
 
 
@@ -135,6 +150,11 @@ class JobNotFound(KeyError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "no such job"
+
+
+class JobStoreError(ValueError):
+    """The job store is unreadable (corrupt, truncated) or lost while job folders remain; the message says
+    how to recover (a ValueError, so the CLI prints it as one line and the pages as an error box)."""
 
 
 class JobCancelled(Cancelled):
@@ -192,23 +212,63 @@ _JSON_COLUMNS = ("spec", "progress", "metrics", "losses", "result")
 class JobStore:
     """The jobs table of ``RUNS/jobs.sqlite``; one short connection per operation (safe across processes)."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, *, check_lost: bool = True):
         self.root = Path(root) if root is not None else runs_dir()
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "jobs.sqlite"
+        if check_lost:
+            self._check_not_lost()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
+    def _recovery(self) -> str:
+        return (f"the job folders in {self.root / 'jobs'} are intact: run `explrobust jobs --runs {self.root} "
+                "rebuild-store` to rebuild the store from them (the damaged file is kept as a backup)")
+
+    def _job_folders(self) -> list[Path]:
+        folder = self.root / "jobs"
+        return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def _check_not_lost(self) -> None:
+        """A missing or 0-byte store opens as a new, empty one: with job folders beside it, that would silently
+        forget every job (and let a name be trained twice), so it is refused instead."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size == 0 and self._job_folders():
+            state = "is empty (0 bytes)" if self.path.exists() else "is missing"
+            raise JobStoreError(f"the job store {self.path} {state} but {len(self._job_folders())} job folders "
+                                f"remain; {self._recovery()}")
+
+    def check(self) -> None:
+        """Raise :class:`JobStoreError` if the store is lost or damaged (a cheap check for the pages)."""
+        self._check_not_lost()
+        with self._connect() as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise JobStoreError(f"the job store {self.path} is damaged ({verdict}); {self._recovery()}")
+
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout=30000")
+        except sqlite3.DatabaseError as err:
+            raise self._damaged(err) from None
         try:
             yield db
+        except sqlite3.DatabaseError as err:
+            raise self._damaged(err) from None
         finally:
             db.close()
+
+    def _damaged(self, err: sqlite3.DatabaseError) -> Exception:
+        """A corrupt file (truncated, overwritten) becomes a :class:`JobStoreError` that says how to recover;
+        other database errors (locked, …) stay what they are."""
+        corrupt = type(err) is sqlite3.DatabaseError or "malformed" in str(err) or "not a database" in str(err)
+        if not corrupt:
+            return err
+        return JobStoreError(f"the job store {self.path} is damaged or truncated ({err}); {self._recovery()}")
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -219,7 +279,10 @@ class JobStore:
                 yield db
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # a damaged file may refuse even the rollback: report the original error
                 raise
 
     def job_dir(self, job_id: str) -> Path:
@@ -231,11 +294,15 @@ class JobStore:
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         log = self.job_dir(job_id) / "job.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        created = time.time()
+        # the job's own record in its folder: the store can be rebuilt from the folders if it is ever lost
+        atomic_write_bytes(log.parent / "job.json", json.dumps(
+            {"id": job_id, "created": created, "spec": json.loads(spec.model_dump_json())}, indent=1).encode())
         with self.transaction() as db:
             if guard is not None:
                 guard(db)
             db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, log_path) VALUES (?,?,?,?,?,?,?)",
-                       (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), "queued", time.time(), str(log)))
+                       (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), "queued", created, str(log)))
         return self.get(job_id)
 
     def _job(self, row: sqlite3.Row) -> Job:
@@ -281,6 +348,67 @@ class JobStore:
         with self.transaction() as db:
             db.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = ?",
                        (key, value, value))
+
+
+def _recovered_spec(folder: Path) -> tuple[TrainJobSpec | EvaluateJobSpec, float]:
+    """A job's spec and creation time from its folder: its ``job.json`` record, or (older jobs) the
+    training run's ``config.json``."""
+    from .io import read_bounded
+
+    record = folder / "job.json"
+    if record.is_file():
+        data = json.loads(read_bounded(record, 1 << 20, "job record"))
+        return parse_spec(data["spec"]), float(data.get("created") or folder.stat().st_mtime)
+    configs = sorted(folder.glob("*.run/config.json"))
+    if configs:
+        train = json.loads(read_bounded(configs[0], 1 << 20, "training config"))
+        return parse_spec({"kind": "train", "train": train}), folder.stat().st_mtime
+    raise JobStoreError(f"{folder} holds no job.json or training config")
+
+
+def rebuild_store(root: str | Path | None = None) -> tuple[Path | None, list[str], list[str]]:
+    """Rebuild ``RUNS/jobs.sqlite`` from the job folders after moving the damaged file aside.
+
+    Returns (the backup, the ids recovered, the folders skipped with why). A training job whose
+    checkpoint is in its folder is ``done``; every other job comes back ``interrupted``: ``resume``
+    continues it (training from its last saved state).
+    """
+    root = Path(root) if root is not None else runs_dir()
+    path = root / "jobs.sqlite"
+    backup = None
+    if path.exists():
+        backup = path.with_name(f"jobs.sqlite.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, backup)
+    for side in ("-wal", "-shm"):  # the journal of the damaged file belongs to it, not to the new store
+        journal = path.with_name(path.name + side)
+        if journal.exists():
+            os.replace(journal, (backup or path).with_name((backup or path).name + side))
+    store = JobStore(root, check_lost=False)
+    recovered, skipped = [], []
+    for folder in store._job_folders():
+        try:
+            job_id = check_name(folder.name, "job id")
+            spec, created = _recovered_spec(folder)
+        except (ValueError, OSError, KeyError, TypeError) as err:  # parse errors included (ConfigError, JSON)
+            skipped.append(f"{folder.name}: {' '.join(str(err).split())}")
+            continue
+        status, result, error = "interrupted", {}, "rebuilt from the job folder; resume continues it"
+        if isinstance(spec, TrainJobSpec) and (folder / f"{spec.train.name}.safetensors").exists():
+            from .zoo import user_zoo_dir
+
+            status, error = "done", None
+            result = {"checkpoint": str(folder / f"{spec.train.name}.safetensors"),
+                      "model": f"{spec.train.dataset}/{spec.train.name}"}
+            registered = user_zoo_dir() / spec.train.dataset / f"{spec.train.name}.safetensors"
+            if registered.exists():
+                result["zoo_checkpoint"] = str(registered)
+        with store.transaction() as db:
+            db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, finished, log_path, result, error) "
+                       "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), status, created, time.time(),
+                        str(folder / "job.log"), json.dumps(result), error))
+        recovered.append(job_id)
+    return backup, recovered, skipped
 
 
 # --------------------------------------------------------------------------- executors

@@ -61,6 +61,23 @@ class LandscapeConfig(Config):
         return self
 
 
+class CurvatureConfig(Config):
+    """Options of :func:`curvature_summary` (the ``curvature`` command): capped like every other config."""
+
+    radius: float = Field(0.1, gt=0, le=2, description="L∞ radius of the mean |Δloss|")
+    beta: float = Field(10.0, gt=0, le=1e4, description="softplus β of the view the Hessian is taken on")
+    explainer: str = Field("gradient_x_input", description="explanation method of the explanation loss")
+    n_samples: int = Field(32, ge=1, le=1024, description="random probes (mean |Δloss| and Hutchinson)")
+    iterations: int = Field(30, ge=1, le=1000, description="power-iteration steps of the top eigenvalue")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the probes")
+
+    @model_validator(mode="after")
+    def _differentiable(self) -> "CurvatureConfig":
+        if "differentiable" not in EXPLAINERS.get(self.explainer).tags:
+            raise ValueError(f"explainer {self.explainer!r} is display-only; use a differentiable one")
+        return self
+
+
 # --------------------------------------------------------------------------- directions
 
 

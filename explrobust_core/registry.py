@@ -16,9 +16,11 @@ T = TypeVar("T")
 
 
 class Config(BaseModel):
-    """Base for every method config: unknown fields are errors, values are validated on assignment."""
+    """Base for every method config: unknown fields are errors, values are validated on assignment, and
+    NaN or infinity is never a valid number (else ``eps=nan`` fails a range check with a misleading message,
+    or passes one it should not)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class NoConfig(Config):
@@ -45,8 +47,8 @@ def format_validation_error(err: ValidationError, what: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(config)"
-        parts.append(f"{loc}: {e['msg']}")
-    return f"invalid {what}: " + "; ".join(parts)
+        parts.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
+    return " ".join(f"invalid {what}: {'; '.join(parts)}".split())  # one line, whatever the messages hold
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from .io import atomic_write_json
+from .registry import Config
 
 
 def _labels_array(labels) -> np.ndarray:
@@ -172,8 +173,40 @@ class PairSet(BaseModel):
         return [t for _, t in self.pairs]
 
 
+class SampleConfig(Config):
+    """Options of the ``sample`` command: which pairs to draw, capped (10⁹ pairs would need gigabytes)."""
+
+    way: Literal[1, 2, 3] = Field(..., description="Way1 (uniform), Way2 (other class) or Way3 (clusters)")
+    dataset: str = Field("mnist5k", min_length=1, max_length=64, description="registered dataset")
+    split: Literal["train", "test"] = "test"
+    n_candidates: int = Field(1000, ge=2, le=100_000, description="pairs index the first n images of the split")
+    n_pairs: int = Field(150, ge=1, le=100_000, description="pairs (Way3: prototypes; the paper uses 150)")
+    k: int = Field(10, ge=2, le=1000, description="Way3: number of k-means clusters")
+    feature_source: Literal["penultimate", "maps"] = Field("penultimate", description="Way3: what is clustered")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the draw")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from .data import DATASETS
+
+        DATASETS.get(v)  # raises with the list of valid names
+        return v
+
+
+def check_not_in_shipped_zoo(path: str | Path) -> Path:
+    """Refuse a path inside the shipped zoo: its pair files are the reference every model is measured on."""
+    from .zoo import shipped_zoo_dir
+
+    p = Path(path)
+    if p.resolve().is_relative_to(shipped_zoo_dir().resolve()):
+        raise ValueError(f"{p} is inside the shipped zoo ({shipped_zoo_dir()}), which is never written; "
+                         "choose another path (by default pairs go to the runs folder)")
+    return p
+
+
 def save_pairs(pairs: PairSet, path: str | Path) -> Path:
-    return atomic_write_json(path, pairs.model_dump(mode="json"))
+    return atomic_write_json(check_not_in_shipped_zoo(path), pairs.model_dump(mode="json"))
 
 
 def load_pairs(path: str | Path, dataset_size: int | None = None) -> PairSet:

@@ -46,12 +46,15 @@ def study_dir(runs: str | os.PathLike | None = None) -> Path:
 _NOT_PROTOCOL = ("checkpoint", "model", "dataset", "preset", "batch_size", "attack_batch_size")
 
 
-def with_recorded_input_space(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored config from before the input space was an option says nothing about it; it was pixel
-    space then. Written out, so re-running it (the targeted attack now defaults to the model's input
-    space) measures the same protocol and its id stays the same."""
+def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config from before an option existed says nothing about it; what it did then is written
+    out, so re-running it measures the same protocol and its id stays the same: the first n images
+    (``subset``), and pixel-space gradient×input / IG maps in the targeted attack (which now defaults
+    to the model's input space)."""
     from .explain import EXPLAINERS
 
+    if "n_images" in config and "subset" not in config:
+        config = {**config, "subset": "first"}
     targeted = config.get("targeted")
     if not isinstance(targeted, dict):
         return config
@@ -63,7 +66,7 @@ def with_recorded_input_space(config: dict[str, Any]) -> dict[str, Any]:
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
     """The part of an evaluation config that decides its numbers (the attack that did not run is dropped)."""
-    cfg = {k: v for k, v in with_recorded_input_space(config).items() if k not in _NOT_PROTOCOL}
+    cfg = {k: v for k, v in with_legacy_defaults(config).items() if k not in _NOT_PROTOCOL}
     attack = cfg.get("explanation_attack", "ifia")
     for name in ("ifia", "targeted"):
         if attack != name:
@@ -651,7 +654,7 @@ def runnable_config(config: dict[str, Any], dataset: str, shipped_root: str | os
     from .evaluate import make_evaluation_config
     from .zoo import shipped_zoo_dir
 
-    values = {k: v for k, v in with_recorded_input_space(config).items()
+    values = {k: v for k, v in with_legacy_defaults(config).items()
               if k not in ("checkpoint", "model", "dataset", "preset")}
     if values.get("pairs_file") and not Path(values["pairs_file"]).is_file():
         root = Path(shipped_root) if shipped_root is not None else shipped_zoo_dir()

@@ -252,7 +252,7 @@ def rows_from_results(folder: str | Path, reference: str | Path | None = None) -
         checkpoint = Path(result["config"]["checkpoint"])
         card = read_card(checkpoint.with_suffix(".json"))
         objective_config = card.objective_config or {}
-        rows.append({"model": card.name, "objective": card.objective,
+        rows.append({"model": path.name.removesuffix(".sweep.json"), "objective": card.objective,
                      **{k: objective_config.get(k) for k in ("lam", "sigma", "space", "reduction", "clamp")},
                      "reference": reference is not None and Path(reference) in checkpoint.parents,
                      **summary_numbers(result["summary"])})

@@ -120,6 +120,8 @@ def _decode_pil(data: bytes, name: str, c: int, h: int, w: int) -> tuple[torch.T
     with im:
         w0, h0 = im.size
         _check_size(w0, h0, name)  # from the header: nothing has been decoded yet
+        if im.format == "PNG":
+            _check_png_pixel_data(data, name)
         mode0 = im.mode
         try:
             if getattr(im, "n_frames", 1) > 1:
@@ -148,6 +150,45 @@ def _decode_pil(data: bytes, name: str, c: int, h: int, w: int) -> tuple[torch.T
     if c == 3 and x.shape[0] == 1:
         x = x.expand(3, -1, -1)
     return x.contiguous(), [n for n in notices if n], (w0, h0), mode0
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type → samples per pixel
+
+
+def _png_scanline_bytes(width: int, height: int, bits: int, interlaced: bool) -> int:
+    """Bytes of filtered scanlines a complete PNG image decompresses to (per Adam7 pass when interlaced)."""
+    def size(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+    if not interlaced:
+        return size(width, height)
+    passes = [(0, 8, 0, 8), (4, 8, 0, 8), (0, 4, 4, 8), (2, 4, 0, 4), (0, 2, 2, 4), (1, 2, 0, 2), (0, 1, 1, 2)]
+    return sum(size((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0)
+               for x0, dx, y0, dy in passes)
+
+
+def _check_png_pixel_data(data: bytes, name: str) -> None:
+    """Refuse a PNG whose pixel data (IDAT) ends before the last row: Pillow fills the missing rows with
+    black without a word, and a half-black digit would be explained as if it were the upload."""
+    import struct
+    import zlib
+
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    expected = _png_scanline_bytes(width, height, depth * _PNG_CHANNELS.get(colour, 1), interlace == 1)
+    inflate, got, pos = zlib.decompressobj(), 0, 8
+    while pos + 8 <= len(data):  # chunks: length, type, data, crc (Pillow has checked them already)
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            try:  # bounded: never inflate more than a complete image holds
+                got += len(inflate.decompress(data[pos + 8:pos + 8 + length], max(expected - got, 0) + 1))
+            except zlib.error as err:
+                raise UploadError(f"{name} is a corrupt PNG: its pixel data does not inflate ({err})") from None
+        if kind == b"IEND" or got >= expected:
+            break
+        pos += 12 + length
+    if got < expected:
+        rows = got * height // expected if expected else 0
+        raise UploadError(f"{name} is a truncated PNG: its pixel data covers about {rows} of {height} rows "
+                          "(the rest would be filled with black); upload the complete file")
 
 
 def _to_channels(im, c: int):

@@ -18,16 +18,17 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr, ValidationError, field_validator,
+                      model_validator)
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .device import resolve_device
-from .io import atomic_write_bytes, atomic_write_json, check_name, library_versions, sha256_file
+from .io import atomic_write_bytes, atomic_write_json, check_name, library_versions, read_bounded, sha256_file
 from .models import ARCHITECTURES, ImageClassifier, build_model
 from .registry import ConfigError, format_validation_error
 
@@ -46,6 +47,8 @@ WEIGHTS_MAX_BYTES = 2 << 30  # refuse absurd uploads before reading them
 MODEL_MAX_BYTES = 2 << 30  # a card may not describe a model larger than this (checked before allocating it)
 
 Metric = float | int | str | bool | None | dict[str, Any] | list[Any]
+_Number = Annotated[float, Strict()]  # an int or a float; never a bool or a numeric string
+NORM_MIN, NORM_MAX = 1e-6, 1e6  # the normalisation a card may state (float32 keeps (x − mean) / std finite)
 
 
 class CheckpointError(ValueError):
@@ -57,26 +60,28 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = Field(1, ge=1, le=1)
-    name: str = Field(..., description="file stem of the checkpoint")
-    architecture: str
+    # strict types: a card is untrusted JSON, and lax parsing would turn `true` or "32" into numbers
+    schema_version: StrictInt = Field(1, ge=1, le=1)
+    name: StrictStr = Field(..., description="file stem of the checkpoint")
+    architecture: StrictStr
     arch_config: dict[str, Any] = Field(default_factory=dict)
-    dataset: str = Field(..., min_length=1, max_length=64)
-    input_shape: tuple[int, int, int]
-    mean: list[float]
-    std: list[float]
-    classes: list[str] = Field(..., min_length=2, max_length=100_000)
-    objective: str = Field("natural", max_length=64, description="training objective name")
+    dataset: StrictStr = Field(..., min_length=1, max_length=64)
+    input_shape: tuple[StrictInt, StrictInt, StrictInt]
+    mean: list[_Number] = Field(..., max_length=16)
+    std: list[_Number] = Field(..., max_length=16)
+    classes: list[StrictStr] = Field(..., min_length=2, max_length=100_000)
+    objective: StrictStr = Field("natural", max_length=64, description="training objective name")
     objective_config: dict[str, Any] = Field(default_factory=dict)
-    seed: int | None = None
-    epochs: int | None = Field(None, ge=0, le=100_000)
-    wall_time_s: float | None = Field(None, ge=0)
-    versions: dict[str, str] = Field(default_factory=library_versions)
+    seed: StrictInt | None = Field(None, ge=0, le=2**32 - 1)
+    epochs: StrictInt | None = Field(None, ge=0, le=100_000)
+    wall_time_s: _Number | None = Field(None, ge=0)
+    versions: dict[StrictStr, StrictStr] = Field(default_factory=library_versions)
     metrics: dict[str, Metric] = Field(default_factory=dict)
-    command: str | None = Field(None, max_length=4096, description="the exact command that rebuilt it")
-    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    notes: str = Field("", max_length=10_000)
-    weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    command: StrictStr | None = Field(None, max_length=4096, description="the exact command that rebuilt it")
+    created: StrictStr = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               max_length=64)
+    notes: StrictStr = Field("", max_length=10_000)
+    weights_sha256: StrictStr | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @field_validator("name")
     @classmethod
@@ -106,7 +111,16 @@ class ModelCard(BaseModel):
             raise ValueError("mean and std values must be finite numbers (no NaN or infinity)")
         if any(s <= 0 for s in self.std):
             raise ValueError("std values must be positive")
-        ARCHITECTURES.get(self.architecture).make_config(self.arch_config)
+        # checked as the model will hold them (float32): 1e-320 is positive in Python but 0 in float32,
+        # and a normalised pixel (x − mean) / std must stay finite for x in [0, 1]
+        if not all(abs(m) <= NORM_MAX for m in self.mean) or not all(NORM_MIN <= s <= NORM_MAX for s in self.std):
+            raise ValueError(f"mean values must lie in [-{NORM_MAX:g}, {NORM_MAX:g}] and std values in "
+                             f"[{NORM_MIN:g}, {NORM_MAX:g}] (the model normalises in float32)")
+        arch = ARCHITECTURES.get(self.architecture).config
+        try:  # strict: "32" or true are not a width
+            arch.model_validate(self.arch_config, strict=True)
+        except ValidationError as err:
+            raise ValueError(format_validation_error(err, "arch_config")) from None
         return self
 
     @property
@@ -173,13 +187,8 @@ class CheckpointPaths:
 
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} {path} does not exist") from None
-    if size > limit:
-        raise CheckpointError(f"{what} {path} is {size} bytes, over the {limit}-byte limit")
-    return path.read_bytes()
+    """A regular file of at most ``limit`` bytes (never a device, FIFO or directory; see :func:`read_bounded`)."""
+    return read_bounded(path, limit, what, CheckpointError)
 
 
 # --------------------------------------------------------------------------- save / load
@@ -194,6 +203,8 @@ def save_checkpoint(model: torch.nn.Module, card: ModelCard, directory: str | os
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     _check_state_matches(state, expected, source=f"model for card {card.name!r}", cast_floats=True)
     state = {k: v.to(expected[k].dtype) for k, v in state.items()}
+    _check_normalisation_matches(state, card, f"model for card {card.name!r}")
+    smoke_test(model, card, f"model for card {card.name!r}")  # nothing that outputs NaN enters a zoo
     atomic_write_bytes(paths.weights, save_safetensors_bytes(state, metadata={"format": "explrobust"}))
     card = card.model_copy(update={"weights_sha256": sha256_file(paths.weights)})
     atomic_write_json(paths.card, card.model_dump(mode="json"))
@@ -236,6 +247,38 @@ def _check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, tor
                               f"({len(not_finite)} tensors, e.g. {', '.join(not_finite[:3])})")
 
 
+def _check_normalisation_matches(state: dict[str, torch.Tensor], card: ModelCard, source: str) -> None:
+    """The weights' own ``normalize.mean``/``std`` buffers must say what the card says: the card is what
+    tables and forms show, the buffers are what the model computes with (a card claiming mean 1e300
+    beside weights that normalise with 0.1311 is a forgery or a mix-up)."""
+    for key, stated in (("normalize.mean", card.mean), ("normalize.std", card.std)):
+        if key not in state:
+            continue
+        held = state[key].detach().to(torch.float64).flatten().cpu()
+        want = torch.tensor(stated, dtype=torch.float32).to(torch.float64)  # as the card's model would hold it
+        if held.shape != want.shape or not torch.allclose(held, want, rtol=1e-5, atol=1e-7):
+            raise CheckpointError(
+                f"the weights in {source} normalise with {key.split('.')[1]} {[round(v, 6) for v in held.tolist()]} "
+                f"but the card says {list(stated)}; fix the card's mean/std (or the weights)")
+
+
+def smoke_test(model: torch.nn.Module, card: ModelCard, source: str) -> None:
+    """One forward pass on a mid-grey image: finite logits, one per class, or the checkpoint is refused
+    (a model that outputs NaN would otherwise pass every other check and poison every result)."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            logits = model.eval()(torch.full((1, *card.input_shape), 0.5, device=device))
+    finally:
+        model.train(was_training)  # the caller's model is left as it was given
+    if tuple(logits.shape) != (1, card.num_classes):
+        raise CheckpointError(f"{source}: the model outputs shape {tuple(logits.shape)} for one image, "
+                              f"the card promises (1, {card.num_classes})")
+    if not bool(torch.isfinite(logits).all()):
+        raise CheckpointError(f"{source}: the model outputs NaN or infinite logits on a plain grey image; refused")
+
+
 def read_card(path: str | os.PathLike) -> ModelCard:
     paths = CheckpointPaths.of(path)
     text = _read_limited(paths.card, CARD_MAX_BYTES, "model card")
@@ -262,9 +305,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
             )
     state = _safetensors_state(blob, f"weights file {paths.weights}")
     _check_state_matches(state, expected_state(card), source=str(paths.weights))
+    _check_normalisation_matches(state, card, str(paths.weights))
     model = build_from_card(card)
     model.load_state_dict(state)
-    return model.to(resolve_device(device)).eval(), card
+    model = model.to(resolve_device(device)).eval()
+    smoke_test(model, card, str(paths.weights))
+    return model, card
 
 
 @functools.lru_cache(maxsize=16)
@@ -429,6 +475,7 @@ def import_state(state: dict[str, torch.Tensor], card: ModelCard, directory: str
     _check_state_matches({k: v for k, v in state.items() if not k.startswith("normalize.")},
                          {k: v for k, v in expected.items() if not k.startswith("normalize.")},
                          source=source, cast_floats=True)
+    _check_normalisation_matches(state, card, source)
     model = build_from_card(card)
     real = model.state_dict()
     for key in ("normalize.mean", "normalize.std"):

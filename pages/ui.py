@@ -242,7 +242,15 @@ def _executor(runs: str):
 
 
 def executor():
-    """The background-job executor of this server (one per runs directory)."""
+    """The background-job executor of this server (one per runs directory); a lost or damaged job store
+    stops the page with an error box that says how to recover."""
     from explrobust_core.io import runs_dir
+    from explrobust_core.jobs import JobStoreError
 
-    return _executor(str(runs_dir()))
+    try:
+        ex = _executor(str(runs_dir()))
+        ex.store.check()
+    except JobStoreError as err:
+        st.error(str(err))
+        st.stop()
+    return ex

@@ -106,7 +106,8 @@ def test_the_server_binds_to_localhost_by_default():
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
     server = config["server"]
     assert server["address"] == "127.0.0.1"
-    assert server.get("enableXsrfProtection", True) is True and server.get("enableCORS", True) is True
+    # stated, not implied: a future change of streamlit's defaults must not weaken the app silently
+    assert server["enableXsrfProtection"] is True and server["enableCORS"] is True
     from explrobust_core.uploads import CHECKPOINT_MAX_BYTES
 
     assert server["maxUploadSize"] * 2**20 <= CHECKPOINT_MAX_BYTES

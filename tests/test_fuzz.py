@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -354,3 +356,200 @@ def test_dataset_batches_check_their_indices(indices):
     elif indices:
         with pytest.raises(IndexError, match="out of range"):
             data.batch(indices)
+
+
+# --------------------------------------------------------------------------- every CLI command
+# Random argument values of the right and the wrong types, on tiny budgets: every run ends with exit 0 or 2
+# (a refusal), never a traceback, writes nothing outside its own output folder, and ends in bounded time.
+
+# EXPLROBUST_FUZZ_EXAMPLES raises the count for a deeper run by hand; CI keeps it small
+CLI = settings(max_examples=int(os.environ.get("EXPLROBUST_FUZZ_EXAMPLES", "5")), deadline=None, derandomize=True,
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+CLI_SECONDS = 60  # per call; the budgets below make a valid run take a few seconds at most
+
+INT = st.sampled_from(["-1", "0", "1", "2", str(10**12), "x", "1.5", "nan", ""])
+FLOAT = st.sampled_from(["-1", "0", "0.05", "1e9", "nan", "inf", "x", ""])
+TEXT = st.one_of(st.sampled_from(["../x", "", "-", "a/b", "ok_name", "é"]),
+                 st.text(st.characters(codec="ascii", exclude_categories=["Cc"]), max_size=6))
+INDICES = st.sampled_from(["0", "0,1", "0,0", "-1", "99999", "x", "1,2,3", ""])
+OUT_FILE = st.sampled_from(["{out}/r.json", "{out}/a_file", "{out}/a_dir", "/dev/null", "{out}/a_file/below.json",
+                            "{out}/new/deeper/r.json"])
+OUT_DIR = st.sampled_from(["{out}/o", "{out}/a_file", "{out}/a_dir", "/dev/null", "{out}/a_file/below"])
+CHECKPOINT = st.sampled_from(["{ckpt}", "{ckpt}", "{out}/a_dir", "{out}/a_file", "/dev/null", "{out}/missing.safetensors",
+                              "{out}/a_dir.json"])
+JSON_LIST = st.sampled_from(['["ce"]', '["x"]', "x", "[]", '[0.1]', "[1e9]"])
+
+
+def _choice(*values):
+    return st.sampled_from(list(values))
+
+
+CHECKPOINT_FLAGS = {"--checkpoint": CHECKPOINT, "--split": _choice("train", "test", "x"),
+                    "--device": _choice("cpu", "auto", "cuda:7", "tpu", "x")}
+BASE = ["--checkpoint", "{ckpt}", "--device", "cpu"]
+# per command: (arguments that keep a valid run tiny, the flags fuzzed on top of them; later flags win)
+COMMANDS = {
+    "info": ([], {"--json": None}),
+    "zoo-table": ([], {"": _choice("{out}", "{out}/a_file", "/dev/null", "{out}/missing", "{shipped}")}),
+    "explain": (BASE + ["--indices", "0", "--out", "{out}/e"], {
+        **CHECKPOINT_FLAGS, "--indices": INDICES, "--method": _choice("gradient", "integrated_gradients", "nope"),
+        "--target": _choice("true", "predicted", "3", "99", "-1", "x"), "--normalize": _choice("sum", "none", "x"),
+        "--out": OUT_DIR, "--n-steps": INT}),
+    "attack-classifier": (BASE + ["--n-images", "2", "--steps", "1"], {
+        **CHECKPOINT_FLAGS, "--n-images": INT, "--indices": INDICES, "--attack": _choice("pgd", "fgsm", "nope"),
+        "--eps": FLOAT, "--steps": INT, "--restarts": INT, "--eps-list": _choice("0.1", "0.1,nan", "x", "0.01,0.02"),
+        "--minimal-eps": FLOAT, "--json": OUT_FILE, "--csv": OUT_FILE, "--seed": INT}),
+    "attack-explanation": (BASE + ["--indices", "0", "--attack", "ifia", "--k", "10", "--eval-k", "10", "--steps", "1",
+                                   "--out", "{out}/a"], {
+        **CHECKPOINT_FLAGS, "--indices": INDICES, "--target-indices": INDICES,
+        "--attack": _choice("ifia", "targeted", "nope"), "--steps": INT, "--eps": FLOAT, "--out": OUT_DIR}),
+    "sample": (["--way", "1", "--dataset", "digits", "--n-candidates", "40", "--n-pairs", "3"], {
+        "--way": _choice("1", "2", "3", "4", "x"), "--dataset": _choice("digits", "nope", "../x"),
+        "--split": _choice("train", "test", "x"), "--n-candidates": INT, "--n-pairs": INT, "--k": INT,
+        "--feature-source": _choice("penultimate", "maps", "x"), "--seed": INT, "--out": OUT_FILE,
+        "--reference": CHECKPOINT, "--device": _choice("cpu", "x")}),
+    "landscape": (BASE + ["--indices", "0", "--points", "3", "--losses", '["ce"]'], {
+        **CHECKPOINT_FLAGS, "--indices": INDICES, "--points": INT, "--dims": _choice("1", "2", "3"), "--radius": FLOAT,
+        "--batch-size": INT, "--losses": JSON_LIST, "--loss": _choice("ce", "explanation", "x"),
+        "--direction": _choice("random", "adversarial", "explanation", "x"), "--json": OUT_FILE,
+        "--pairs": _choice("{pairs}", "{mnist_pairs}", "{out}/a_file", "/dev/null", "{out}/a_dir"), "--n-pairs": INT}),
+    "curvature": (BASE + ["--indices", "0", "--n-samples", "1", "--iterations", "1"], {
+        **CHECKPOINT_FLAGS, "--indices": INDICES, "--radius": FLOAT, "--beta": FLOAT,
+        "--explainer": _choice("gradient_x_input", "deeplift", "x"), "--n-samples": INT, "--iterations": INT,
+        "--seed": INT, "--json": OUT_FILE, "--pairs": _choice("{pairs}", "{out}/a_file")}),
+    "compare-ways": (BASE + ["--ways", "1", "--seeds", "0", "--n-pairs", "2", "--n-candidates", "20", "--steps", "1"], {
+        **CHECKPOINT_FLAGS, "--ways": INDICES, "--seeds": INDICES, "--n-pairs": INT, "--n-candidates": INT,
+        "--k": INT, "--steps": INT, "--json": OUT_FILE, "--reference": CHECKPOINT}),
+    "train": (["--name", "f", "--dataset", "digits", "--epochs", "1", "--max-train-images", "32", "--eval-images", "8",
+               "--eval-pgd-steps", "0", "--quiet", "--device", "cpu", "--out", "{out}/t"], {
+        "--epochs": INT, "--batch-size": INT, "--lr": FLOAT, "--objective": _choice("natural", "nope"),
+        "--name": TEXT, "--out": OUT_DIR, "--seed": INT, "--architecture": _choice("convnet", "nope"),
+        "--max-train-images": INT}),
+    "evaluate": (BASE + ["--n-images", "2", "--eps-list", "[0.1]", "--pgd-steps", "1", "--explanation-attack", "none",
+                         "--n-explanation-images", "1", "--ifia-steps", "1", "--targeted-steps", "1"], {
+        **CHECKPOINT_FLAGS, "--n-images": INT, "--preset": _choice("rar_mnist", "x"), "--eps-list": JSON_LIST,
+        "--explanation-attack": _choice("ifia", "none", "x"), "--pgd-steps": INT, "--json": OUT_FILE,
+        "--write-card": None, "--batch-size": INT}),
+    "sweep": (["run", "--name", "s", "--grid", "lam=1,2", "--objective", "sep", "--dataset", "digits", "--epochs", "1",
+               "--evaluation", '{"n_images": 2, "explanation_attack": "none"}'], {
+        "--grid": _choice("lam=1,2", "lam=1e12", "foo=1", "lam", "lam=x", "sigma=0.1,0.2", "beta=1"),
+        "--name": TEXT, "--max-parallel": INT, "--preset": _choice("sep_mnist", "x"), "--json": OUT_FILE,
+        "--csv": OUT_FILE, "--figure": OUT_FILE, "--evaluation": _choice("{}", '{"n_images": -1}', "x", "[1]")}),
+}
+JOBS = {"submit": _choice("{out}/a_file", "/dev/null", "{spec}", "--epochs", "--name"), "list": None,
+        "show": TEXT, "cancel": TEXT, "resume": TEXT, "retry": TEXT, "delete": TEXT, "logs": TEXT,
+        "rebuild-store": None, "worker": TEXT}
+
+
+@pytest.fixture(scope="module")
+def cli_sandbox(tmp_path_factory):
+    """A shipped zoo (one tiny digits model), pair files and a job spec, outside every run's output folder."""
+    from explrobust_core.sampling import PairSet, save_pairs
+    from explrobust_core.zoo import ModelCard, build_from_card, save_checkpoint
+
+    root = tmp_path_factory.mktemp("cli_fuzz")
+    card = ModelCard(name="natural", architecture="convnet", arch_config={"width1": 4, "width2": 4, "hidden": 8},
+                     dataset="digits", input_shape=(1, 8, 8), mean=[0.3], std=[0.4], classes=list("0123456789"))
+    torch.manual_seed(0)
+    save_checkpoint(build_from_card(card), card, root / "shipped" / "digits")
+    save_pairs(PairSet(way=1, dataset="digits", n_candidates=20, pairs=[(0, 1), (2, 3)]), root / "pairs.json")
+    save_pairs(PairSet(way=1, dataset="mnist5k", n_candidates=20, pairs=[(0, 1)]), root / "mnist_pairs.json")
+    (root / "spec.json").write_text(json.dumps({"kind": "train", "train": {"name": "fz", "dataset": "digits"}}))
+    return root
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if not p.is_relative_to(skip) and not p.is_symlink()}
+
+
+_RUNS = iter(range(10**6))
+
+
+def _run_cli_fuzzed(sandbox: Path, argv: list[str]) -> None:
+    import contextlib
+    import shutil
+    import time
+
+    from explrobust_core.cli import main
+
+    out = sandbox / f"run{next(_RUNS)}"
+    (out / "a_dir").mkdir(parents=True)
+    (out / "a_file").write_text("x")
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(sandbox / "shipped" / "digits" / f"natural{suffix}", out / f"ckpt{suffix}")
+    places = {"out": out, "ckpt": out / "ckpt.safetensors", "shipped": sandbox / "shipped",
+              "pairs": sandbox / "pairs.json", "mnist_pairs": sandbox / "mnist_pairs.json", "spec": sandbox / "spec.json"}
+    for name, place in places.items():  # placeholders only: a fuzzed value may hold braces of its own
+        argv = [a.replace("{" + name + "}", str(place)) for a in argv]
+    before = _snapshot(sandbox, out)
+    stderr = io.StringIO()
+    env = {"EXPLROBUST_RUNS": str(out / "runs"), "EXPLROBUST_USER_ZOO": str(out / "user_zoo"),
+           "EXPLROBUST_ZOO": str(sandbox / "shipped"), "EXPLROBUST_MAX_JOBS": "0"}  # no job worker ever starts
+    started = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(stderr), \
+            contextlib.redirect_stdout(io.StringIO()):
+        for key, value in env.items():
+            mp.setenv(key, value)
+        mp.setattr("explrobust_core.jobs.LocalExecutor.start_queued", lambda self: [])  # jobs queue, never run
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+    seconds = time.perf_counter() - started
+    err = stderr.getvalue()
+    assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    assert _snapshot(sandbox, out) == before, f"{argv} wrote outside its output folder"
+    assert seconds < CLI_SECONDS, (argv, seconds)
+
+
+@st.composite
+def fuzzed_argv(draw, command: str) -> list[str]:
+    base, flags = COMMANDS[command]
+    chosen = draw(st.lists(st.sampled_from(sorted(flags)), max_size=4, unique=True)) if flags else []
+    argv = [command, *base]
+    for flag in chosen:
+        if flags[flag] is None:  # a switch
+            argv.append(flag)
+        elif flag == "":  # a positional argument
+            argv.append(draw(flags[flag]))
+        else:
+            argv += [flag, draw(flags[flag])]
+    return argv
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_cli_command_refuses_bad_values_in_one_line_and_writes_only_its_output(cli_sandbox, command):
+    @CLI
+    @given(argv=fuzzed_argv(command))
+    def prop(argv):
+        _run_cli_fuzzed(cli_sandbox, argv)
+
+    prop()
+
+
+@CLI
+@given(action=st.sampled_from(sorted(JOBS)), data=st.data())
+def test_every_jobs_command_refuses_bad_values_in_one_line(cli_sandbox, action, data):
+    argv = ["jobs", "--runs", "{out}/runs", action]
+    if JOBS[action] is not None:
+        argv.append(data.draw(JOBS[action]))
+    if action == "submit" and argv[-1].startswith("--"):  # the `train` flags: a value of any type
+        argv += [data.draw(st.one_of(INT, TEXT)), "--dataset", "digits"]
+    _run_cli_fuzzed(cli_sandbox, argv)
+
+
+def test_the_cli_fuzz_covers_every_command():
+    """A new command joins the fuzz above (an entry in COMMANDS, or JOBS for a jobs action)."""
+    import argparse
+
+    from explrobust_core.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return dict(sub.choices)
+
+    top = commands(build_parser())
+    assert set(top) == set(COMMANDS) | {"jobs"}
+    assert set(commands(top["jobs"])) == set(JOBS)

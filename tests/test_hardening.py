@@ -268,6 +268,16 @@ BAD_CARDS = {
     "epochs negative": {"epochs": -1},
     "bad checksum format": {"weights_sha256": "abc"},
     "huge notes": {"notes": "x" * 20_000},
+    # strict types: lax parsing would coerce these into numbers
+    "a bool in input_shape": {"input_shape": [True, 8, 8]},
+    "text in input_shape": {"input_shape": ["1", 8, 8]},
+    "a bool as mean": {"mean": [True]},
+    "arch option as text": {"arch_config": {"width1": "4"}},
+    "seed unbounded": {"seed": 2**70},
+    "seed negative": {"seed": -1},
+    # positive and finite in Python, but 0 (or a normalisation that overflows) in the model's float32
+    "std is 0 in float32": {"std": [1e-320]},
+    "absurd mean": {"mean": [1e300]},
 }
 
 
@@ -417,6 +427,9 @@ CAPPED = [
     ("explrobust_core.attacks.explanation", "IFIAConfig", ["steps", "restarts", "k", "eval_k", "seed"]),
     ("explrobust_core.attacks.explanation", "TargetedConfig", ["steps", "record_every", "seed"]),
     ("explrobust_core.landscape", "LandscapeConfig", ["points", "batch_size", "k", "seed"]),
+    ("explrobust_core.landscape", "CurvatureConfig", ["n_samples", "iterations", "seed"]),
+    ("explrobust_core.sampling", "SampleConfig", ["n_candidates", "n_pairs", "k", "seed"]),
+    ("explrobust_core.evaluate", "WayStabilityConfig", ["n_pairs", "n_candidates", "k"]),
     ("explrobust_core.evaluate", "EvaluationConfig", ["n_images", "batch_size", "n_explanation_images",
                                                       "attack_batch_size", "seed"]),
     ("explrobust_core.training.trainer", "TrainConfig", ["epochs", "batch_size", "eval_images", "eval_pgd_steps",
@@ -435,7 +448,7 @@ def test_over_cap_values_are_refused_with_the_field_named(module, cls_name, fiel
     from explrobust_core.registry import format_validation_error
 
     cls = getattr(importlib.import_module(module), cls_name)
-    required = {"name": "run"} if cls_name == "TrainConfig" else {}
+    required = {"TrainConfig": {"name": "run"}, "SampleConfig": {"way": 1}}.get(cls_name, {})
     for field in fields:
         top, inclusive = _upper(cls, field)
         over = top + 1 if inclusive else top
@@ -536,3 +549,288 @@ def test_job_names_and_ids_are_checked(tmp_path):
         with pytest.raises(ValueError, match="invalid job id"):
             store.job_dir(job_id)
     assert not [p for p in tmp_path.rglob("*") if not p.resolve().is_relative_to((tmp_path / "runs").resolve())]
+
+
+# =========================================================================== round two (issue 15)
+# Each class of defect found by the second adversarial pass, driven through the CLI in-process where the
+# user met it: a refusal is exit 2 with one line on stderr (no traceback) and nothing written.
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    from explrobust_core.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse refusals exit by themselves
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def assert_refused(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and "errors.pydantic.dev" not in err, err
+    assert len(err.strip().splitlines()) == 1, f"not one line: {err!r}"
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch) -> Path:
+    """Private runs folder, user zoo and shipped zoo (a copy with one digits checkpoint and a pair file)."""
+    monkeypatch.setenv("EXPLROBUST_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(tmp_path / "user_zoo"))
+    monkeypatch.setenv("EXPLROBUST_ZOO", str(tmp_path / "shipped"))
+    saved(tmp_path / "shipped" / "digits", "natural")
+    (tmp_path / "shipped" / "digits" / "pairs_way1.json").write_text('{"shipped": true}')
+    return tmp_path
+
+
+def within(seconds: float, fn, unblock: Path | None = None):
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it does not return in time."""
+    import threading
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(value=_call(fn)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        if unblock is not None:  # a reader blocked on a FIFO wakes up once a writer opens it
+            os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+        raise AssertionError(f"still running after {seconds} s (a read without a limit?)")
+    if isinstance(box["value"], BaseException):
+        raise box["value"]
+    return box["value"]
+
+
+def _call(fn):
+    try:
+        return fn()
+    except BaseException as err:  # noqa: BLE001 - handed back to the test thread
+        return err
+
+
+def test_non_regular_files_are_refused_before_reading_and_one_bad_entry_never_breaks_the_listing(
+        isolated, monkeypatch, capsys):
+    """A card or weights that is a device (st_size 0, endless data), a FIFO (blocks) or a directory."""
+    zoo = isolated / "user_zoo" / "digits"
+    good = saved(zoo, "good")
+    fifo = zoo / "fifo.json"
+    os.mkfifo(fifo)
+    (zoo / "device.json").symlink_to("/dev/null")  # /dev/zero in the report; /dev/null cannot eat the memory
+    for stem in ("fifo", "device"):
+        (zoo / f"{stem}.safetensors").write_bytes(good.read_bytes())
+    (zoo / "folder.json").write_text(good.with_suffix(".json").read_text().replace('"good"', '"folder"'))
+    (zoo / "folder.safetensors").mkdir()
+    for stem, what in (("fifo", "a device, FIFO or socket"), ("device", "a device, FIFO or socket"),
+                       ("folder", "a directory")):
+        with pytest.raises(CheckpointError, match=f"is {what}, not a regular file"):
+            within(10, lambda: load_checkpoint(zoo / f"{stem}.safetensors", "cpu"), unblock=fifo)
+    listing = within(10, lambda: list_checkpoints(zoo), unblock=fifo)
+    assert {e.path.stem: e.error is None for e in listing} == {"good": True, "fifo": False, "device": False,
+                                                                "folder": True}
+    code, err = within(30, lambda: run_cli(capsys, "info", "--json"), unblock=fifo)
+    assert code == 0, err
+    code, err = run_cli(capsys, "explain", "--checkpoint", zoo / "folder.safetensors", "--indices", "0",
+                        "--out", isolated / "out")
+    assert_refused(code, err, "not a regular file")
+    (zoo / "dircard.safetensors").write_bytes(good.read_bytes())
+    (zoo / "dircard.json").mkdir()
+    code, err = run_cli(capsys, "explain", "--checkpoint", zoo / "dircard.safetensors", "--indices", "0",
+                        "--out", isolated / "out")
+    assert_refused(code, err, "is a directory")
+    assert not (isolated / "out").exists()
+
+
+def test_a_model_that_would_output_nan_never_enters_a_zoo(tmp_path):
+    from explrobust_core.io import atomic_write_json
+
+    with pytest.raises(ValueError, match="float32"):
+        ModelCard(**{**_card_dict(), "std": [1e-320]})
+    # the card's mean/std against the weights' own normalisation buffers
+    path = saved(tmp_path)
+    card = json.loads(path.with_suffix(".json").read_text())
+    path.with_suffix(".json").write_text(json.dumps({**card, "mean": [0.5]}))
+    with pytest.raises(CheckpointError, match="normalise with mean"):
+        load_checkpoint(path, "cpu")
+    model = build_from_card(card_for("other"))
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="normalise with mean"):
+        import_state_dict(tmp_path / "w.pt", card_for("other").model_copy(update={"mean": [0.9]}), tmp_path / "zoo")
+    # finite weights whose logits overflow: refused by the smoke test, on saving and on loading
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1e30)
+    with pytest.raises(CheckpointError, match="NaN or infinite logits"):
+        save_checkpoint(model, card_for("other"), tmp_path / "zoo")
+    assert not (tmp_path / "zoo").exists() or not list((tmp_path / "zoo").iterdir())
+    path.with_suffix(".json").write_text(json.dumps(card))
+    rewrite_weights(path, {k: v for k, v in model.state_dict().items()})
+    with pytest.raises(CheckpointError, match="NaN or infinite logits"):
+        load_checkpoint(path, "cpu")
+    # JSON never holds NaN/Infinity literals (strict readers refuse them)
+    out = atomic_write_json(tmp_path / "r.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+
+    def strict(token):
+        raise AssertionError(f"non-standard JSON literal {token}")
+
+    assert json.loads(out.read_text(), parse_constant=strict) == {"a": None, "b": [None, 1.5]}
+
+
+def _fill_store(runs: Path) -> list[str]:
+    from explrobust_core.jobs import JobStore, parse_spec
+
+    store = JobStore(runs)
+    ids = [store.add(parse_spec({"kind": "train", "train": {"name": f"j{i}", "dataset": "digits"}})).id for i in (1, 2)]
+    import sqlite3
+
+    db = sqlite3.connect(store.path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file, so cutting it loses data
+    db.close()
+    return ids
+
+
+def test_a_damaged_or_lost_job_store_says_how_to_recover_and_is_rebuilt_from_the_job_folders(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    ids = _fill_store(runs)
+    store_file = runs / "jobs.sqlite"
+    with open(store_file, "r+b") as f:
+        f.truncate(store_file.stat().st_size // 2)
+    for argv in (("list",), ("show", ids[0]), ("cancel", ids[0])):
+        code, err = run_cli(capsys, "jobs", "--runs", runs, *argv)
+        assert_refused(code, err, "damaged", "rebuild-store")
+    code, err = run_cli(capsys, "jobs", "--runs", runs, "rebuild-store")
+    assert code == 0, err
+    assert list(runs.glob("jobs.sqlite.damaged-*")), "the damaged file is kept"
+    code, _ = run_cli(capsys, "jobs", "--runs", runs, "show", ids[1])
+    assert code == 0
+    # a 0-byte store would open as a new, empty one and silently forget every job
+    store_file.write_bytes(b"")
+    for side in ("-wal", "-shm"):
+        Path(f"{store_file}{side}").unlink(missing_ok=True)
+    code, err = run_cli(capsys, "jobs", "--runs", runs, "list")
+    assert_refused(code, err, "empty", "2 job folders", "rebuild-store")
+    assert run_cli(capsys, "jobs", "--runs", runs, "rebuild-store")[0] == 0
+    from explrobust_core.jobs import JobStore
+
+    jobs = {j.id: j for j in JobStore(runs).list()}
+    assert set(jobs) == set(ids) and {j.status for j in jobs.values()} == {"interrupted"}
+    assert {j.name for j in jobs.values()} == {"j1", "j2"}
+
+
+def test_counts_outside_the_typed_configs_are_capped(isolated, capsys):
+    ckpt = isolated / "shipped" / "digits" / "natural.safetensors"
+    cases = [
+        (("sample", "--way", "1", "--dataset", "digits", "--n-pairs", 10**9), "n_pairs"),
+        (("compare-ways", "--checkpoint", ckpt, "--n-pairs", 10**9), "n_pairs"),
+        (("curvature", "--checkpoint", ckpt, "--indices", "0", "--n-samples", 10**9), "n_samples"),
+        (("curvature", "--checkpoint", ckpt, "--indices", "0", "--n-samples", -1, "--iterations", -1), "iterations"),
+        (("landscape", "--checkpoint", ckpt, "--indices", "0", "--n-pairs", 0), "--n-pairs"),
+    ]
+    for argv, field in cases:
+        assert_refused(*run_cli(capsys, *argv), field)
+    assert tree(isolated / "runs") == set()
+
+
+def test_bad_paths_and_targets_are_one_line_errors_and_write_nothing(isolated, capsys):
+    ckpt = isolated / "shipped" / "digits" / "natural.safetensors"
+    a_file = isolated / "a_file"
+    a_file.write_text("x")
+    a_dir = isolated / "a_dir"
+    a_dir.mkdir()
+    before = tree(isolated)
+    cases = [
+        (("explain", "--checkpoint", ckpt, "--indices", "0", "--target", "99", "--out", isolated / "o"), "class 99"),
+        (("explain", "--checkpoint", ckpt, "--indices", "0", "--target", "-1", "--out", isolated / "o"), "class -1"),
+        (("explain", "--checkpoint", ckpt, "--indices", "0", "--out", a_file), "--out"),
+        (("explain", "--checkpoint", ckpt, "--indices", "0", "--out", a_file / "below"), "is a file"),
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "2", "--json", a_dir), "--json"),
+        (("sample", "--way", "1", "--dataset", "digits", "--out", a_dir), "--out"),
+        (("train", "--name", "t", "--dataset", "digits", "--out", a_file), "--out"),
+    ]
+    for argv, needle in cases:
+        assert_refused(*run_cli(capsys, *argv), needle)
+    assert tree(isolated) == before
+
+
+def test_nonsense_values_are_refused_and_every_override_is_validated(isolated, capsys):
+    from explrobust_core.attacks.classification import minimal_flip_eps
+    from explrobust_core.sampling import PairSet, save_pairs
+
+    ckpt = isolated / "shipped" / "digits" / "natural.safetensors"
+    mnist_pairs = save_pairs(PairSet(way=1, dataset="mnist5k", n_candidates=10, pairs=[(0, 1)]), isolated / "p.json")
+    cases = [
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "0"), "--n-images"),
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "-5"), "--n-images"),
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "2", "--minimal-eps", "nan"), "--minimal-eps"),
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "2", "--minimal-eps", "-1"), "--minimal-eps"),
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "2", "--eps", "nan"), "eps: Input should be a finite"),
+        (("attack-classifier", "--checkpoint", ckpt, "--n-images", "2", "--eps-list", "0.1,500"), "eps"),
+        (("landscape", "--checkpoint", ckpt, "--pairs", mnist_pairs), "mnist5k/test"),
+    ]
+    for argv, needle in cases:
+        assert_refused(*run_cli(capsys, *argv), needle)
+    model, _ = load_checkpoint(ckpt, "cpu")
+    x = torch.rand(2, 1, 8, 8)
+    for bad in (float("nan"), -1.0, 1e9):
+        with pytest.raises(ConfigError, match="eps"):
+            minimal_flip_eps(model, x, torch.tensor([0, 1]), eps_max=bad, config={"steps": 1})
+
+
+def test_sample_writes_to_the_runs_folder_and_never_into_the_shipped_zoo(isolated, capsys):
+    shipped = isolated / "shipped"
+    before = {p: p.read_bytes() for p in shipped.rglob("*") if p.is_file()}
+    code, err = run_cli(capsys, "sample", "--way", "1", "--dataset", "digits", "--n-pairs", "10")
+    assert code == 0, err
+    written = list((isolated / "runs" / "pairs").rglob("*.json"))
+    assert len(written) == 1 and len(json.loads(written[0].read_text())["pairs"]) == 10
+    code, err = run_cli(capsys, "sample", "--way", "1", "--dataset", "digits", "--n-pairs", "10",
+                        "--out", shipped / "digits" / "pairs_way1.json")
+    assert_refused(code, err, "shipped zoo")
+    assert {p: p.read_bytes() for p in shipped.rglob("*") if p.is_file()} == before
+
+
+def test_refusals_are_one_line_that_names_the_field(isolated, capsys):
+    ckpt = isolated / "shipped" / "digits" / "natural.safetensors"
+    cases = [
+        (("landscape", "--checkpoint", ckpt, "--indices", "0", "--points", "100001"), "points"),
+        (("landscape", "--checkpoint", ckpt, "--indices", "0", "--batch-size", "0"), "batch_size"),
+        (("sample", "--way", "1", "--dataset", "digits", "--n-pairs", "0"), "n_pairs"),
+        (("jobs", "submit", "--name", "../x"), "name"),
+        (("explain", "--checkpoint", ckpt, "--indices", "0,0,0", "--out", isolated / "o"), "indices repeat"),
+        (("attack-explanation", "--checkpoint", ckpt, "--indices", "1,1", "--out", isolated / "o"), "indices repeat"),
+    ]
+    for argv, needle in cases:
+        assert_refused(*run_cli(capsys, *argv), needle)
+    assert tree(isolated / "runs") <= {"jobs.sqlite", "jobs.sqlite-wal", "jobs.sqlite-shm"}
+
+
+def test_job_specs_are_strict_and_their_device_is_checked_at_submit():
+    from explrobust_core.jobs import parse_spec
+
+    for value in ("3", True, 2.5):
+        with pytest.raises(ConfigError, match="epochs"):
+            parse_spec({"kind": "train", "train": {"name": "a", "epochs": value}})
+    for device in ["tpu", "cuda:x"] + ([] if torch.cuda.is_available() else ["cuda"]):
+        with pytest.raises(ConfigError, match="device"):
+            parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": device})
+        with pytest.raises(ConfigError, match="device"):
+            parse_spec({"kind": "train", "train": {"name": "a", "device": device}})
+    assert parse_spec({"kind": "evaluate", "model": "mnist5k/natural", "device": "cpu"}).device == "cpu"
+
+
+def test_the_training_page_shows_a_lost_job_store_as_an_error_box(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    runs = tmp_path / "runs"
+    _fill_store(runs)
+    (runs / "jobs.sqlite").write_bytes(b"")
+    monkeypatch.setenv("EXPLROBUST_RUNS", str(runs))
+    monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(tmp_path / "zoo"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=120).run()
+    at.switch_page("pages/training.py").run()
+    assert not at.exception
+    assert "rebuild-store" in at.error[0].value and "2 job folders" in at.error[0].value

@@ -144,6 +144,29 @@ def test_corrupt_and_truncated_images_are_refused():
             load_image(data, (1, 28, 28))
 
 
+def _png_with_rows(width: int, height: int, rows: int, interlace: int = 0) -> bytes:
+    """A well-formed PNG (valid chunks and CRCs) whose pixel data holds only ``rows`` of its ``height`` rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    raw = b"".join(b"\0" + bytes([128]) * width for _ in range(rows))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, interlace)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def test_a_png_whose_pixel_data_stops_early_is_refused_not_filled_with_black():
+    short = _png_with_rows(200, 200, 50)
+    assert np.asarray(Image.open(io.BytesIO(short))).mean() < 128  # control: Pillow decodes it, silently black
+    with pytest.raises(UploadError, match="truncated PNG: .* about 50 of 200 rows"):
+        load_image(short, (1, 28, 28))
+    complete = load_image(_png_with_rows(200, 200, 200), (1, 28, 28)).tensor
+    assert torch.allclose(complete, torch.full_like(complete, 128 / 255))
+    for mode in ("L", "RGB", "RGBA", "P", "I;16", "1", "LA"):  # Pillow's own PNGs, every bit depth, pass
+        buf = io.BytesIO()
+        Image.new(mode, (30, 20)).save(buf, "PNG")
+        load_image(buf.getvalue(), (1, 28, 28))
+
+
 def test_huge_images_are_refused_from_the_header_before_decoding(monkeypatch):
     side = int(IMAGE_MAX_PIXELS ** 0.5) + 8  # just over our cap, well under Pillow's own bomb limit
     bomb = bomb_png(side, side)

@@ -7,6 +7,7 @@ adversarial images; :func:`run_classification_attack` wraps that into a :class:`
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Literal
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..cancellation import raise_if_cancelled
 from ..models import eval_mode
-from ..registry import Config, MissingExtraError, Registry
+from ..registry import Config, ConfigError, MissingExtraError, Registry
 from ..results import Result
 
 Norm = Literal["linf", "l2"]
@@ -283,12 +284,17 @@ def minimal_flip_eps(
     A batched bisection: every image moves its own [lo, hi] bracket each round. Images that are
     misclassified already get 0; images PGD cannot flip at ``eps_max`` get ``inf``.
     """
-    cfg = CLASSIFICATION_ATTACKS.get("pgd").make_config(config)
+    entry = CLASSIFICATION_ATTACKS.get("pgd")
+    cfg = entry.make_config(config)
+    if not (isinstance(eps_max, (int, float)) and math.isfinite(eps_max) and eps_max > 0):
+        raise ConfigError(f"eps_max must be a finite number > 0, got {eps_max!r}")
+    # validated like any other ε (model_copy(update=…) would skip the config's checks)
+    at_max = entry.make_config({**cfg.model_dump(), "eps": eps_max})
     labels = labels.to(images.device)
     with eval_mode(model):
         with torch.no_grad():
             wrong = model(images).argmax(1) != labels
-        _, flips = pgd(model, images, labels, cfg.model_copy(update={"eps": eps_max}))
+        _, flips = pgd(model, images, labels, at_max)
         lo = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
         hi = torch.full_like(lo, eps_max)
         for _ in range(iterations):

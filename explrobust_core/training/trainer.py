@@ -29,7 +29,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from ..attacks.classification import pgd_perturb
-from ..data import DATASETS, default_budgets, load_dataset
+from ..data import DATASETS, default_budgets, load_dataset, spread_indices
 from ..device import resolve_device
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_name
 from ..models import ARCHITECTURES, build_model, eval_mode
@@ -58,8 +58,10 @@ class TrainConfig(Config):
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of every random draw")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     amp: bool = Field(False, description="bfloat16 autocast (CUDA only)")
-    max_train_images: int | None = Field(None, ge=1, le=10_000_000, description="use only the first n training images")
-    eval_images: int = Field(500, ge=1, le=100_000, description="held-out test images for per-epoch metrics")
+    max_train_images: int | None = Field(None, ge=1, le=10_000_000,
+                                         description="use only n training images, spread evenly over the split")
+    eval_images: int = Field(500, ge=1, le=100_000,
+                             description="held-out test images for per-epoch metrics, spread evenly over the split")
     eval_pgd_eps: float = Field(0.3, ge=0, le=1, description="ε of the per-epoch PGD accuracy (default: the dataset's ε)")
     eval_pgd_steps: int = Field(10, ge=0, le=1000, description="steps of the per-epoch PGD (0: skip)")
 
@@ -184,7 +186,9 @@ def train(
     train_set, test_set = load_dataset(cfg.dataset, "train", cfg.dataset_config), load_dataset(cfg.dataset, "test", cfg.dataset_config)
     info = train_set.info
     n_train = min(len(train_set), cfg.max_train_images or len(train_set))
-    x_eval, y_eval = (t.to(device) for t in test_set.batch(range(min(cfg.eval_images, len(test_set)))))
+    # spread subsets: the embedded splits are sorted by class, so the first n images would be one digit
+    train_indices = torch.tensor(spread_indices(len(train_set), n_train))
+    x_eval, y_eval = (t.to(device) for t in test_set.batch(spread_indices(len(test_set), cfg.eval_images)))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.architecture, input_shape=info.input_shape, num_classes=info.num_classes,
                         mean=info.mean, std=info.std, config=cfg.arch_config).to(device)
@@ -217,7 +221,8 @@ def train(
             if stop():
                 _save_state(state_path, snapshot(epoch, b))
                 return TrainOutcome(False, None, run_dir, history)
-            x, y = (t.to(device) for t in train_set.batch(order[b * cfg.batch_size:(b + 1) * cfg.batch_size].tolist()))
+            chosen = train_indices[order[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+            x, y = (t.to(device) for t in train_set.batch(chosen.tolist()))
             seed = _derived_seed(cfg.seed, epoch, b)
             torch.manual_seed(seed)  # dropout and any other global draw
             gen = torch.Generator().manual_seed(seed)
