@@ -720,7 +720,7 @@ def cmd_sweep_run(ns: argparse.Namespace) -> int:
     from . import sweep
 
     _check_outputs(ns, files=("json", "csv", "figure"))
-    argv = ["train", *ns.extra]
+    argv = ["train", *getattr(ns, "extra", [])]
     train_ns = build_parser("train", _choice_in(argv)).parse_args(argv)
     base = _train_config(train_ns).model_dump(mode="json")
     base.pop("name")
@@ -998,7 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser(argv[0] if argv else None, _choice_in(argv))
-        if (argv[:1] == ["jobs"] and "submit" in argv) or argv[:2] == ["sweep", "run"]:  # `train` flags pass through
+        if (argv[:1] == ["jobs"] and "submit" in argv) or (argv[:1] == ["sweep"] and "run" in argv):  # `train` flags
             ns, extra = parser.parse_known_args(argv)
             ns.extra = extra
         else:

@@ -270,5 +270,5 @@ def way_stability(model: nn.Module, dataset: ImageDataset, *, ways: tuple[int, .
                                "range": float(values.max() - values.min()), "cv": float(values.std(ddof=1) / values.mean())
                                if values.size > 1 and values.mean() else 0.0}
     return Result(kind="way_stability", config={"ways": list(ways), "seeds": list(seeds), "n_pairs": n_pairs,
-                                                "n_candidates": n, "k": k, "attack": cfg.model_dump(mode="json")},
+                                                "n_candidates": len(candidates), "candidates": "spread", "k": k, "attack": cfg.model_dump(mode="json")},
                   summary=spread, extra={"runs": rows}, seconds=time.perf_counter() - started)

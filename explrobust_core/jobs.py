@@ -722,12 +722,12 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
         print(f"job {job_id} is not waiting for this worker (status {store.get(job_id).status}); exiting", flush=True)
         return 3
     job = store.get(job_id)
-    spec = parse_spec(job.spec)
     print(f"job {job_id} (attempt {job.attempts}): {job.kind} {job.name}, pid {os.getpid()}", flush=True)
     reporter = _Reporter(store, job)
     flag = StopFlag().install()
     reporter.stop = lambda: flag() or reporter.cancel_requested()
     try:
+        spec = parse_spec(job.spec)  # inside: a spec this machine cannot run (no CUDA now) fails with its message
         try:
             if isinstance(spec, TrainJobSpec):
                 status = _run_training(store, job, spec, reporter, reporter.stop)

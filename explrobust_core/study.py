@@ -362,6 +362,8 @@ def model_rows(collection: Collection, dataset: str, protocol: str, eps: float, 
             "objective": info.objective, "architecture": info.architecture, "epochs": info.epochs,
             "beta": info.objective_config.get("beta") if info.objective == "trades" else None,
             "lam": info.objective_config.get("lam") if info.objective == "sep" else None,
+            # the input space of SEP's maps (a card from before the option: pixel space)
+            "space": info.objective_config.get("space", "pixel") if info.objective == "sep" else None,
             "clean_accuracy": None, "pgd_accuracy": None, "eps": eps, "measure": measure,
             "value": None, "value_ci_low": None, "value_ci_high": None,
             "le_start": None, "le_end": None, "status": "missing", "source": None, "path": None,
@@ -574,7 +576,7 @@ def sep_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         start, end = r["le_start"], r["le_end"]
         out.append({
             "model": r["architecture"], "method": r["method"], "checkpoint": r["name"],
-            "λ": r["lam"], "L_e start ×1e-7": start, "L_e end ×1e-7": end,
+            "λ": r["lam"], "maps": r.get("space"), "L_e start ×1e-7": start, "L_e end ×1e-7": end,
             "end / start": None if start in (None, 0) or end is None else end / start,
             "Acc clean %": None if r["clean_accuracy"] is None else 100 * r["clean_accuracy"],
             f"Acc adv % (ε={r['eps']:g})": None if r["pgd_accuracy"] is None else 100 * r["pgd_accuracy"],

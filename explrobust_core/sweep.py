@@ -81,6 +81,9 @@ class SweepSpec(Config):
                                  f"(choose from {', '.join(fields) or 'none: it has no options'})")
         if "name" in self.train:
             raise ValueError("train.name: the sweep names its points; leave it out")
+        names = [point_name(self.name, values) for values in grid_points(self.grid)]
+        if len(set(names)) != len(names):
+            raise ValueError("grid: two values give the same point name (e.g. 1e6 and 1000001); space them further")
         for values in grid_points(self.grid):
             point_config(self, values)  # each point must be a valid training run
         EvaluationRequest(**self.evaluate)
@@ -160,11 +163,15 @@ def submit(spec: SweepSpec, executor) -> dict[str, Any]:
     from .jobs import JobNotFound, TrainJobSpec
 
     path = state_path(spec.name, executor.store.root)
+    executor.reconcile()  # after a crash: points whose worker died are "interrupted" now, and resume below
     if path.exists():
-        state = json.loads(path.read_text())
-        if state["spec"] != spec.model_dump(mode="json"):
-            raise ConfigError(f"name: a sweep {spec.name!r} with another grid or base run exists ({path}); "
-                              f"choose another name")
+        state = load_state(spec.name, executor.store.root)
+        stored = SweepSpec(**state["spec"])
+        for key in ("train", "grid"):
+            if getattr(stored, key) != getattr(spec, key):
+                raise ConfigError(f"{key}: a sweep {spec.name!r} with another {key} exists ({path}); choose another "
+                                  f"name, or give the same {key} to resume it")
+        spec = stored  # resuming keeps the sweep's own protocol and parallelism
     else:
         state = {"spec": spec.model_dump(mode="json"), "points": []}
     executor.store.set_setting("max_concurrent", str(spec.max_parallel))
@@ -191,10 +198,21 @@ def submit(spec: SweepSpec, executor) -> dict[str, Any]:
 
 
 def load_state(name: str, runs: str | Path | None = None) -> dict[str, Any]:
+    """A sweep's stored state, checked (a damaged or hand-edited file is a one-line error)."""
+    from .io import read_bounded
+
     path = state_path(name, runs)
     if not path.exists():
         raise ConfigError(f"no sweep named {name!r} in {path.parent}")
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(read_bounded(path, 16 << 20, "sweep state"))
+        SweepSpec(**state["spec"])
+        if not all(isinstance(p, dict) and {"name", "values", "job"} <= set(p) for p in state["points"]):
+            raise ValueError("malformed points")
+    except (ValueError, KeyError, TypeError, ValidationError) as err:
+        raise ConfigError(f"the sweep state {path} is damaged ({' '.join(str(err).split())[:200]}); "
+                          f"move it away and run the sweep again") from None
+    return state
 
 
 def list_sweeps(runs: str | Path | None = None) -> list[str]:
@@ -241,9 +259,27 @@ def summary_numbers(summary: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def rows_from_results(folder: str | Path, reference: str | Path | None = None) -> list[dict[str, Any]]:
+def whole_split_accuracy(checkpoint: str | Path, split: str = "test") -> dict[str, float]:
+    """Clean accuracy over the whole split and that of the worst class (a sweep protocol that measures
+    a subset can hide a model that lost a few classes)."""
+    import torch
+
+    from .data import load_dataset
+    from .evaluate import predictions
+    from .zoo import load_checkpoint
+
+    model, card = load_checkpoint(checkpoint, "cpu")
+    dataset = load_dataset(card.dataset, split)
+    pred, labels = predictions(model, dataset, list(range(len(dataset))), 500, torch.device("cpu"))
+    per_class = [float((pred[labels == c] == c).float().mean()) for c in labels.unique().tolist()]
+    return {"clean_accuracy_whole_split": float((pred == labels).float().mean()), "worst_class_accuracy": min(per_class)}
+
+
+def rows_from_results(folder: str | Path, reference: str | Path | None = None,
+                      whole_split: bool = False) -> list[dict[str, Any]]:
     """Rows from ``FOLDER/NAME.sweep.json`` evaluation results; the card of each evaluated checkpoint
-    gives the objective and its config (reference models, e.g. the shipped MAT, are labelled by name)."""
+    gives the objective and its config (reference models, e.g. the shipped MAT, are labelled by name).
+    ``whole_split`` adds each model's clean accuracy over the whole test split and its worst class."""
     from .zoo import read_card
 
     rows = []
@@ -251,11 +287,16 @@ def rows_from_results(folder: str | Path, reference: str | Path | None = None) -
         result = json.loads(path.read_text())
         checkpoint = Path(result["config"]["checkpoint"])
         card = read_card(checkpoint.with_suffix(".json"))
-        objective_config = card.objective_config or {}
+        objective_config = dict(card.objective_config or {})
+        if card.objective == "sep":  # a SEP card from before the option: its maps were in pixel space
+            objective_config.setdefault("space", "pixel")
         rows.append({"model": path.name.removesuffix(".sweep.json"), "objective": card.objective,
                      **{k: objective_config.get(k) for k in ("lam", "sigma", "space", "reduction", "clamp")},
-                     "reference": reference is not None and Path(reference) in checkpoint.parents,
-                     **summary_numbers(result["summary"])})
+                     "reference": path.name.startswith("ref_") or (reference is not None
+                                                                    and Path(reference) in checkpoint.parents),
+                     **summary_numbers(result["summary"]),
+                     "subset": result["config"].get("subset", "first"),
+                     **(whole_split_accuracy(checkpoint) if whole_split else {})})
     return rows
 
 
@@ -290,9 +331,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--reference", default=None, help="models under this folder are marked as references")
     p.add_argument("--json", default=None)
     p.add_argument("--csv", default=None)
+    p.add_argument("--whole-split", action="store_true", help="add clean accuracy over the whole test split")
+    p.add_argument("--note", default="", help="a note stored with the table (shown on the Robustness study page)")
     ns = parser.parse_args(argv)
-    rows = rows_from_results(ns.folder, ns.reference)
-    write_table(rows, ns.json, ns.csv, {"source": "models_zoo/sep_sweep.sh"})
+    rows = rows_from_results(ns.folder, ns.reference, ns.whole_split)
+    write_table(rows, ns.json, ns.csv, {"source": "models_zoo/sep_sweep.sh", "note": ns.note})
     print(json.dumps(rows, indent=1))
     return 0
 

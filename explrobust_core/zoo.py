@@ -500,7 +500,7 @@ def card_summary(card: ModelCard) -> dict[str, Any]:
 
 def _objective_brief(card: ModelCard) -> str:
     cfg = card.objective_config
-    keys = {"trades": ["beta"], "sep": ["lam", "explainer"], "ig_norm": ["lam", "m"], "ig_sum_norm": ["lam", "m"],
+    keys = {"trades": ["beta"], "sep": ["lam", "explainer", "space"], "ig_norm": ["lam", "m"], "ig_sum_norm": ["lam", "m"],
             "art": ["gamma", "k_top"]}.get(card.objective, [])
     parts = [f"{k}={cfg[k]:g}" if isinstance(cfg.get(k), float) else f"{k}={cfg.get(k)}" for k in keys if k in cfg]
     if "eps" in cfg:

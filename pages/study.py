@@ -229,7 +229,7 @@ def show_results() -> None:
         sep_df = pd.DataFrame(sep)
         st.dataframe(sep_df, hide_index=True, width="stretch",
                      column_config={c: st.column_config.NumberColumn(format="%.2f") for c in sep_df.columns
-                                    if c not in ("model", "method", "checkpoint", "status", "λ")})
+                                    if c not in ("model", "method", "checkpoint", "status", "λ", "maps")})
         ui.downloads("study_sep_table", data=sep_df)
         ok = [r for r in sep if r["L_e end ×1e-7"] is not None]
         if ok:
@@ -259,7 +259,7 @@ def show_results() -> None:
                 st.markdown(searched.get("note", ""))
                 table = pd.DataFrame(searched["rows"])
                 st.dataframe(table, hide_index=True, width="stretch")
-                ui.show_figure(sweep_figure([r for r in searched["rows"] if r["objective"] == "sep"], "lam"),
+                ui.show_figure(sweep_figure([r for r in searched["rows"] if r["objective"] == "sep"], "lam", "space"),
                                "study_sep_sweep", data=table)
 
 if rows:

@@ -8,7 +8,7 @@ import streamlit as st
 from pydantic import ValidationError
 
 from explrobust_core import figures, study, sweep
-from explrobust_core.data import DATASETS
+from explrobust_core.data import DATASETS, default_budgets
 from explrobust_core.evaluate import PRESETS, deep_merge, make_evaluation_config
 from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, TrainJobSpec, tail
 from explrobust_core.models import ARCHITECTURES
@@ -53,11 +53,14 @@ with train_tab:
             # keyed by objective: each objective's form keeps its own values, and the name follows the objective
             run = ui.config_inputs(TrainConfig, f"train-{objective}", overrides={"name": f"my_{objective}", "epochs": 1,
                                                                     "max_train_images": 1000, "eval_images": 200},
+                                   # eval_pgd_eps: the dataset's ε, filled by TrainConfig
                                    skip=("dataset", "architecture", "objective", "objective_config", "dataset_config",
-                                         "arch_config", "step_every", "step_gamma", "momentum", "amp"))
+                                         "arch_config", "step_every", "step_gamma", "momentum", "amp", "eval_pgd_eps"))
         with right:
             st.markdown(f"**{objective} options**")
-            options = ui.config_inputs(OBJECTIVES.get(objective).config, f"obj-{objective}")
+            # keyed by dataset too: ε and σ default to the dataset's budget (0.3 for digits, 8/255 for colour)
+            options = ui.config_inputs(OBJECTIVES.get(objective).config, f"obj-{objective}-{dataset}",
+                                       overrides=default_budgets(dataset))
         submitted = st.form_submit_button("Start training", type="primary")
     if submitted:
         try:
@@ -105,7 +108,8 @@ with sweep_tab:
         s_run = ui.config_inputs(TrainConfig, f"sweep-{s_objective}", overrides={"name": "x", "epochs": 1,
                                                                     "max_train_images": 1000, "eval_images": 200},
                                  skip=("name", "dataset", "objective", "objective_config", "dataset_config",
-                                       "arch_config", "step_every", "step_gamma", "momentum", "amp", "device"))
+                                       "arch_config", "step_every", "step_gamma", "momentum", "amp", "device",
+                                       "eval_pgd_eps"))
         s_parallel = st.number_input("Points trained at once", 1, 64, 1, key="sweep-parallel")
         go_sweep = st.form_submit_button("Start sweep")
     if go_sweep:
@@ -117,7 +121,11 @@ with sweep_tab:
         except (ConfigError, ValueError) as err:
             st.error(str(err))
     for name in sweep.list_sweeps(ex.store.root):
-        state = sweep.load_state(name, ex.store.root)
+        try:
+            state = sweep.load_state(name, ex.store.root)
+        except ConfigError as err:
+            st.error(str(err))
+            continue
         rows = sweep.status_rows(state, ex.store)
         grid = list(state["spec"]["grid"])
         st.markdown(f"**Sweep {name}** — {sum(r['status'] == 'done' for r in rows)}/{len(rows)} points done")

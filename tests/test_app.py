@@ -19,7 +19,7 @@ def test_overview_lists_the_registries():
     explainers = at.dataframe[2].value
     assert {"integrated_gradients", "deeplift"} <= set(explainers["name"])
     zoo = at.dataframe[6].value
-    assert {"natural", "pgd_at", "sep_pos", "sep_neg300"} <= set(zoo["name"])
+    assert {"natural", "pgd_at", "sep_pos", "sep_neg"} <= set(zoo["name"])
 
 
 @pytest.mark.browser

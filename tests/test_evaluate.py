@@ -58,3 +58,18 @@ def test_pairs():
     assert all(labels[v] != labels[t] for v, t in way2_pairs(labels, 40, seed=0))
     with pytest.raises(ValueError):
         way2_pairs(torch.zeros(5), 3)
+
+
+def test_a_subset_is_spread_over_the_class_sorted_split(mnist_convnet, mnist_test):
+    """mnist5k's test split is stored sorted by class: the first 50 images are all zeros."""
+    from explrobust_core.data import spread_indices
+
+    assert set(mnist_test.batch(range(50))[1].tolist()) == {0}
+    spread = spread_indices(len(mnist_test), 50)
+    assert set(mnist_test.batch(spread)[1].tolist()) == set(range(10))
+    for subset, indices in (("spread", spread), ("first", list(range(50)))):
+        cfg = make_evaluation_config(n_images=50, subset=subset, eps_list=[], explanation_attack="none")
+        x, y = mnist_test.batch(indices)
+        with torch.no_grad():
+            expected = (mnist_convnet(x).argmax(1) == y).float().mean().item()
+        assert evaluate_model(mnist_convnet, mnist_test, cfg).summary["clean_accuracy"] == pytest.approx(expected)

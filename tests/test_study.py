@@ -320,3 +320,15 @@ def test_quick_and_rerun_configs_are_runnable():
     assert study.protocol_id(again.model_dump(mode="json")) == study.protocol_id(cfg)
     with pytest.raises(FileNotFoundError, match="pair file"):
         study.runnable_config({**cfg, "pairs_file": "nowhere/else.json"}, "mnist5k", shipped_root=SHIPPED)
+
+
+def test_configs_from_before_an_option_keep_their_protocol():
+    """Stored results predating `subset` and the targeted attack's input space were first-n and pixel space."""
+    old = {"n_images": 200, "explanation_attack": "targeted", "targeted": {"explainer": "gradient_x_input",
+                                                                         "explainer_options": {}, "steps": 50}}
+    explicit = {**old, "subset": "first",
+                "targeted": {**old["targeted"], "explainer_options": {"space": "pixel"}}}
+    assert study.protocol_id(old) == study.protocol_id(explicit)
+    model_space = {**explicit, "targeted": {**old["targeted"], "explainer_options": {"space": "model"}}}
+    assert study.protocol_id(old) != study.protocol_id(model_space)
+    assert study.protocol_id(old) != study.protocol_id({**explicit, "subset": "spread"})

@@ -97,3 +97,13 @@ def test_point_names_are_safe_file_names():
     assert sweep.point_name("s", {"lam": -3000.0, "sigma": 0.1}) == "s_lamm3000_sigma0.1"
     assert sweep.point_name("s", {"lam": 1e6}) == "s_lam1e06"
     assert sweep.parse_grid(["lam=-1,2", "space=model,pixel"]) == {"lam": [-1.0, 2.0], "space": ["model", "pixel"]}
+
+
+def test_colliding_point_names_and_the_runs_flag_before_run(runs, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="same point name"):
+        sweep.make_spec(name="c", train={"objective": "sep"}, grid={"lam": [1e6, 1000001.0]})
+    elsewhere = tmp_path / "elsewhere"
+    argv = ["sweep", "--runs", str(elsewhere), "run", "--name", "r", "--grid", "lam=1,2", "--objective", "sep",
+            "--dataset", "digits", "--epochs", "1", "--evaluation", '{"n_images": 0}']
+    assert main(argv) == 2  # the train flags after `run` are parsed; the bad protocol is named
+    assert "n_images" in capsys.readouterr().err and not elsewhere.exists()

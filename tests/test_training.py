@@ -157,7 +157,9 @@ def test_seed_flags_and_sigterm_leave_a_resumable_run(tmp_path):
     assert state["epoch"] < 40
     config = json.loads((run_dir / "config.json").read_text())
     assert config["objective"] == "sep" and config["architecture"] == "convnet"
-    assert config["objective_config"] == {"lam": 100.0, "explainer": "gradient_x_input", "eps": 0.1, "steps": 1}
+    given = {"lam": 100.0, "explainer": "gradient_x_input", "eps": 0.1, "steps": 1}
+    assert {k: config["objective_config"][k] for k in given} == given
+    assert config["objective_config"]["space"] == "model"  # the defaults are written out too
     assert config["epochs"] == 40 and config["batch_size"] == 64 and config["lr"] == 0.01
     # the same command resumes; shorten the remaining work by loading the state into a 1-more-epoch run is not
     # possible (the config must match), so resume for real, and stop again after one more epoch
@@ -187,7 +189,8 @@ def test_budgets_default_to_the_dataset_and_are_recorded():
     assert colour.objective_config["eps"] == pytest.approx(8 / 255) and colour.eval_pgd_eps == pytest.approx(8 / 255)
     assert colour.objective_config["sigma"] == pytest.approx(8 / 255)
     grey = TrainConfig(name="g", dataset="mnist5k", objective="trades", objective_config={"eps": 0.2})
-    assert grey.objective_config == {"eps": 0.2} and grey.eval_pgd_eps == 0.3  # TRADES has no σ
+    assert grey.objective_config["eps"] == 0.2 and grey.eval_pgd_eps == 0.3 and "sigma" not in grey.objective_config
+    assert grey.objective_config["beta"] == 6.0  # every option is written out, defaults included
     assert TrainConfig(name="n", dataset="cifar10").objective_config == {}  # natural training has no budget
 
 

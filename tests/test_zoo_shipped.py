@@ -12,8 +12,7 @@ from explrobust_core.sampling import load_pairs
 from explrobust_core.zoo import list_checkpoints, load_checkpoint, shipped_zoo_dir
 
 ZOO = shipped_zoo_dir() / "mnist5k"
-EXPECTED = {"natural", "pgd_at", "trades_b1", "trades_b3", "trades_b6", "sep_pos", "sep_neg", "sep_neg300",
-            "ig_norm", "art"}
+EXPECTED = {"natural", "pgd_at", "trades_b1", "trades_b3", "trades_b6", "sep_pos", "sep_neg", "ig_norm", "art"}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def test_pairs_file_is_the_one_the_cards_were_measured_on(cards):
 
 def test_adversarial_training_is_what_makes_models_robust(cards):
     assert pgd(cards["natural"], 0.3) <= 0.05
-    for name in ("pgd_at", "trades_b6", "sep_pos", "sep_neg300", "ig_norm"):
+    for name in ("pgd_at", "trades_b6", "sep_pos", "sep_neg", "ig_norm"):
         assert pgd(cards[name], 0.3) >= pgd(cards["natural"], 0.3) + 0.3, name
 
 
@@ -61,10 +60,24 @@ def test_trades_sweep_is_ordered_in_robustness(cards):
 
 
 def test_sep_pos_and_sep_neg_contrast_as_measured(cards):
-    """README reports these numbers: similar adversarial accuracy, L_e end higher for SEP_neg (λ = −300),
-    but by far less than the paper's ≥ 2×; the paper's own λ = −3000 collapses training at our scale."""
-    pos, neg = cards["sep_pos"], cards["sep_neg300"]
-    assert abs(pgd(pos, 0.3) - pgd(neg, 0.3)) <= 0.05
+    """README reports these numbers: SEP_pos, MAT and SEP_neg at the same clean and adversarial accuracy,
+    explanation robustness ordered SEP_neg > MAT > SEP_pos as in the paper, but SEP_neg / SEP_pos below the
+    paper's 2× (a negative result at our budget: if a rebuild reaches 2×, README's claim must change)."""
+    pos, mat, neg = cards["sep_pos"], cards["pgd_at"], cards["sep_neg"]
+    assert neg.objective_config["space"] == "model" and pos.objective_config["space"] == "pixel"
+    for card in (pos, mat, neg):
+        assert summary(card)["clean_accuracy"] >= 0.95
+        assert abs(pgd(card, 0.3) - pgd(mat, 0.3)) <= 0.05
     le = lambda c: summary(c)["explanation"]["explanation_loss_end_paper"]["mean"]  # noqa: E731
-    assert le(neg) > le(pos)
-    assert summary(cards["sep_neg"])["clean_accuracy"] < 0.5
+    assert le(neg) > le(mat) > le(pos)
+    assert 1.2 < le(neg) / le(pos) < 2
+
+
+def test_the_regime_search_is_shipped_with_its_data():
+    from explrobust_core.sweep import shipped_sweep
+
+    table = shipped_sweep("mnist5k")
+    rows = {r["model"]: r for r in table["rows"]}
+    assert {"neg_m3k", "pos_50k", "ref_pgd_at"} <= set(rows) and "first 500" in table["note"].lower()
+    # the shipped SEP_neg is the sweep's λ = −3000 point (same recipe, same weights)
+    assert rows["neg_m3k"]["lam"] == -3000.0 and rows["neg_m3k"]["space"] == "model"

@@ -78,7 +78,12 @@ class TrainConfig(Config):
         if objective in OBJECTIVES and isinstance(data.get("objective_config", {}), dict):
             fields = OBJECTIVES.get(objective).config.model_fields
             filled = {k: v for k, v in budgets.items() if k in fields}
-            data["objective_config"] = {**filled, **data.get("objective_config", {})}
+            values = {**filled, **data.get("objective_config", {})}
+            try:  # every option written out: a resumed run or a card never depends on today's defaults
+                values = OBJECTIVES.get(objective).make_config(values).model_dump(mode="json")
+            except ValueError:
+                pass  # the after-validator reports it with the field named
+            data["objective_config"] = values
         return data
 
     @field_validator("name")
