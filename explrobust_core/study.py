@@ -67,6 +67,14 @@ def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
     """The part of an evaluation config that decides its numbers (the attack that did not run is dropped)."""
     cfg = {k: v for k, v in with_legacy_defaults(config).items() if k not in _NOT_PROTOCOL}
+    # what every config did before these options existed is left out of the hash, so the ids of results
+    # stored before them stay as they were
+    if cfg.get("subset") == "first":
+        cfg.pop("subset")
+    targeted = cfg.get("targeted")
+    if isinstance(targeted, dict) and (targeted.get("explainer_options") or {}).get("space") == "pixel":
+        options = {k: v for k, v in targeted["explainer_options"].items() if k != "space"}
+        cfg["targeted"] = {**targeted, "explainer_options": options}
     attack = cfg.get("explanation_attack", "ifia")
     for name in ("ifia", "targeted"):
         if attack != name:

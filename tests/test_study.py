@@ -329,6 +329,9 @@ def test_configs_from_before_an_option_keep_their_protocol():
     explicit = {**old, "subset": "first",
                 "targeted": {**old["targeted"], "explainer_options": {"space": "pixel"}}}
     assert study.protocol_id(old) == study.protocol_id(explicit)
+    import hashlib  # and the id is the one such a result was stored under before the options existed
+
+    assert study.protocol_id(old) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]
     model_space = {**explicit, "targeted": {**old["targeted"], "explainer_options": {"space": "model"}}}
     assert study.protocol_id(old) != study.protocol_id(model_space)
     assert study.protocol_id(old) != study.protocol_id({**explicit, "subset": "spread"})
