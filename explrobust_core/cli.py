@@ -178,7 +178,10 @@ def _load(ns: argparse.Namespace):
 
 
 def _images(ns: argparse.Namespace, dataset, device):
-    indices = ns.indices if ns.indices is not None else list(range(min(ns.n_images, len(dataset))))
+    from .data import spread_indices
+
+    # --n-images spread evenly over the split: the embedded splits are sorted by class
+    indices = ns.indices if ns.indices is not None else spread_indices(len(dataset), ns.n_images)
     x, y = dataset.batch(indices)
     return indices, x.to(device), y.to(device)
 
@@ -802,9 +805,9 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
 
     p = sub.add_parser("attack-classifier", help="FGSM/PGD on dataset images (the seed's adv_acc.py)")
     _common(p)
-    p.add_argument("--indices", type=_index_list, default=None, help="image indices (default: the first --n-images)")
+    p.add_argument("--indices", type=_index_list, default=None, help="image indices (default: --n-images spread evenly over the split)")
     p.add_argument("--n-images", type=_bounded_int(1, 100_000), default=500,
-                   help="how many images from the start of the split (1–100000)")
+                   help="how many images, spread evenly over the split (1–100000)")
     p.add_argument("--attack", default="pgd", help=f"one of {', '.join(CLASSIFICATION_ATTACKS.names())}")
     p.add_argument("--eps-list", type=_float_list, default=None, help="also report accuracy at each ε, e.g. 0.1,0.2,0.3")
     p.add_argument("--minimal-eps", type=_eps_max, default=None, metavar="EPS_MAX",
