@@ -30,7 +30,7 @@ from .io import atomic_write_json, atomic_write_text, check_name, runs_dir
 from .registry import Config, ConfigError, format_validation_error
 
 MAX_POINTS = 64
-GridValue = float | int | str | bool
+GridValue = float | str | bool  # numbers as floats: pydantic takes 10.0 for an integer field
 
 
 class SweepSpec(Config):
@@ -38,7 +38,8 @@ class SweepSpec(Config):
 
     name: str = Field(..., description="sweep name; point k is trained as NAME_FIELDVALUE…")
     train: dict[str, Any] = Field(default_factory=dict, description="the TrainConfig every point starts from")
-    grid: dict[str, list[GridValue]] = Field(..., description="one or two objective-config fields → their values")
+    grid: dict[str, list[GridValue]] = Field(..., description="one or two objective-config fields → their values "
+                                                              "(at most 64 points, checked below)")
     evaluate: dict[str, Any] = Field(default_factory=dict,
                                      description="protocol of every point: {'preset': …, 'evaluation': {…}}")
     max_parallel: int = Field(1, ge=1, le=64, description="points trained at once")

@@ -73,7 +73,6 @@ def test_a_three_point_sweep_from_the_page_fills_its_table_and_figure(private_ru
          "targeted": {"steps": 3, "record_every": 1}}))
     for field, value in {"epochs": 1, "eval_images": 50, "eval_pgd_steps": 0}.items():
         at.number_input(key=f"sweep-sep-{field}").set_value(value)
-    at.text_input(key="sweep-sep-max_train_images").set_value("300")  # optional: a text box
     at.number_input(key="sweep-parallel").set_value(3)
     next(b for b in at.button if b.label == "Start sweep").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
