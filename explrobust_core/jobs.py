@@ -402,6 +402,9 @@ def rebuild_store(root: str | Path | None = None) -> tuple[Path | None, list[str
             registered = user_zoo_dir() / spec.train.dataset / f"{spec.train.name}.safetensors"
             if registered.exists():
                 result["zoo_checkpoint"] = str(registered)
+            if spec.evaluate_after is not None and "zoo_checkpoint" in result:
+                # trained and registered, its evaluation not known: resume goes straight to the evaluation
+                status, error = "interrupted", "rebuilt from the job folder; resume evaluates the trained model"
         with store.transaction() as db:
             db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, finished, log_path, result, error) "
                        "VALUES (?,?,?,?,?,?,?,?,?,?)",

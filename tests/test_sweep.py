@@ -107,3 +107,24 @@ def test_colliding_point_names_and_the_runs_flag_before_run(runs, tmp_path, caps
             "--dataset", "digits", "--epochs", "1", "--evaluation", '{"n_images": 0}']
     assert main(argv) == 2  # the train flags after `run` are parsed; the bad protocol is named
     assert "n_images" in capsys.readouterr().err and not elsewhere.exists()
+
+
+def test_a_trained_point_whose_evaluation_was_lost_resumes_with_the_evaluation_only(runs):
+    from explrobust_core.jobs import TrainJobSpec, parse_spec
+
+    spec = parse_spec({"kind": "train", "train": {"name": "evalonly", "dataset": "digits", "epochs": 1,
+                                                   "eval_images": 20, "eval_pgd_steps": 0, "device": "cpu"},
+                       "evaluate_after": {"evaluation": TINY_EVALUATION}})
+    assert isinstance(spec, TrainJobSpec)
+    executor = LocalExecutor(JobStore())
+    job = executor.wait(executor.submit(spec).id, timeout=300)
+    assert job.status == "done", Path(job.log_path).read_text()
+    registered = Path(job.result["zoo_checkpoint"])
+    stamp = registered.stat().st_mtime_ns
+    # as if the worker died during the evaluation: trained and registered, no summary yet
+    executor.store.update(job.id, status="interrupted",
+                          result={k: v for k, v in job.result.items() if k in ("checkpoint", "zoo_checkpoint", "model")})
+    executor.resume(job.id)
+    again = executor.wait(job.id, timeout=300)
+    assert again.status == "done" and again.result["summary"]["clean_accuracy"] is not None
+    assert registered.stat().st_mtime_ns == stamp  # not trained or registered again
