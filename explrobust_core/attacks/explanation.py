@@ -97,7 +97,7 @@ class TargetedConfig(_ExplainerChoice):
             return data
         explainer = data.get("explainer", "gradient")
         options = data.get("explainer_options") or {}
-        if (explainer in EXPLAINERS and isinstance(options, dict) and "space" not in options
+        if (isinstance(explainer, str) and explainer in EXPLAINERS and isinstance(options, dict) and "space" not in options
                 and "space" in EXPLAINERS.get(explainer).config.model_fields):
             data = {**data, "explainer_options": {**options, "space": "model"}}
         return data

@@ -70,12 +70,13 @@ class TrainConfig(Config):
     def _dataset_budgets(cls, data: Any) -> Any:
         """ε (and SEP's σ) default to the dataset's usual budget, written into the config so the card
         records them: a CIFAR-10 run must not silently train at MNIST's ε = 0.3."""
-        if not isinstance(data, dict) or data.get("dataset", "mnist5k") not in DATASETS:
-            return data
+        dataset = data.get("dataset", "mnist5k") if isinstance(data, dict) else None
+        if not isinstance(dataset, str) or dataset not in DATASETS:
+            return data  # the field validators report a bad value
         budgets = default_budgets(data.get("dataset", "mnist5k"))
         data = {**data, "eval_pgd_eps": data.get("eval_pgd_eps", budgets["eps"])}
         objective = data.get("objective", "natural")
-        if objective in OBJECTIVES and isinstance(data.get("objective_config", {}), dict):
+        if isinstance(objective, str) and objective in OBJECTIVES and isinstance(data.get("objective_config", {}), dict):
             fields = OBJECTIVES.get(objective).config.model_fields
             filled = {k: v for k, v in budgets.items() if k in fields}
             values = {**filled, **data.get("objective_config", {})}
