@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import atomic_write_json, atomic_write_text, library_versions
+from .io import atomic_write_json, atomic_write_text, finite_json, library_versions
 
 
 def summarize(values: Any, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, float | int | None]:
@@ -30,17 +29,16 @@ def summarize(values: Any, *, n_boot: int = 1000, seed: int = 0, confidence: flo
 
 
 def _jsonable(value: Any) -> Any:
+    """Tensors and arrays as (nested) lists, non-finite floats as None (:func:`io.finite_json`)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
-        return [_jsonable(v) for v in value.tolist()] if value.ndim else _jsonable(value.item())
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        value = value.tolist() if value.ndim else value.item()
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    return value
+    return finite_json(value)
 
 
 @dataclass

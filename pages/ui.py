@@ -242,8 +242,7 @@ def _executor(runs: str):
 
 
 def executor():
-    """The background-job executor of this server (one per runs directory); a lost or damaged job store
-    stops the page with an error box that says how to recover."""
+    """This server's job executor; a lost or damaged job store stops the page with how to recover."""
     from explrobust_core.io import runs_dir
     from explrobust_core.jobs import JobStoreError
 
