@@ -23,8 +23,8 @@ def _report():
 report = _report()
 titles = {"datasets": "Datasets", "architectures": "Architectures", "explainers": "Explanation methods",
           "metrics": "Comparison metrics", "classification_attacks": "Attacks on predictions",
-          "explanation_attacks": "Attacks on explanations"}
-for col, (key, title) in zip(st.columns(2) + st.columns(2) + st.columns(2), titles.items()):
+          "explanation_attacks": "Attacks on explanations", "training_objectives": "Training objectives"}
+for col, (key, title) in zip(st.columns(2) + st.columns(2) + st.columns(2) + st.columns(2), titles.items()):
     with col:
         st.subheader(title)
         st.dataframe(
