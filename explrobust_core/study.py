@@ -708,3 +708,26 @@ def evaluate_and_store(model, info: ModelInfo, dataset, config, *, preset: str =
 
     result = evaluate_model(model, dataset, config, progress=progress)
     return store_result(result, info, preset, runs, shipped_root)
+
+
+def measure_models(names: Sequence[str], collection: Collection, data, config, *, preset: str,
+                   load_model: Callable[[str], Any], runs: str | os.PathLike | None = None,
+                   progress: Callable[[float, str], None] | None = None) -> tuple[list[str], list[str]]:
+    """Evaluate each named model of ``collection`` on ``data`` and store the results (the Robustness study's
+    "Measure models"); one failing model does not stop the others. Returns (done, failed) as lines to show."""
+    from .evaluate import overall_fraction
+
+    done, failed = [], []
+    for i, name in enumerate(names):
+        def report(stage: str, fraction: float, i: int = i, name: str = name) -> None:
+            if progress:
+                progress(min(1.0, (i + overall_fraction(stage, fraction)) / len(names)),
+                         f"{name} ({i + 1}/{len(names)}): {stage} {fraction:.0%}")
+        try:
+            info = collection.models[name]
+            path = evaluate_and_store(load_model(info.path), info, data, config, preset=preset, runs=runs,
+                                      progress=report)
+            done.append(f"{name} → {path}")
+        except Exception as err:  # noqa: BLE001 — one bad model must not hide the others' results
+            failed.append(f"{name}: {err}")
+    return done, failed

@@ -48,16 +48,31 @@ measure_one() {  # the evaluation code's numbers go into the card: the SEP paper
     --write-card --json "$OUT/$1.eval.json" > /dev/null
 }
 
+ways() {  # Way1/2/3 stability (20 seeds, each redrawing its candidate pool; a 1,000-pair Way1 reference),
+  # the targeted attack at 50 steps; about 30 minutes on an idle 2-core CPU
+  $E compare-ways --checkpoint "$OUT/natural.safetensors" --also "$OUT/pgd_at.safetensors" \
+    --also "$OUT/sep_pos.safetensors" --also "$OUT/sep_neg.safetensors" --n-seeds 20 --n-pairs 30 \
+    --reference-pairs 1000 --steps 50 --record-every 25 --json "$OUT/way_stability.json"
+}
+
+replicate() {  # the landscape curvature of every model (stored next to the cards), then the paper's claim table
+  $E replicate sep --compute-missing --store-dir "$OUT" --markdown "$OUT/replication.md"
+}
+
 case "${1:-all}" in
   train|--one) train_one "$2" > "$OUT/$2.log" 2>&1 && echo "trained $2" ;;
   measure) measure_one "$2" >> "$OUT/$2.log" 2>&1 && echo "measured $2" ;;
   pairs) pairs ;;
+  ways) ways ;;
+  replicate) replicate ;;
   all)
     # two single-threaded workers use the two cores without fighting over them
     export OMP_NUM_THREADS=1
     printf '%s\n' "${ALL[@]}" | xargs -P 2 -n 1 bash "$0" train
     pairs
     printf '%s\n' "${ALL[@]}" | xargs -P 2 -n 1 bash "$0" measure
+    ways
+    rm -f "$OUT/curvature.json" && replicate
     echo "zoo built" ;;
-  *) echo "usage: build.sh [all | train NAME | measure NAME | pairs]" >&2; exit 2 ;;
+  *) echo "usage: build.sh [all | train NAME | measure NAME | pairs | ways | replicate]" >&2; exit 2 ;;
 esac

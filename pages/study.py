@@ -5,19 +5,19 @@ import json
 import pandas as pd
 import streamlit as st
 
-from explrobust_core import study, sweep
-from explrobust_core.evaluate import overall_fraction
-from explrobust_core.figures import (robustness_scatter_figure, sep_comparison_figure, sweep_figure,
-                                     trades_sweep_figure)
-from pages import ui
+from explrobust_core import study
+from explrobust_core.figures import robustness_scatter_figure
+from pages import study_views, ui
 
 ui.page_header(
     "Robustness study",
     "What: the paper's question answered on every model of the zoo: does a model that resists PGD also keep "
     "its explanation under attack? A scatter with Spearman and Pearson correlation (bootstrap CIs over models), "
-    "the TRADES β sweep and the SEP table.",
+    "the SEP paper's claims one by one, the TRADES β sweep and the SEP table.",
     "How: numbers come from evaluations stored on disk (model cards, result files, your own runs), grouped by "
-    "the protocol they were measured with; models without one are listed and can be measured at the bottom.",
+    "the protocol they were measured with; models without one are listed and can be measured at the bottom. "
+    "The zoo is a designed set of models, not a random sample: read the intervals as \"how sure for these "
+    "models\", not as a statement about all classifiers.",
 )
 
 # --- the stored evaluations -------------------------------------------------------------------------
@@ -128,10 +128,6 @@ def measure_table(rows_json: str, measures: tuple, n_boot: int, confidence: floa
     return study.correlation_table(json.loads(rows_json), measures, n_boot=n_boot, confidence=confidence, seed=seed)
 
 
-def pct(v):
-    return None if v is None else 100 * v
-
-
 rows = study.model_rows(data, dataset, protocol, eps if eps is not None else 0.0, measure or "le_end") \
     if eps is not None and measure is not None else []
 used, left_out = study.split_rows(rows, min_clean, leave_out)
@@ -180,7 +176,7 @@ def show_results() -> None:
     with st.expander("Every model and its numbers", expanded=False):
         table = pd.DataFrame([{
             "model": r["model"], "method": r["method"], "β": r["beta"], "λ": r["lam"],
-            "clean acc %": pct(r["clean_accuracy"]), f"PGD acc % ε={eps:g}": pct(r["pgd_accuracy"]),
+            "clean acc %": study_views.pct(r["clean_accuracy"]), f"PGD acc % ε={eps:g}": study_views.pct(r["pgd_accuracy"]),
             m_spec.label: r["value"], "in correlation": r in used, "status": r["status"] if r in used else
             next(x["reason"] for x in left_out if x["model"] == r["model"]), "source": r["source"], "file": r["path"],
         } for r in rows])
@@ -198,140 +194,22 @@ def show_results() -> None:
         st.caption("The paper warns that L_e end is driven by L_e start; compare its row with L_e end / L_e start, "
                    "which divides the starting distance out.")
 
-    # --- 2. the TRADES sweep ----------------------------------------------------------------------------
+    study_views.show_trades(rows, eps, m_spec)
+    study_views.show_sep(rows, eps, min_clean, dataset)
 
-    st.subheader("TRADES sweep")
-    sweep = study.trades_sweep(rows)
-    measured = [r for r in sweep if r["status"] == "ok"]
-    if not [r for r in sweep if r["objective"] == "trades"]:
-        st.info("No TRADES models for this dataset (train some with the objective trades and several β).")
-    elif len(measured) < 2:
-        st.info("Fewer than two TRADES models have an evaluation under this protocol; compute them below.")
-    else:
-        fig = trades_sweep_figure([{**r, "beta": r["sweep_beta"]} for r in measured], m_spec.label, eps)
-        sweep_table = pd.DataFrame([{
-            "β": r["sweep_beta"], "model": r["model"], "clean acc %": pct(r["clean_accuracy"]),
-            f"PGD acc % ε={eps:g}": pct(r["pgd_accuracy"]), m_spec.label: r["value"], "CI low": r["value_ci_low"],
-            "CI high": r["value_ci_high"]} for r in measured])
-        ui.show_figure(fig, "study_trades", data=sweep_table)
-        note = "β = 0 is the natural model (TRADES's loss with β = 0 is plain cross-entropy)." \
-            if any(r["sweep_beta"] == 0 for r in measured) else ""
-        missing = [r["model"] for r in sweep if r["status"] != "ok"]
-        st.caption(note + (f" Missing under this protocol: {', '.join(missing)}." if missing else ""))
-
-    # --- 3. the SEP table -------------------------------------------------------------------------------
-
-    st.subheader("SEP_pos / MAT / SEP_neg (the paper's main table)")
-    sep = study.sep_table(rows)
-    if not sep:
-        st.info("No Normal, MAT or SEP models for this dataset.")
-    else:
-        sep_df = pd.DataFrame(sep)
-        st.dataframe(sep_df, hide_index=True, width="stretch",
-                     column_config={c: st.column_config.NumberColumn(format="%.2f") for c in sep_df.columns
-                                    if c not in ("model", "method", "checkpoint", "status", "λ", "maps")})
-        ui.downloads("study_sep_table", data=sep_df)
-        ok = [r for r in sep if r["L_e end ×1e-7"] is not None]
-        if ok:
-            best = max(ok, key=lambda r: r["L_e end ×1e-7"])
-            worst = min(ok, key=lambda r: r["L_e end ×1e-7"])
-            collapsed = [r["checkpoint"] for r in ok
-                         if r["Acc clean %"] is not None and r["Acc clean %"] < 100 * min_clean]
-            st.caption(f"Most robust explanation (highest L_e end): {best['checkpoint']} ({best['method']}); least: "
-                       f"{worst['checkpoint']} ({worst['method']}). The paper's claim: SEP_neg > MAT > SEP_pos in "
-                       "L_e end at about the same adversarial accuracy."
-                       + (f" Below {100 * min_clean:.0f}% clean accuracy (collapsed, robust to nothing): "
-                          f"{', '.join(collapsed)}." if collapsed else ""))
-            by_name = {r["name"]: r for r in rows}
-            fig = sep_comparison_figure([{
-                "label": f"{r['method']}" + (f" λ={r['λ']:g}" if r["λ"] is not None else ""),
-                "le_start": r["L_e start ×1e-7"], "le_end": r["L_e end ×1e-7"],
-                "clean_accuracy": by_name[r["checkpoint"]]["clean_accuracy"],
-                "pgd_accuracy": by_name[r["checkpoint"]]["pgd_accuracy"]} for r in ok], eps)
-            ui.show_figure(fig, "study_sep", data=sep_df)
-        with st.expander("The paper's MNIST rows, for orientation (their protocol, ε and training budget, not ours)"):
-            paper = pd.DataFrame(study.PAPER_MNIST_TABLE)
-            st.dataframe(paper, hide_index=True, width="stretch")
-            ui.downloads("study_paper_mnist", data=paper)
-        searched = sweep.shipped_sweep(dataset)
-        if searched:
-            with st.expander("How the shipped SEP models were chosen: the λ sweep (its own, cheaper protocol)"):
-                st.markdown(searched.get("note", ""))
-                table = pd.DataFrame(searched["rows"])
-                st.dataframe(table, hide_index=True, width="stretch")
-                ui.show_figure(sweep_figure([r for r in searched["rows"] if r["objective"] == "sep"], "lam", "space"),
-                               "study_sep_sweep", data=table)
 
 if rows:
     try:
         show_results()
     except Exception as err:  # noqa: BLE001 — e.g. a hand-edited result file with odd values
         st.error(f"Could not show the study for this protocol: {err}")
+study_views.show_claims(dataset, RUNS, stamp())
 
 for problem in data.problems:
     st.warning(problem)
 
 # --- 4. compute missing evaluations ---------------------------------------------------------------------
 
-st.subheader("Measure models")
-if "study_message" in st.session_state:
-    kind, text = st.session_state.pop("study_message")
-    (st.success if kind == "ok" else st.error)(text)
-targets = {quick_id: "quick"}
-if protocol != quick_id:
-    targets[protocol] = "the protocol chosen above"
-target = st.radio("Protocol", list(targets), format_func=lambda pid: f"{targets[pid]}: "
-                  + study.describe_protocol(choices[pid]["config"]))
-have = study.records_for(data, dataset, target)
-candidates = sorted(m for m, i in data.models.items() if i.dataset == dataset)
-missing_here = [m for m in candidates if m not in have]
-st.caption(f"{len(missing_here)} of {len(candidates)} models have no evaluation under this protocol"
-           + (f": {', '.join(missing_here)}" if missing_here else "") + f". Results are stored under "
-           f"`{study.study_dir(RUNS)}` (never in the shipped zoo); a stored result of the same protocol is replaced. "
-           "On a 2-core CPU the quick protocol takes under a minute per model, the zoo's several minutes; the run "
-           "happens in this page, so stay on it until it finishes.")
-chosen = st.multiselect("Models to measure", candidates, default=missing_here,
-                        key=f"study_compute_models_{target}_{len(missing_here)}")  # fresh default when it changes
-in_page, in_background = st.columns([1, 3])
-if in_background.button(f"Queue {len(chosen)} background job(s)", disabled=not chosen,
-                        help="Runs in its own process (Training jobs page): you can leave this page or close the "
-                             "browser; the results appear here when they are done."):
-    from explrobust_core.jobs import EvaluateJobSpec
-
-    try:
-        run_config = quick if target == quick_id else study.runnable_config(choices[target]["config"], dataset)
-        jobs = [ui.executor().submit(EvaluateJobSpec(model=name, evaluation=run_config.model_dump(mode="json")))
-                for name in chosen]
-        st.success(f"Queued {len(jobs)} evaluation job(s); follow them on the Training jobs page.")
-    except Exception as err:  # noqa: BLE001 — a clear message, never a traceback
-        st.error(f"Cannot queue this protocol: {err}")
-if in_page.button(f"Measure {len(chosen)} model(s)", disabled=not chosen, type="primary"):
-    try:
-        run_config = quick if target == quick_id else study.runnable_config(choices[target]["config"], dataset)
-        split_data = ui.dataset(dataset, run_config.split)
-    except Exception as err:  # noqa: BLE001
-        st.error(f"Cannot run this protocol: {err}")
-        st.stop()
-    bar = st.progress(0.0, text="starting…")
-    done, failed = [], []
-    for i, name in enumerate(chosen):
-        def progress(stage: str, fraction: float, i=i, name=name) -> None:
-            bar.progress(min(1.0, (i + overall_fraction(stage, fraction)) / len(chosen)),
-                         text=f"{name} ({i + 1}/{len(chosen)}): {stage} {fraction:.0%}")
-        try:
-            model, _ = ui.load_model(data.models[name].path)
-            path = study.evaluate_and_store(model, data.models[name], split_data, run_config,
-                                            preset="quick" if target == quick_id else "rerun", runs=RUNS,
-                                            progress=progress)
-            done.append(f"{name} → {path}")
-        except Exception as err:  # noqa: BLE001 — one bad model must not hide the others' results
-            failed.append(f"{name}: {err}")
-    bar.progress(1.0, text="done")
-    st.session_state["study_message"] = ("ok" if not failed else "error",
-                                         (f"Measured {len(done)} model(s): " + "; ".join(done) if done else "")
-                                         + (" Failed: " + "; ".join(failed) if failed else ""))
-    st.session_state["study_protocol_next"] = target
-    collect.clear()
-    st.rerun()
+study_views.show_measure(data, dataset, protocol, choices, quick, quick_id, RUNS, on_done=collect.clear)
 
 ui.export_all("study")

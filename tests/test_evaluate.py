@@ -15,6 +15,8 @@ def test_presets_validate_and_overrides_merge():
             assert cfg.explanation_attack == "targeted" and cfg.targeted.explainer_options == {"space": "model"}
         else:  # RAR's and ART's: IFIA on IG maps
             assert cfg.ifia.explainer == "integrated_gradients" and cfg.ifia.explainer_options["n_steps"] == 100
+        if name.startswith("rar"):  # RAR's own attack conventions: softplus β = 1, unattackable counted as robust
+            assert cfg.ifia.beta == 1.0 and cfg.ifia.unattackable == "count_as_robust"
     cfg = make_evaluation_config("rar_mnist", ifia={"steps": 7})
     assert cfg.ifia.steps == 7 and cfg.ifia.k == 200 and cfg.pgd.steps == 40  # the rest of the preset stays
     with pytest.raises(ConfigError, match="unknown preset"):

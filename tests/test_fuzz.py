@@ -417,7 +417,8 @@ COMMANDS = {
         **CHECKPOINT_FLAGS, "--indices": INDICES, "--radius": FLOAT, "--beta": FLOAT,
         "--explainer": _choice("gradient_x_input", "deeplift", "x"), "--n-samples": INT, "--iterations": INT,
         "--seed": INT, "--json": OUT_FILE, "--pairs": _choice("{pairs}", "{out}/a_file")}),
-    "compare-ways": (BASE + ["--ways", "1", "--seeds", "0", "--n-pairs", "2", "--n-candidates", "20", "--steps", "1"], {
+    "compare-ways": (BASE + ["--ways", "1", "--seeds", "0,1", "--n-pairs", "2", "--n-candidates", "20", "--steps", "1",
+                             "--reference-pairs", "0"], {
         **CHECKPOINT_FLAGS, "--ways": INDICES, "--seeds": INDICES, "--n-pairs": INT, "--n-candidates": INT,
         "--k": INT, "--steps": INT, "--json": OUT_FILE, "--reference": CHECKPOINT}),
     "train": (["--name", "f", "--dataset", "digits", "--epochs", "1", "--max-train-images", "32", "--eval-images", "8",

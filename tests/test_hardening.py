@@ -429,7 +429,7 @@ CAPPED = [
     ("explrobust_core.landscape", "LandscapeConfig", ["points", "batch_size", "k", "seed"]),
     ("explrobust_core.landscape", "CurvatureConfig", ["n_samples", "iterations", "seed"]),
     ("explrobust_core.sampling", "SampleConfig", ["n_candidates", "n_pairs", "k", "seed"]),
-    ("explrobust_core.evaluate", "WayStabilityConfig", ["n_pairs", "n_candidates", "k"]),
+    ("explrobust_core.way_stability", "WayStabilityConfig", ["n_pairs", "n_candidates", "k", "reference_pairs"]),
     ("explrobust_core.evaluate", "EvaluationConfig", ["n_images", "batch_size", "n_explanation_images",
                                                       "attack_batch_size", "seed"]),
     ("explrobust_core.training.trainer", "TrainConfig", ["epochs", "batch_size", "eval_images", "eval_pgd_steps",

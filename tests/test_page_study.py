@@ -128,6 +128,15 @@ def test_stored_results_answer_the_question(study_env):
         assert row[f"Acc adv % (ε={v['eps']:g})"] == pytest.approx(100 * v["pgd"], abs=1e-9)
     assert "study_trades.png" in exports and "study_sep_table.csv" in exports
 
+    # the paper's claims, one row each, with the verdicts `explrobust replicate sep` gives
+    from explrobust_core.replicate import replicate_sep
+
+    claims = next(d.value for d in at.dataframe if "verdict" in d.value.columns)
+    expected_claims = replicate_sep("mnist5k")["claims"]
+    assert list(claims["verdict"]) == [c["verdict"] for c in expected_claims]
+    assert list(claims["ours"]) == [c["ours"] for c in expected_claims]
+    assert "study_paper_claims.csv" in exports
+
     # another measure: the correlation follows it
     at.selectbox(key="study_measure").set_value("le_start").run()
     assert not at.exception

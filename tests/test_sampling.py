@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from explrobust_core.evaluate import make_evaluation_config, evaluate_model, way_stability
+from explrobust_core.evaluate import make_evaluation_config, evaluate_model
 from explrobust_core.sampling import (PairSet, load_pairs, reference_features, sample_pairs, save_pairs, way3_pairs)
 
 
@@ -77,11 +77,3 @@ def test_evaluation_on_stored_pairs(mnist_convnet, mnist_test, tmp_path):
     assert r.summary["pairs"]["way"] == 2
     assert len(kept) + r.summary["explanation_skipped_misclassified"] == 8
     assert r.per_image["target_index"].tolist() == [t for v, t in pairs.pairs if v in kept][: len(kept)]
-
-
-def test_way_stability_reports_a_spread_per_way(mnist_convnet, mnist_test):
-    r = way_stability(mnist_convnet, mnist_test, ways=(1, 2, 3), seeds=(0, 1), n_pairs=6, n_candidates=120,
-                      attack={"steps": 3}, k=3)
-    assert set(r.summary) == {"way1", "way2", "way3"}
-    assert all(v["std"] >= 0 and v["mean"] > 0 for v in r.summary.values())
-    assert len(r.extra["runs"]) == 6

@@ -62,11 +62,19 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
     else:
         from ..attacks.explanation import EXPLANATION_ATTACKS
 
-        p.add_argument("--ways", type=int_list, default=[1, 2, 3])
-        p.add_argument("--seeds", type=int_list, default=[0, 1, 2])
-        p.add_argument("--n-pairs", type=int, default=30)
-        p.add_argument("--n-candidates", type=int, default=1000)
-        p.add_argument("--k", type=int, default=10, help="Way3 clusters")
+        p.add_argument("--also", action="append", metavar="CHECKPOINT",
+                       help="another model attacked on the same pairs (repeat; the models' ranking is compared)")
+        p.add_argument("--ways", type=int_list, default=None, help="default 1,2,3")
+        p.add_argument("--seeds", type=int_list, default=None, help="default 0,…,19 (each redraws the pool)")
+        p.add_argument("--n-seeds", type=bounded_int(2, 64), default=None, help="= --seeds 0,…,N-1")
+        p.add_argument("--n-pairs", type=int, default=None, help="pairs per (way, seed), default 30")
+        p.add_argument("--n-candidates", type=int, default=None, help="default 1000, spread over the split")
+        p.add_argument("--pool", choices=["subsample", "fixed"], default=None,
+                       help="subsample (default): each seed draws its own candidate pool; fixed: all candidates")
+        p.add_argument("--pool-fraction", type=float, default=None, help="share of candidates per pool (default 0.5)")
+        p.add_argument("--reference-pairs", type=int, default=None,
+                       help="random Way1 pairs of the bias reference (default 300; 0: no reference)")
+        p.add_argument("--k", type=int, default=None, help="Way3 clusters (default 10)")
         p.add_argument("--reference", default=None, help="Way3 reference checkpoint (default: the attacked model)")
         p.add_argument("--json", default=None)
         add_config_arguments(p, EXPLANATION_ATTACKS.get("targeted").config, "targeted attack")
@@ -160,20 +168,28 @@ def cmd_curvature(ns: argparse.Namespace) -> int:
 
 def cmd_compare_ways(ns: argparse.Namespace) -> int:
     from ..attacks.explanation import EXPLANATION_ATTACKS
-    from ..evaluate import WayStabilityConfig, way_stability
+    from ..way_stability import WayStabilityConfig, way_stability
     from ..zoo import load_checkpoint
 
-    cfg = WayStabilityConfig(ways=ns.ways, seeds=ns.seeds, n_pairs=ns.n_pairs, n_candidates=ns.n_candidates, k=ns.k)
+    given = {k: getattr(ns, k) for k in ("ways", "seeds", "n_pairs", "n_candidates", "k", "pool", "pool_fraction",
+                                         "reference_pairs") if getattr(ns, k) is not None}
+    if ns.n_seeds is not None:
+        given.setdefault("seeds", list(range(ns.n_seeds)))
+    cfg = WayStabilityConfig(**given)
     attack = EXPLANATION_ATTACKS.get("targeted").make_config(config_values(ns))
     check_outputs(ns, files=("json",))
     model, card, dataset, device = load_checkpoint_and_data(ns)
+    models = {card.name: model}
+    for path in ns.also or ():
+        other, other_card = load_checkpoint(path, ns.device)
+        if other_card.dataset != card.dataset:
+            raise ValueError(f"--also {path} is a {other_card.dataset} model; {ns.checkpoint} is {card.dataset}")
+        models[other_card.name] = other
     reference = load_checkpoint(ns.reference, ns.device)[0] if ns.reference else None
-    result = way_stability(model, dataset, ways=tuple(cfg.ways), seeds=tuple(cfg.seeds), n_pairs=cfg.n_pairs,
-                           n_candidates=cfg.n_candidates, reference=reference, attack=attack, k=cfg.k,
+    result = way_stability(models, dataset, cfg, attack=attack, reference=reference,
                            progress=lambda stage, f: print(f"  {stage}: {f:.0%}", file=sys.stderr, flush=True))
-    result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset)
-    print(f"{card.name}: spread of mean L_e end (×10⁻⁷) over seeds, per Way")
+    result.config.update(checkpoint=str(ns.checkpoint), also=list(ns.also or []), split=ns.split)
+    print(f"spread of the mean L_e end (×10⁻⁷) over {len(cfg.seeds)} seeds, per Way, for {', '.join(models)}")
     print(fmt_json(result.summary))
     write_result(result, ns)
     return 0
-
