@@ -139,6 +139,20 @@ def grid_axes(cfg: LandscapeConfig, dtype=torch.float32) -> torch.Tensor:
     return torch.linspace(-cfg.radius, cfg.radius, cfg.points, dtype=dtype)
 
 
+def share_outside_unit_box(x: torch.Tensor, dirs: list[torch.Tensor], cfg: LandscapeConfig) -> torch.Tensor:
+    """Per image, the share of grid points x + Σ cᵢ·dᵢ with a pixel outside [0, 1]: the grid is not clipped (that
+    would bend the directions), so this says how much of a landscape lies outside the valid images."""
+    axis = grid_axes(cfg, x.dtype).to(x.device)
+    coeffs = axis[:, None] if cfg.dims == 1 else torch.cartesian_prod(axis, axis)  # (G, dims)
+    flat = x.flatten(1)
+    basis = torch.stack([d.flatten(1) for d in dirs], 1)  # (N, dims, P)
+    outside = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
+    for chunk in coeffs.split(256):
+        points = flat[:, None, :] + torch.einsum("gk,nkp->ngp", chunk, basis)
+        outside += ((points < 0) | (points > 1)).any(2).sum(1)
+    return outside / coeffs.shape[0]
+
+
 def _grid_losses(model, x, y, dirs, cfg: LandscapeConfig, clean_maps, target_maps) -> dict[str, torch.Tensor]:
     """Every loss at every grid point of every image, in chunks of ``batch_size`` points."""
     axis = grid_axes(cfg, x.dtype).to(x.device)
@@ -203,7 +217,9 @@ def input_landscape(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     }
     if attack_points is not None:
         extra["attack_coordinates"] = plane_coordinates(x, attack_points, dirs)
-    per_image = {"label": y, **{f"clean_{name}": v for name, v in clean.items()},
+    outside = share_outside_unit_box(x, dirs, cfg)
+    extra["share_outside_unit_box"] = float(outside.mean())
+    per_image = {"label": y, "share_outside_unit_box": outside, **{f"clean_{name}": v for name, v in clean.items()},
                  **{f"mean_abs_delta_{name}": (v - _expand(clean[name], v)).abs().flatten(1).mean(1)
                     for name, v in grids.items()}}
     summary = {name: {"clean": float(clean[name].mean()), "mean_abs_delta": float(per_image[f"mean_abs_delta_{name}"].mean()),

@@ -105,3 +105,16 @@ def test_landscape_config_errors():
         LandscapeConfig(explainer="occlusion")
     with pytest.raises(ValueError):
         LandscapeConfig(points=1001)
+
+
+def test_share_of_grid_points_outside_the_unit_box_is_counted(mnist_convnet, images):
+    x, y = images
+    r = input_landscape(mnist_convnet, x, y, dims=2, direction="adversarial", points=5, radius=0.2, losses=["ce"])
+    d = r.tensors["directions"]
+    axis = torch.linspace(-0.2, 0.2, 5)
+    for i in range(x.shape[0]):  # every grid point checked one by one
+        outside = sum(bool(((p < 0) | (p > 1)).any()) for p in
+                      (x[i] + a * d[i, 0] + b * d[i, 1] for a in axis for b in axis))
+        assert float(r.per_image["share_outside_unit_box"][i]) == pytest.approx(outside / 25)
+    # digits have a black background: a ±0.2 sign step leaves [0, 1] at every point but the centre
+    assert r.extra["share_outside_unit_box"] == pytest.approx(24 / 25)

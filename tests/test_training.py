@@ -207,3 +207,36 @@ def test_sep_logs_its_term_and_the_terms_bound(digits_train, reduction):
     assert 0 < terms["explanation_stability"] <= terms["stability_bound"]
     assert terms["lam_x_stability"] == pytest.approx(-50.0 * terms["explanation_stability"])
     assert loss.item() == pytest.approx(terms["ce_adv"] + terms["lam_x_stability"], rel=1e-5)
+
+
+def test_trades_inner_attack_follows_the_reference_code(digits_convnet, digits_test):
+    """TRADES' inner maximisation: start at x + 0.001·N(0, 1), sign ascent on KL(p_clean ‖ p_adv) projected on
+    the ε-ball, the last iterate (written out by hand here)."""
+    import torch.nn.functional as F
+
+    from explrobust_core.training.objectives import TradesConfig, trades
+
+    x, y = digits_test.batch(range(8))
+    cfg = TradesConfig(eps=0.1, steps=3, step_size=0.02, beta=2.0)
+    was_training = digits_convnet.training
+    digits_convnet.eval()
+    try:
+        _, terms = trades(digits_convnet, x, y, cfg, torch.Generator().manual_seed(5))
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            p_clean = F.softmax(digits_convnet(x), 1)
+        x_adv = (x + 0.001 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+        for _ in range(3):
+            x_adv.requires_grad_(True)
+            kl = F.kl_div(F.log_softmax(digits_convnet(x_adv), 1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = torch.min(torch.max(x_adv.detach() + 0.02 * grad.sign(), x - 0.1), x + 0.1).clamp(0, 1)
+        with torch.no_grad():
+            expected = F.kl_div(F.log_softmax(digits_convnet(x_adv), 1), p_clean, reduction="batchmean")
+    finally:
+        digits_convnet.train(was_training)
+    assert terms["kl"] == pytest.approx(float(expected), rel=1e-5, abs=1e-9)
+    assert float(expected) > 0
+    _, legacy = trades(digits_convnet, x, y, cfg.model_copy(update={"inner_attack": "pgd"}),
+                       torch.Generator().manual_seed(5))
+    assert legacy["kl"] != pytest.approx(terms["kl"], rel=1e-3)  # the option really switches the attack

@@ -153,17 +153,22 @@ def pgd_ascent(
     norm: Norm = "linf",
     random_init: bool = True,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Projected sign-gradient ascent of any per-image ``objective(x_adv)``; returns the last iterate.
 
-    For training-time inner maximisations (IG-NORM's attribution norm, ART's alignment loss), where
-    no success tracking is needed.
+    For training-time inner maximisations (IG-NORM's attribution norm, ART's alignment loss, TRADES' KL),
+    where no success tracking is needed. ``start``: the first iterate (e.g. TRADES' x + 0.001·N(0, 1)),
+    instead of a uniform random start (``random_init``) or ``x`` itself.
     """
     eps_t = _per_image(eps, x)
     step_t = _per_image(2.5 * eps / steps if step_size is None else step_size, x)
     x = x.detach()
-    delta = random_start(x, eps_t, norm, generator or torch.Generator().manual_seed(0)) if random_init else 0
-    x_adv = (x + delta).clamp(0, 1)
+    if start is not None:
+        x_adv = (x + project(start.detach() - x, eps_t, norm)).clamp(0, 1)
+    else:
+        delta = random_start(x, eps_t, norm, generator or torch.Generator().manual_seed(0)) if random_init else 0
+        x_adv = (x + delta).clamp(0, 1)
     for _ in range(steps):
         raise_if_cancelled("PGD ascent")
         x_adv.requires_grad_(True)

@@ -146,7 +146,8 @@ def cmd_landscape(ns: argparse.Namespace) -> int:
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split,
                          pairs=ns.pairs)
     print(f"{card.name}: {cfg.dims}D landscape along {cfg.direction} over {x.shape[0]} images "
-          f"({cfg.points}{'×' + str(cfg.points) if cfg.dims == 2 else ''} points each, {result.seconds:.1f} s)")
+          f"({cfg.points}{'×' + str(cfg.points) if cfg.dims == 2 else ''} points each, {result.seconds:.1f} s); "
+          f"{100 * result.extra['share_outside_unit_box']:.0f}% of the grid points leave [0, 1] (not clipped)")
     print(fmt_json(result.summary))
     write_result(result, ns)
     return 0

@@ -38,6 +38,10 @@ class AdversarialConfig(Config):
 
 class TradesConfig(AdversarialConfig):
     beta: float = Field(6.0, ge=0, le=1000, description="weight of the KL robustness term (TRADES' β, the paper's α)")
+    inner_attack: Literal["trades", "pgd"] = Field(
+        "trades", description="inner maximisation: 'trades' as the TRADES reference code (start at x + 0.001·N(0, 1), "
+                              "sign ascent on the KL, the last iterate); 'pgd' (uniform start, the first iterate "
+                              "that misclassifies — what cards without this field were trained with)")
 
 
 class SEPConfig(AdversarialConfig):
@@ -117,8 +121,13 @@ def trades(model, x, y, cfg: TradesConfig, gen):
         def kl(logits, _labels):  # per image KL(p_clean ‖ p_adv), the inner maximisation
             return F.kl_div(F.log_softmax(logits, 1), clean_prob, reduction="none").sum(1)
 
-        x_adv, _ = pgd_perturb(model, x, y, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, generator=gen,
-                               loss_fn=kl)
+        if cfg.inner_attack == "trades":
+            noise = 0.001 * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+            x_adv = pgd_ascent(lambda z: kl(model(z), y), x, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
+                               start=(x + noise).clamp(0, 1))
+        else:
+            x_adv, _ = pgd_perturb(model, x, y, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, generator=gen,
+                                   loss_fn=kl)
     logits = model(x)
     ce = F.cross_entropy(logits, y)
     robust = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(logits, 1), reduction="batchmean")
