@@ -143,3 +143,14 @@ RUNS_ENV = "EXPLROBUST_RUNS"
 def runs_dir() -> Path:
     """Where jobs, study results and other user runs live (``$EXPLROBUST_RUNS``, default ``~/.explrobust/runs``)."""
     return Path(os.environ.get(RUNS_ENV) or Path.home() / ".explrobust" / "runs").expanduser()
+
+
+def replace_between_markers(path: str | os.PathLike, start: str, end: str, text: str) -> Path:
+    """Put ``text`` between the lines ``start`` and ``end`` of a text file (a generated table inside a README),
+    atomically; a file without both markers is refused."""
+    p = Path(path)
+    old = p.read_text(encoding="utf-8")
+    a, b = old.find(start), old.find(end)
+    if a < 0 or b < a:
+        raise ValueError(f"{p} has no {start} … {end} markers")
+    return atomic_write_text(p, old[:a + len(start)] + "\n" + text.rstrip("\n") + "\n" + old[b:])

@@ -20,7 +20,6 @@ for up to 8 models). With a zoo of ten models these intervals are wide; they are
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -374,7 +373,7 @@ def model_rows(collection: Collection, dataset: str, protocol: str, eps: float, 
             "space": info.objective_config.get("space", "pixel") if info.objective == "sep" else None,
             "clean_accuracy": None, "pgd_accuracy": None, "eps": eps, "measure": measure,
             "value": None, "value_ci_low": None, "value_ci_high": None,
-            "le_start": None, "le_end": None, "status": "missing", "source": None, "path": None,
+            "le_start": None, "le_end": None, "status": "missing", "source": None, "path": None, "n_images": None,
             **{f"m_{key}": None for key in EXPLANATION_MEASURES},
         }
         rec = found.get(model)
@@ -382,7 +381,7 @@ def model_rows(collection: Collection, dataset: str, protocol: str, eps: float, 
             row["status"] = "missing: no stored evaluation under this protocol"
         else:
             s = rec.summary
-            row.update(source=rec.source, path=rec.path, status="ok",
+            row.update(source=rec.source, path=rec.path, status="ok", n_images=s.get("n_images"),
                        clean_accuracy=s.get("clean_accuracy"), pgd_accuracy=pgd_accuracy(s, eps))
             got = measure_value(s, measure)
             if got is not None:
@@ -459,27 +458,18 @@ def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
 
 def permutation_p(x: np.ndarray, y: np.ndarray, method: str = "spearman", n_perm: int = 9999, seed: int = 0,
                   exact_up_to: int = 8) -> tuple[float, bool]:
-    """Two-sided permutation p-value of the correlation (twice the smaller one-sided p, as
-    scipy.stats.permutation_test); exact over all n! pairings for n ≤ ``exact_up_to``.
-    Returns (p, exact)."""
+    """Two-sided permutation p-value of the correlation (``scipy.stats.permutation_test`` over pairings: twice the
+    smaller one-sided p); exact over all n! pairings for n ≤ ``exact_up_to``. Returns (p, exact)."""
+    from scipy.stats import permutation_test
+
     stat = _CORRELATIONS[method]
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
-    n = x.size
-    observed = float(stat(x, y))
-    exact = n <= exact_up_to
-    if exact:
-        perms = np.array(list(itertools.permutations(range(n))), dtype=np.intp)
-    else:
-        rng = np.random.default_rng(seed)
-        perms = np.argsort(rng.random((n_perm, n)), axis=1)
-    null = stat(np.broadcast_to(x, perms.shape), y[perms])
-    null = null[np.isfinite(null)]
-    gamma = 1e-12 * max(1.0, abs(observed))  # equal up to rounding counts as "as extreme"
-    adjust = 0 if exact else 1
-    less = (np.count_nonzero(null <= observed + gamma) + adjust) / (null.size + adjust)
-    greater = (np.count_nonzero(null >= observed - gamma) + adjust) / (null.size + adjust)
-    return float(min(1.0, 2 * min(less, greater))), exact
+    exact = x.size <= exact_up_to
+    res = permutation_test((y,), lambda yy, axis=-1: stat(np.broadcast_to(x, yy.shape), yy),
+                           permutation_type="pairings", vectorized=True, alternative="two-sided",
+                           n_resamples=np.inf if exact else n_perm, random_state=seed)
+    return float(res.pvalue), exact
 
 
 def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman", *, n_boot: int = 2000,
@@ -517,6 +507,55 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
         out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(boots, [tail, 100 - tail]))
     out["p"], out["p_exact"] = permutation_p(xa, ya, method, n_perm=n_perm, seed=seed)
     return out
+
+
+def pair_values(path: str | os.PathLike | None, measure: str) -> np.ndarray | None:
+    """The per-pair values of an L_e measure in a stored result file (its per-image table); None for a card (a
+    summary only) or a measure that is not a per-pair mean."""
+    spec = EXPLANATION_MEASURES[measure].summary_key
+    if path is None or "/" in spec or not str(path).endswith(".json"):
+        return None
+    try:
+        per_image = _read_json(Path(path)).get("per_image") or {}
+    except (OSError, ValueError):
+        return None
+    values = per_image.get(spec)
+    if not isinstance(values, list):
+        return None
+    kept = per_image.get("attacked") or [True] * len(values)
+    out = np.array([v for v, k in zip(values, kept) if k and v is not None], dtype=np.float64)
+    return out[np.isfinite(out)] if out.size else None
+
+
+def two_level_interval(accuracy: Sequence[float], n_images: Sequence[int], values: Sequence[np.ndarray],
+                       method: str = "spearman", *, n_boot: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> dict[str, Any]:
+    """A bootstrap interval of the correlation over models that also carries each model's own measurement
+    error: every resample draws models with replacement (level 1), then each drawn model's PGD accuracy from
+    Binomial(n_images, accuracy) / n_images and its explanation measure as the mean of a resample of its own
+    pairs (level 2). Resamples in which one side is constant are skipped and counted."""
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    acc = np.asarray(accuracy, dtype=np.float64)
+    sizes = np.asarray(n_images, dtype=np.int64)
+    x_draws = rng.binomial(sizes[:, None], acc[:, None], size=(n, n_boot)) / sizes[:, None]  # (models, n_boot)
+    y_draws = np.stack([v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(1) for v in values])
+    models = rng.integers(0, n, size=(n_boot, n))
+    cols = np.arange(n_boot)[:, None]
+    boots = _CORRELATIONS[method](x_draws[models, cols], y_draws[models, cols])
+    boots = boots[np.isfinite(boots)]
+    tail = (1 - confidence) / 2 * 100
+    low, high = (float(v) for v in np.percentile(boots, [tail, 100 - tail])) if boots.size else (None, None)
+    return {"ci_low": low, "ci_high": high, "n_boot_valid": int(boots.size), "confidence": confidence}
+
+
+def two_level_for_rows(rows: list[dict[str, Any]], measure: str, method: str = "spearman", **kw) -> dict | None:
+    """:func:`two_level_interval` for the study's rows, when every row's evaluation is a stored result file with
+    per-pair values (a card holds only means); None otherwise."""
+    values = [pair_values(r.get("path"), measure) for r in rows]
+    if len(rows) < 3 or any(v is None or v.size < 2 for v in values) or any(not r.get("n_images") for r in rows):
+        return None
+    return two_level_interval([r["pgd_accuracy"] for r in rows], [r["n_images"] for r in rows], values, method, **kw)
 
 
 def describe_correlation(stats: dict[str, Any], higher_is_robust: bool = True) -> str:

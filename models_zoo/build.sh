@@ -56,7 +56,7 @@ ways() {  # Way1/2/3 stability (20 seeds, each redrawing its candidate pool; a 1
 }
 
 replicate() {  # the landscape curvature of every model (stored next to the cards), then the paper's claim table
-  $E replicate sep --compute-missing --store-dir "$OUT" --markdown "$OUT/replication.md"
+  $E replicate sep --compute-missing --store-dir "$OUT" --markdown "$OUT/replication.md" --update-readme README.md
 }
 
 case "${1:-all}" in

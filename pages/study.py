@@ -123,6 +123,11 @@ def correlations(xs: tuple, ys: tuple, n_boot: int, confidence: float, seed: int
             for m in ("spearman", "pearson")}
 
 
+@st.cache_data(show_spinner="Bootstrapping models and, within each, its pairs…")
+def two_level(rows_json: str, measure: str, n_boot: int, confidence: float, seed: int) -> dict | None:
+    return study.two_level_for_rows(json.loads(rows_json), measure, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
 @st.cache_data(show_spinner=False)
 def measure_table(rows_json: str, measures: tuple, n_boot: int, confidence: float, seed: int) -> list:
     return study.correlation_table(json.loads(rows_json), measures, n_boot=n_boot, confidence=confidence, seed=seed)
@@ -149,6 +154,11 @@ def show_results() -> None:
             side.caption(f"{100 * confidence:.0f}% bootstrap CI [{s['ci_low']:.2f}, {s['ci_high']:.2f}] over "
                          f"{s['n_boot_valid']} resamples of the models · permutation p = {s['p']:.3g}"
                          f"{' (exact)' if s['p_exact'] else ''}")
+            both = two_level(json.dumps(used, default=str), measure, int(n_boot), float(confidence), int(seed)) \
+                if method == "spearman" else None
+            if both and both["ci_low"] is not None:
+                side.caption(f"with each model's own measurement error (two-level bootstrap: models, then each "
+                             f"model's pairs and images): [{both['ci_low']:.2f}, {both['ci_high']:.2f}]")
         else:
             side.caption(s["note"] or "")
     side.metric("Models in the correlation", f"{len(used)} of {len(rows)}")

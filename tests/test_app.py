@@ -13,12 +13,13 @@ def test_overview_lists_the_registries():
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert not at.exception
     assert [t.value for t in at.title] == ["explrobust"]
-    assert [s.value for s in at.subheader][:6] == ["Datasets", "Architectures", "Explanation methods",
+    assert [s.value for s in at.subheader][:7] == ["Datasets", "Architectures", "Explanation methods",
                                                    "Comparison metrics", "Attacks on predictions",
-                                                   "Attacks on explanations"]
+                                                   "Attacks on explanations", "Training objectives"]
     explainers = at.dataframe[2].value
     assert {"integrated_gradients", "deeplift"} <= set(explainers["name"])
-    zoo = at.dataframe[6].value
+    assert {"natural", "pgd_at", "trades", "sep"} <= set(at.dataframe[6].value["name"])
+    zoo = at.dataframe[7].value
     assert {"natural", "pgd_at", "sep_pos", "sep_neg"} <= set(zoo["name"])
 
 

@@ -96,6 +96,7 @@ def test_stored_results_answer_the_question(study_env):
     assert float(_metric(at, "Spearman ρ")) == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=0.0051)
     assert float(_metric(at, "Pearson r")) == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=0.0051)
     assert _metric(at, "Models in the correlation") == f"{len(used)} of {len(numbers) + 1}"
+    assert any("two-level bootstrap" in c.value for c in at.caption)  # every shipped model has a result file
 
     # the scatter is drawn, and its data (the CSV download) are the cards' numbers
     assert len(at.get("image")) >= 3  # scatter, TRADES sweep, SEP bars

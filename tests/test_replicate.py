@@ -93,7 +93,10 @@ def test_replicate_cli_reports_every_claim_from_the_shipped_zoo(tmp_path, monkey
     from explrobust_core.cli import main
 
     monkeypatch.setenv("EXPLROBUST_RUNS", str(tmp_path / "runs"))
-    assert main(["replicate", "sep", "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- claims:start -->\nold table\n<!-- claims:end -->\nrest\n")
+    assert main(["replicate", "sep", "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
+                 "--update-readme", str(readme)]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert [c["key"] for c in report["claims"]] == list("abcdef")
     assert all(c["verdict"] in rep.VERDICTS for c in report["claims"])
@@ -101,3 +104,8 @@ def test_replicate_cli_reports_every_claim_from_the_shipped_zoo(tmp_path, monkey
     # the shipped evaluations hold every number of (a)–(d), and the zoo ships the curvature of (f)
     assert all(by_key[k]["verdict"] != "not measured" for k in "abcdf")
     assert "| (c)" in (tmp_path / "r.md").read_text() and "| (c)" in capsys.readouterr().out
+    text = readme.read_text()
+    assert "old table" not in text and (tmp_path / "r.md").read_text() in text
+    assert text.startswith("intro\n<!-- claims:start -->\n") and text.endswith("<!-- claims:end -->\nrest\n")
+    readme.write_text("no markers\n")
+    assert main(["replicate", "sep", "--update-readme", str(readme)]) == 2  # refused in one line

@@ -335,3 +335,27 @@ def test_configs_from_before_an_option_keep_their_protocol():
     model_space = {**explicit, "targeted": {**old["targeted"], "explainer_options": {"space": "model"}}}
     assert study.protocol_id(old) != study.protocol_id(model_space)
     assert study.protocol_id(old) != study.protocol_id({**explicit, "subset": "spread"})
+
+
+def test_two_level_interval_adds_each_models_measurement_error():
+    rng = np.random.default_rng(3)
+    acc = np.linspace(0.2, 0.8, 7)
+    le = 100 + 50 * acc + rng.normal(0, 5, 7)
+    exact = [np.full(50, v) for v in le]  # no spread within a model, and 10⁹ images: no measurement error
+    one_level = study.correlation(acc, le, "spearman", n_boot=20000, seed=1)
+    flat = study.two_level_interval(acc, [10**9] * 7, exact, "spearman", n_boot=20000, seed=2)
+    # without within-model error the two-level interval is the plain bootstrap over models (up to resampling)
+    assert flat["ci_low"] == pytest.approx(one_level["ci_low"], abs=0.08)
+    assert flat["ci_high"] == pytest.approx(one_level["ci_high"], abs=0.08)
+    noisy = [v + rng.normal(0, 40, 50) for v in le]  # each model measured on 50 noisy pairs
+    wide = study.two_level_interval(acc, [100] * 7, noisy, "spearman", n_boot=20000, seed=2)
+    assert wide["ci_low"] < flat["ci_low"] - 0.1
+
+
+def test_pair_values_read_the_result_files_per_pair_table(tmp_path):
+    path = tmp_path / "m.eval.json"
+    path.write_text(json.dumps({"kind": "evaluation", "per_image": {
+        "explanation_loss_end_paper": [1.0, 2.0, None, 4.0], "attacked": [True, True, True, False]}}))
+    assert study.pair_values(path, "le_end").tolist() == [1.0, 2.0]
+    assert study.pair_values(path, "le_retained") is None  # a ratio of means has no per-pair values
+    assert study.pair_values(None, "le_end") is None

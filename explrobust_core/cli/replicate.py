@@ -21,13 +21,15 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
                    help="measure the landscape curvature first if it is not stored (a few minutes on a CPU)")
     p.add_argument("--store-dir", default=None,
                    help="where --compute-missing writes (default: RUNS/replicate/<dataset>)")
+    p.add_argument("--update-readme", default=None, metavar="README.md",
+                   help="also put the claim table between the <!-- claims:start/end --> markers of this file")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_replicate)
 
 
 def cmd_replicate(ns: argparse.Namespace) -> int:
     from .. import replicate
-    from ..io import atomic_write_json, atomic_write_text, runs_dir
+    from ..io import atomic_write_json, atomic_write_text, replace_between_markers, runs_dir
     from ..zoo import list_checkpoints, shipped_zoo_dir, user_zoo_dir
 
     check_outputs(ns, files=("json", "markdown"))
@@ -52,4 +54,6 @@ def cmd_replicate(ns: argparse.Namespace) -> int:
         atomic_write_json(ns.json, report)
     if ns.markdown:
         atomic_write_text(ns.markdown, text)
+    if ns.update_readme:
+        replace_between_markers(ns.update_readme, "<!-- claims:start -->", "<!-- claims:end -->", text)
     return 0
