@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .study import PAPER_MNIST_TABLE, Collection, collect, model_rows, protocols, records_for, spearman_rho
+from .study import (PAPER_MNIST_TABLE, Collection, collect, model_rows, pair_table, protocols, records_for,
+                    spearman_rho)
 
 PAPER = ("Are Classification Robustness and Explanation Robustness Really Strongly Correlated? "
          "An Analysis Through Input Loss Landscape (arXiv 2403.06013)")
@@ -55,20 +56,8 @@ class Claim:
 
 
 def per_pair_le_end(path: str | os.PathLike) -> dict[tuple[int, int], float]:
-    """``{(victim, target): L_e end ×10⁻⁷}`` of a stored evaluation's per-image table, the pairs whose
-    prediction the attack kept."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    p = data.get("per_image") or {}
-    needed = ("index", "target_index", "explanation_loss_end_paper")
-    if not all(isinstance(p.get(k), list) for k in needed):
-        return {}
-    n = len(p["index"])
-    attacked = p.get("attacked") or [True] * n
-    kept = ([a == b for a, b in zip(p["final_pred"], p["label"])] if isinstance(p.get("final_pred"), list)
-            and isinstance(p.get("label"), list) else [True] * n)
-    return {(int(v), int(t)): float(e) for v, t, e, a, k in
-            zip(p["index"], p["target_index"], p["explanation_loss_end_paper"], attacked, kept)
-            if a and k and e is not None and np.isfinite(e)}
+    """``{(victim, target): L_e end ×10⁻⁷}`` of a stored evaluation, the pairs whose prediction the attack kept."""
+    return pair_table(path, "le_end") or {}
 
 
 def common_pairs(tables: dict[str, dict[tuple[int, int], float]]) -> list[tuple[int, int]]:

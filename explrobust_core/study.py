@@ -509,22 +509,52 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
     return out
 
 
-def pair_values(path: str | os.PathLike | None, measure: str) -> np.ndarray | None:
-    """The per-pair values of an L_e measure in a stored result file (its per-image table); None for a card (a
+def pair_table(path: str | os.PathLike | None, measure: str) -> dict[tuple[int, int], float] | None:
+    """``{(victim, target): value}`` of a per-pair measure in a stored result file (its per-image table; the
+    target is -1 for an untargeted attack), the pairs whose prediction the attack kept. None for a card (a
     summary only) or a measure that is not a per-pair mean."""
     spec = EXPLANATION_MEASURES[measure].summary_key
     if path is None or "/" in spec or not str(path).endswith(".json"):
         return None
     try:
-        per_image = _read_json(Path(path)).get("per_image") or {}
+        p = _read_json(Path(path)).get("per_image") or {}
     except (OSError, ValueError):
         return None
-    values = per_image.get(spec)
+    values, victims = p.get(spec), p.get("index")
     if not isinstance(values, list):
         return None
-    kept = per_image.get("attacked") or [True] * len(values)
-    out = np.array([v for v, k in zip(values, kept) if k and v is not None], dtype=np.float64)
-    return out[np.isfinite(out)] if out.size else None
+    n = len(values)
+    victims = victims if isinstance(victims, list) and len(victims) == n else list(range(n))
+    targets = p.get("target_index") if isinstance(p.get("target_index"), list) else [-1] * n
+    attacked = p.get("attacked") if isinstance(p.get("attacked"), list) else [True] * n
+    kept = ([a == b for a, b in zip(p["final_pred"], p["label"])]
+            if isinstance(p.get("final_pred"), list) and isinstance(p.get("label"), list) else [True] * n)
+    return {(int(v), int(t)): float(x) for v, t, x, a, k in zip(victims, targets, values, attacked, kept)
+            if a and k and isinstance(x, (int, float)) and math.isfinite(x)}
+
+
+def pair_values(path: str | os.PathLike | None, measure: str) -> np.ndarray | None:
+    """The values of :func:`pair_table` as an array (None when there is no per-pair table)."""
+    table = pair_table(path, measure)
+    return None if not table else np.fromiter(table.values(), dtype=np.float64)
+
+
+def on_common_pairs(rows: list[dict[str, Any]], measure: str) -> tuple[list[dict[str, Any]], int] | None:
+    """The rows with their measure re-averaged over the pairs every row's model kept (so each model is scored on
+    the same victim–target pairs), and how many pairs that is; None when a row has no per-pair table."""
+    tables = [pair_table(r.get("path"), measure) for r in rows]
+    if not rows or any(not t for t in tables):
+        return None
+    common = set.intersection(*(set(t) for t in tables))
+    if not common:
+        return None
+    out = []
+    for row, table in zip(rows, tables):
+        values = np.array([table[k] for k in sorted(common)])
+        sem = values.std(ddof=1) / np.sqrt(values.size) if values.size > 1 else 0.0
+        out.append({**row, "value": float(values.mean()), "value_ci_low": float(values.mean() - 1.96 * sem),
+                    "value_ci_high": float(values.mean() + 1.96 * sem), "n_pairs": int(values.size)})
+    return out, len(common)
 
 
 def two_level_interval(accuracy: Sequence[float], n_images: Sequence[int], values: Sequence[np.ndarray],

@@ -111,6 +111,10 @@ with st.expander("Statistics and plot settings"):
     seed = s3.number_input("Seed", 0, 10_000, 0)
     log_y = s4.checkbox("Log scale for explanation robustness", value=False)
     leave_out = st.multiselect("Leave out by hand", sorted(m for m, i in data.models.items() if i.dataset == dataset))
+    common_pairs = st.checkbox("Score every model on the same pairs (those all models in the correlation kept)",
+                               value=True, key="study_common_pairs",
+                               help="each model's stored mean covers the pairs it kept its prediction on; this "
+                                    "re-averages every model over the pairs common to all (needs result files)")
 
 if eps is None or measure is None:
     st.info("This protocol measured no PGD accuracy or no explanation robustness; choose another one or compute "
@@ -136,6 +140,11 @@ def measure_table(rows_json: str, measures: tuple, n_boot: int, confidence: floa
 rows = study.model_rows(data, dataset, protocol, eps if eps is not None else 0.0, measure or "le_end") \
     if eps is not None and measure is not None else []
 used, left_out = study.split_rows(rows, min_clean, leave_out)
+n_common = None
+if common_pairs and measure:
+    on_common = study.on_common_pairs(used, measure)
+    if on_common:
+        used, n_common = on_common
 m_spec = study.EXPLANATION_MEASURES[measure] if measure else None
 
 # --- 1. the scatter and its correlations ------------------------------------------------------------
@@ -179,15 +188,19 @@ def show_results() -> None:
                    f"(n = {len(used)})"))
         with plot_col:
             ui.show_figure(fig, "study_scatter", data=points)
-            st.caption("Error bars: the bootstrap CI of each model's mean over its attacked pairs (as stored).")
+            st.caption(f"Every model scored on the same {n_common} pairs; error bars ≈ 95% normal intervals of those "
+                       "means." if n_common else "Error bars: the bootstrap CI of each model's mean over its own "
+                       "attacked pairs (as stored; pairs differ between models).")
     if left_out:
         st.warning("Not in the correlation: " + "; ".join(f"**{r['model']}** — {r['reason']}" for r in left_out))
 
     with st.expander("Every model and its numbers", expanded=False):
+        in_use = {r["model"]: r for r in used}
         table = pd.DataFrame([{
             "model": r["model"], "method": r["method"], "β": r["beta"], "λ": r["lam"],
             "clean acc %": study_views.pct(r["clean_accuracy"]), f"PGD acc % ε={eps:g}": study_views.pct(r["pgd_accuracy"]),
-            m_spec.label: r["value"], "in correlation": r in used, "status": r["status"] if r in used else
+            m_spec.label: in_use.get(r["model"], r)["value"], "pairs": in_use.get(r["model"], {}).get("n_pairs"),
+            "in correlation": r["model"] in in_use, "status": r["status"] if r["model"] in in_use else
             next(x["reason"] for x in left_out if x["model"] == r["model"]), "source": r["source"], "file": r["path"],
         } for r in rows])
         st.dataframe(table, hide_index=True, width="stretch")

@@ -85,7 +85,7 @@ def _metric(at, label: str) -> str:
 
 
 def test_stored_results_answer_the_question(study_env):
-    at = _open_study()
+    at = _open_study(study_common_pairs=False)  # each model's stored mean, as its card holds it
     assert at.title[0].value == "Robustness study"
     numbers = _card_numbers()
     # the default view: PGD accuracy at the largest ε vs L_e end, models below 50 % clean accuracy left out
@@ -138,7 +138,24 @@ def test_stored_results_answer_the_question(study_env):
     assert list(claims["ours"]) == [c["ours"] for c in expected_claims]
     assert "study_paper_claims.csv" in exports
 
+    # every model on the same pairs: the means over the pairs all models kept, from the result files' tables
+    at.checkbox(key="study_common_pairs").check().run()
+    assert not at.exception
+    tables = {}
+    for m in used:
+        p = json.loads((SHIPPED / f"{numbers[m]['name']}.eval.json").read_text())["per_image"]
+        tables[m] = {(v, t): e for v, t, e, a, f, lab in zip(p["index"], p["target_index"],
+                                                          p["explanation_loss_end_paper"], p["attacked"],
+                                                          p["final_pred"], p["label"]) if a and f == lab}
+    common = set.intersection(*(set(t) for t in tables.values()))
+    points = list(csv.DictReader(io.StringIO(at.session_state["_page_exports"]["study_scatter.csv"].decode())))
+    for p in points:
+        expected = sum(tables[p["model"]][k] for k in common) / len(common)
+        assert float(p["L_e end ×10⁻⁷"]) == pytest.approx(expected, rel=1e-9)
+    assert any(f"same {len(common)} pairs" in c.value for c in at.caption)
+
     # another measure: the correlation follows it
+    at.checkbox(key="study_common_pairs").uncheck().run()
     at.selectbox(key="study_measure").set_value("le_start").run()
     assert not at.exception
     y = [used[m]["start"] for m in sorted(used)]
