@@ -166,14 +166,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _load(ns: argparse.Namespace):
     """Checkpoint, card, the split of its dataset, and the model's device."""
-    from .data import load_dataset
-    from .zoo import load_checkpoint
+    from .zoo import dataset_for_card, load_checkpoint
 
     model, card = load_checkpoint(ns.checkpoint, ns.device)
-    dataset = load_dataset(card.dataset, ns.split)
-    if tuple(dataset.info.input_shape) != tuple(card.input_shape):
-        raise ValueError(f"checkpoint expects inputs {card.input_shape}, dataset {card.dataset} gives "
-                         f"{dataset.info.input_shape}")
+    dataset = dataset_for_card(card, ns.split)  # with the card's dataset options (an image folder's root, size)
     return model, card, dataset, next(model.parameters()).device
 
 
@@ -977,6 +973,7 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     q.set_defaults(func=cmd_sweep_status)
     q = sweeps.add_parser("list", help="the sweeps in the runs directory")
     q.set_defaults(func=cmd_sweep_list)
+    from .cli_zoo import register as _register_zoo; _register_zoo(sub)  # noqa: E702
     return parser
 
 
