@@ -221,7 +221,7 @@ def import_bytes(data: bytes, filename: str, *, overwrite: bool = False, zoo_dir
     try:
         state, digest = read_state(data, filename)
         prepared = prepare_import(state, file=filename, file_sha256=digest, **options)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError, OSError) as err:  # OSError: a dataset folder that is not there
         raise UploadError(str(err)) from None
     path = write_user_model(prepared.card,
                             lambda target: save_checkpoint(prepared.model, prepared.card, target, overwrite=overwrite),
@@ -233,3 +233,43 @@ def import_file(path: str | Path, **options):
     """:func:`import_bytes` for a local file (read with a size cap; never a device or a FIFO)."""
     p = Path(path)
     return import_bytes(read_bounded(p, WEIGHTS_MAX_BYTES, "checkpoint file", CheckpointError), p.name, **options)
+
+
+# --------------------------------------------------------------------------- the upload form
+
+OWN_LAYOUT = "explrobust (own names)"  # the form's first choice: a state dict in explrobust's own names
+
+
+def form_layouts() -> list[str]:
+    return [OWN_LAYOUT, *LAYOUTS]
+
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    """``"0.49, 0.48, 0.45"`` → floats; empty → None; anything else a clear error."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return [float(v) for v in str(text).replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"{what} must be numbers separated by commas, got {str(text)[:80]!r}") from None
+
+
+def import_upload(data: bytes, filename: str, *, layout: str, arch: str, dataset: str, name: str,
+                  mean: str = "", std: str = "", notes: str = "", overwrite: bool = False, zoo_dir=None):
+    """The Model zoo page's import: the form's texts parsed, then :func:`import_bytes`. For the
+    torchvision/timm layouts ``arch`` is the library's model name."""
+    from .uploads import CHECKPOINT_MAX_BYTES, UploadError
+
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise UploadError("the uploaded file is empty")
+    if len(data) > CHECKPOINT_MAX_BYTES:
+        raise UploadError(f"the upload is {len(data):,} bytes, over the {CHECKPOINT_MAX_BYTES:,}-byte upload limit")
+    arch = (arch or "").strip()
+    if layout in ("torchvision", "timm"):
+        layout, arch = f"{layout}:{arch.removeprefix(layout + ':')}" if arch else layout, None
+    try:
+        mean_, std_ = parse_floats(mean, "mean"), parse_floats(std, "std")
+    except ValueError as err:
+        raise UploadError(str(err)) from None
+    return import_bytes(bytes(data), filename, layout=layout, arch=arch or None, dataset=dataset, name=name.strip(),
+                        mean=mean_, std=std_, notes=notes or "", overwrite=overwrite, zoo_dir=zoo_dir)

@@ -447,3 +447,48 @@ def test_old_cards_still_parse():
            "mean": [0.3], "std": [0.3], "classes": ["0", "1"]}
     card = ModelCard.model_validate_json(json.dumps(old))
     assert card.source is None and card.dataset_config == {}
+
+
+# --------------------------------------------------------------------------- the Model zoo page
+
+
+def test_zoo_page_imports_a_robustbench_file_and_shows_its_source(tmp_path, zoo):
+    import sys
+
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parent.parent
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    from pages import ui
+
+    ui.refresh_checkpoints()  # the listing is cached for a few seconds; this test has its own user zoo
+    torch.manual_seed(13)
+    ref = randomize(RefWRN(10, 1))
+    blob = io.BytesIO()
+    torch.save({"state_dict": ref.state_dict()}, blob)
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/zoo.py").run()
+
+    def submit(arch: str):
+        at.file_uploader(key="upload_weights").set_value(("rb_wrn.pt", blob.getvalue(), "application/octet-stream"))
+        at.text_input(key="upload_name").input("rb_wrn")
+        at.selectbox(key="upload_dataset").set_value("cifar10")
+        at.selectbox(key="upload_layout").set_value("robustbench")
+        at.text_input(key="upload_published_arch").input(arch)
+        next(b for b in at.button if b.label == "Upload").click()
+        return at.run()
+
+    submit("wrn-16-1")  # the wrong depth: refused, the mismatch named, nothing stored
+    assert not at.exception and any("Not uploaded" in e.value and "block1.layer.1" in e.value for e in at.error)
+    assert stored_files(zoo) == []
+    submit("wrn-10-1")
+    assert not at.exception, at.exception
+    assert any("Added cifar10/rb_wrn" in s.value for s in at.success)
+    table = at.dataframe[0].value.set_index("model")
+    assert table.loc["cifar10/rb_wrn", "source"] == "imported from robustbench"
+    assert table.loc["cifar10/rb_wrn", "architecture"] == "wideresnet"
+    model, _ = load_checkpoint(zoo / "cifar10" / "rb_wrn.safetensors", "cpu")
+    x = inputs()
+    with torch.no_grad():
+        assert_same_logits(model, ref(x), x)
