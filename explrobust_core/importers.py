@@ -186,7 +186,7 @@ def prepare_import(state: dict[str, torch.Tensor], *, layout: str, dataset: str,
     layout, label = split_layout(layout, arch)
     source = f"{file!r} ({layout} layout)"
     net, held, notices = unwrap_layout(state, layout, source)
-    spec = resolve_arch(label, set(net))
+    spec = resolve_arch(label, {k: tuple(v.shape) for k, v in net.items()})
     if (mean is None) != (std is None):
         raise ValueError("give both --mean and --std, or neither")
     shape, classes, dmean, dstd, dataset_config = _dataset_facts(dataset, dataset_config, input_size)

@@ -168,10 +168,13 @@ def arch_choices() -> list[str]:
     return [*CIFAR_ARCHS, "torchvision:NAME", "timm:NAME"]
 
 
-def resolve_arch(label: str, state_keys: set[str] = frozenset()) -> ArchSpec:
-    """The :class:`ArchSpec` of ``label``; ``state_keys`` (published names) settles variants that only
-    the file can tell (PreActResNet-18 with or without its final ``bn``)."""
+def resolve_arch(label: str, shapes: dict[str, tuple[int, ...]] | None = None) -> ArchSpec:
+    """The :class:`ArchSpec` of ``label``; ``shapes`` (the file's tensor shapes by published name) settles
+    what only the file can tell: PreActResNet-18 with or without its final ``bn``, and the first stage's
+    width of the ResNet-18s (64 as published; any other width is the same layout, scaled)."""
+    shapes = shapes or {}
     label = str(label).strip()
+    width = {"base_width": int(shapes["conv1.weight"][0])} if len(shapes.get("conv1.weight", ())) == 4 else {}
     if match := _WRN.match(label):
         depth, k = int(match[1]), int(match[2])
         if (depth - 4) % 6 or depth < 10:
@@ -187,14 +190,14 @@ def resolve_arch(label: str, state_keys: set[str] = frozenset()) -> ArchSpec:
     if label == "preact-resnet18":
         prefixes = {"conv1": "features.0", "linear": "head"}
         prefixes.update({f"layer{s}.{j}": f"features.{1 + 2 * (s - 1) + j}" for s in range(1, 5) for j in range(2)})
-        bn = any(k.startswith("bn.") for k in state_keys)
+        bn = any(k.startswith("bn.") for k in shapes)
         if bn:
             prefixes["bn"] = "features.9"
-        return ArchSpec(label, "preact_resnet18", {"bn_before_fc": bn}, prefixes)
+        return ArchSpec(label, "preact_resnet18", {"bn_before_fc": bn, **width}, prefixes)
     if label == "resnet18":
         prefixes = {"conv1": "features.0", "bn1": "features.1", "linear": "head"}
         prefixes.update({f"layer{s}.{j}": f"features.{3 + 2 * (s - 1) + j}" for s in range(1, 5) for j in range(2)})
-        return ArchSpec(label, "resnet18", {}, prefixes)
+        return ArchSpec(label, "resnet18", width, prefixes)
     library, _, name = label.partition(":")
     if library in ("torchvision", "timm") and name:
         LibraryModelConfig(name=name)  # validates the name's characters

@@ -116,20 +116,20 @@ class RefBasicBlock(nn.Module):
 class RefResNet18(nn.Module):
     """CIFAR ResNet-18 (preact=False) or PreActResNet-18 (preact=True, optional final 'bn')."""
 
-    def __init__(self, preact, bn_before_fc=False, classes=10):
+    def __init__(self, preact, bn_before_fc=False, classes=10, width=64):
         super().__init__()
-        self.preact, widths = preact, [64, 128, 256, 512]
+        self.preact, widths = preact, [width, 2 * width, 4 * width, 8 * width]  # published: width 64
         block = RefPreActBlock if preact else RefBasicBlock
-        self.conv1 = conv3(3, 64)
+        self.conv1 = conv3(3, width)
         if not preact:
-            self.bn1 = nn.BatchNorm2d(64)
-        cin = 64
+            self.bn1 = nn.BatchNorm2d(width)
+        cin = width
         for s, w in enumerate(widths, start=1):
             setattr(self, f"layer{s}", nn.Sequential(block(cin, w, 1 if s == 1 else 2), block(w, w, 1)))
             cin = w
         if bn_before_fc:
-            self.bn = nn.BatchNorm2d(512)
-        self.linear = nn.Linear(512, classes)
+            self.bn = nn.BatchNorm2d(cin)
+        self.linear = nn.Linear(cin, classes)
 
     def forward(self, x):
         out = self.conv1(x) if self.preact else F.relu(self.bn1(self.conv1(x)))
@@ -228,15 +228,16 @@ def test_trades_wrn_drops_its_unused_sub_block(tmp_path, zoo):
         assert_same_logits(model, ref(x), x)
 
 
-@pytest.mark.parametrize("bn_before_fc", [False, True])
-def test_preact_resnet18_imports_with_equal_logits(tmp_path, zoo, bn_before_fc):
+@pytest.mark.parametrize("bn_before_fc,width", [(False, 64), (True, 8)])
+def test_preact_resnet18_imports_with_equal_logits(tmp_path, zoo, bn_before_fc, width):
     torch.manual_seed(5)
-    ref = randomize(RefResNet18(preact=True, bn_before_fc=bn_before_fc))
+    ref = randomize(RefResNet18(preact=True, bn_before_fc=bn_before_fc, width=width))
     file = save_pt({"model_state_dict": ref.state_dict()}, tmp_path / "preact.pth")
     installed = import_file(file, layout="robustbench", arch="preact-resnet18", dataset="cifar10", name="preact",
                             mean=CIFAR_MEAN, std=CIFAR_STD)
     model, card = load_checkpoint(installed.path, "cpu")
-    assert card.arch_config["bn_before_fc"] is bn_before_fc and card.source.normalization.startswith("given")
+    assert card.arch_config == {"bn_before_fc": bn_before_fc, "base_width": width}
+    assert card.source.normalization.startswith("given")
     x = inputs()
     with torch.no_grad():
         ref_logits = ref((x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1))
@@ -246,7 +247,7 @@ def test_preact_resnet18_imports_with_equal_logits(tmp_path, zoo, bn_before_fc):
 def test_madrylab_checkpoint_with_normaliser(tmp_path, zoo):
     """The robustness library: {'model': {module.model.*, module.attacker.model.*, module.normalizer.*}, …}."""
     torch.manual_seed(6)
-    ref = randomize(RefResNet18(preact=False))
+    ref = randomize(RefResNet18(preact=False, width=8))  # the published layout at 1/8 of its width: fast
     mean, std = torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3])
     state = {}
     for key, value in ref.state_dict().items():
@@ -419,6 +420,19 @@ def test_wrap_any_module_then_save_and_load(tmp_path):
     assert maps.shape[0] == 3 and bool(torch.isfinite(maps).all())
     result = run_classification_attack(model, x, torch.tensor([0, 1, 2]), "pgd", {"eps": 0.03, "steps": 2})
     assert "adversarial_accuracy" in result.summary
+    # Way3's features (through the hook), an explanation attack (on the Softplus view) and a landscape
+    from explrobust_core.attacks.explanation import run_explanation_attack
+    from explrobust_core.landscape import input_landscape
+    from explrobust_core.sampling import reference_features
+
+    with torch.no_grad():
+        assert torch.allclose(reference_features(model, x), F.relu(net.body((x - 0.5) / 0.25)), atol=1e-6)
+    attacked = run_explanation_attack(model, x[:1], "ifia", steps=2)
+    assert attacked.tensors["adversarial"].shape == (1, 3, 16, 16)
+    land = input_landscape(model, x[:1], torch.tensor([0]), {"points": 3, "losses": ["ce"]})
+    with torch.no_grad():
+        ce = F.cross_entropy(net((x[:1] - 0.5) / 0.25), torch.tensor([0]))
+    assert land.summary["ce"]["clean"] == pytest.approx(float(ce), rel=1e-5)
     with pytest.raises(ValueError, match=r"expected \(1, 4\)"):
         wrap(net, mean=[0.5] * 3, std=[0.25] * 3, input_shape=(3, 16, 16), classes=4)
     with pytest.raises(ValueError, match="no nn.Linear"):
