@@ -190,6 +190,10 @@ def prepare_import(state: dict[str, torch.Tensor], *, layout: str, dataset: str,
     if (mean is None) != (std is None):
         raise ValueError("give both --mean and --std, or neither")
     shape, classes, dmean, dstd, dataset_config = _dataset_facts(dataset, dataset_config, input_size)
+    if not label.startswith(("torchvision:", "timm:")) and tuple(shape[1:]) != (32, 32):
+        # their fixed 8×8 / 4×4 average pool makes the published CIFAR networks 32×32-only
+        raise ValueError(f"the published {label} takes 32×32 images, {dataset} gives {shape[1]}×{shape[2]}"
+                         + ("; use --input-size 32" if "image_size" in DATASETS.get(dataset).config.model_fields else ""))
     mean_, std_, where = _choose_normalisation(layout, None if mean is None else (mean, std), held, (dmean, dstd), shape[0])
     card = ModelCard(name=name, architecture=spec.architecture, arch_config=spec.arch_config, dataset=dataset,
                      input_shape=shape, mean=mean_, std=std_, classes=classes, objective=IMPORTED_OBJECTIVE,

@@ -4,27 +4,31 @@ Every published CIFAR family is built as one of explrobust's own :class:`~.model
 architectures (``normalize → features → head``); an :class:`ArchSpec` carries the *written key
 map* from the published parameter names to ours, as module-prefix pairs (longest prefix wins):
 
-========================  ==============================  ======================================
-published name            explrobust name                 architecture
-========================  ==============================  ======================================
-WRN-D-K "Standard" (RobustBench, TRADES; Zagoruyko & Komodakis), n = (D − 4) / 6 blocks per group
-``conv1``                 ``features.0``                  ``wideresnet`` (depth D, widen k)
-``block{g}.layer.{j}``    ``features.{1 + (g−1)·n + j}``
-``….convShortcut``        ``….shortcut``
-``bn1`` (top level)       ``features.{1 + 3n}``
-``fc``                    ``head``
-``sub_block1.*``          dropped (built by some authors, never called in forward)
-PreActResNet-18 (He et al., identity mappings; RobustBench's layout)
-``conv1``                 ``features.0``                  ``preact_resnet18``
-``layer{s}.{j}``          ``features.{1 + 2(s−1) + j}``
-``bn`` (if present)       ``features.9``
-``linear``                ``head``
-CIFAR ResNet-18 (He et al. with a 3×3 stem; RobustBench's ``ResNet18``)
-``conv1`` / ``bn1``       ``features.0`` / ``features.1``  ``resnet18``
-``layer{s}.{j}``          ``features.{3 + 2(s−1) + j}``
-``linear``                ``head``
-torchvision / timm: any name ``X``  →  ``net.X``  (``torchvision`` / ``timm`` architectures)
-========================  ==============================  ======================================
+WRN-D-K, the "Standard" layout of RobustBench and TRADES (Zagoruyko & Komodakis), n = (D − 4) / 6
+blocks per group → ``wideresnet`` (depth D, widen factor K)::
+
+    conv1                 → features.0
+    block{g}.layer.{j}    → features.{1 + (g − 1)·n + j}      (g = 1, 2, 3; j < n)
+    ….convShortcut        → ….shortcut
+    bn1 (top level)       → features.{1 + 3n}
+    fc                    → head
+    sub_block1.*          dropped (some authors build it; forward never calls it)
+
+PreActResNet-18 (He et al., identity mappings; RobustBench's layout) → ``preact_resnet18``::
+
+    conv1                 → features.0
+    layer{s}.{j}          → features.{1 + 2(s − 1) + j}       (s = 1…4; j = 0, 1)
+    bn (if present)       → features.9
+    linear                → head
+
+CIFAR ResNet-18 (He et al. with a 3×3 stem; RobustBench's ``ResNet18``) → ``resnet18``::
+
+    conv1, bn1            → features.0, features.1
+    layer{s}.{j}          → features.{3 + 2(s − 1) + j}
+    linear                → head
+
+torchvision / timm: any name X → net.X (architectures ``torchvision`` / ``timm``, a
+:class:`~.models.WrappedClassifier` whose ``embed`` hooks the last linear layer).
 
 Inside a block the names are the published ones (``bn1``, ``conv1``, ``bn2``, ``conv2``,
 ``shortcut.0``…), so only prefixes move. The published CIFAR models pool with a fixed 8×8 (WRN)
@@ -103,7 +107,7 @@ class LibraryModelConfig(Config):
                       description="the library's model name, e.g. resnet18")
 
 
-@ARCHITECTURES.register("torchvision", config=LibraryModelConfig,
+@ARCHITECTURES.register("torchvision", config=LibraryModelConfig, tags=("library",),
                         summary="any torchvision.models classifier by name (weights from your file)")
 def torchvision_model(cfg: LibraryModelConfig, in_channels: int, height: int, width: int, num_classes: int):
     import torchvision.models as tvm
@@ -115,7 +119,8 @@ def torchvision_model(cfg: LibraryModelConfig, in_channels: int, height: int, wi
     return tvm.get_model(cfg.name, weights=None, num_classes=num_classes)
 
 
-@ARCHITECTURES.register("timm", config=LibraryModelConfig, summary="any timm model by name (optional: needs timm)")
+@ARCHITECTURES.register("timm", config=LibraryModelConfig, tags=("library",),
+                        summary="any timm model by name (optional: needs timm)")
 def timm_model(cfg: LibraryModelConfig, in_channels: int, height: int, width: int, num_classes: int):
     try:
         import timm
