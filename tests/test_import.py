@@ -216,6 +216,30 @@ def test_wrn_28_10_key_layout_and_logits(tmp_path, zoo):
         assert_same_logits(model, ref(x), x)
 
 
+@pytest.mark.parametrize("label,make", [
+    ("wrn-28-10", lambda: RefWRN(28, 10, sub_block1=True)), ("wrn-34-10", lambda: RefWRN(34, 10, sub_block1=True)),
+    ("wrn-34-20", lambda: RefWRN(34, 20)), ("wrn-70-16", lambda: RefWRN(70, 16, classes=100)),
+    ("preact-resnet18", lambda: RefResNet18(preact=True)), ("resnet18", lambda: RefResNet18(preact=False)),
+])
+def test_every_published_key_maps_onto_a_tensor_of_the_same_shape(label, make):
+    """The leaderboard's full-size networks, built on the meta device (shapes only, no memory): the key map
+    is a bijection between the published state dict (unused sub_block1 aside) and explrobust's."""
+    from explrobust_core.published import resolve_arch
+    from explrobust_core.zoo import expected_state
+
+    with torch.device("meta"):
+        ref = make()
+    published = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    spec = resolve_arch(label, published)
+    classes = [str(i) for i in range(ref.fc.out_features if hasattr(ref, "fc") else ref.linear.out_features)]
+    card = ModelCard(name="layout", architecture=spec.architecture, arch_config=spec.arch_config, dataset="cifar10",
+                     input_shape=(3, 32, 32), mean=[0.0] * 3, std=[1.0] * 3, classes=classes)
+    ours = {k: tuple(v.shape) for k, v in expected_state(card).items() if not k.startswith("normalize.")}
+    mapped = {spec.to_ours(k): shape for k, shape in published.items() if not spec.is_dropped(k)}
+    assert mapped == ours
+    assert {spec.to_published(k) for k in ours} == {k for k in published if not spec.is_dropped(k)}
+
+
 def test_trades_wrn_drops_its_unused_sub_block(tmp_path, zoo):
     torch.manual_seed(3)
     ref = randomize(RefWRN(10, 2, classes=10, sub_block1=True))
