@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -157,15 +158,35 @@ def card_origin(card: ModelCard, user: bool) -> str:
     return "trained here" if card.command else "uploaded"
 
 
-def dataset_for_card(card: ModelCard, split: str = "test"):
-    """The split of the card's dataset, loaded with the card's dataset options; a dataset that resizes
-    (image folders, GTSRB, …) is loaded at the card's input size."""
-    from .data import DATASETS, load_dataset
+def dataset_options(card: ModelCard) -> dict[str, Any]:
+    """The options to load the card's dataset with: the card's own (an image folder's root), and for a
+    dataset that resizes (image folders, GTSRB, …) the card's input size."""
+    from .data import DATASETS
 
     config = dict(card.dataset_config)
     if "image_size" in DATASETS.get(card.dataset).config.model_fields and "image_size" not in config:
         config["image_size"] = card.input_shape[1]
-    dataset = load_dataset(card.dataset, split, config or None)
+    return config
+
+
+def shared_dataset_options(name: str, cards: list[ModelCard], chosen: list[ModelCard] = ()) -> dict[str, Any]:
+    """The options every card of dataset ``name`` reads it with; when they differ (two image folders), the
+    ``chosen`` cards' — refused when those differ too."""
+    found = {json.dumps(dataset_options(c), sort_keys=True) for c in cards if c.dataset == name}
+    if len(found) > 1:
+        found = {json.dumps(dataset_options(c), sort_keys=True) for c in chosen if c.dataset == name}
+    if len(found) > 1:
+        raise ValueError(f"the chosen models read {name} with different options ({'; '.join(sorted(found))}); "
+                         "choose models of one folder and input size")
+    return json.loads(found.pop()) if found else {}
+
+
+def dataset_for_card(card: ModelCard, split: str = "test"):
+    """The split of the card's dataset, loaded with :func:`dataset_options`, checked against the card's
+    input shape."""
+    from .data import load_dataset
+
+    dataset = load_dataset(card.dataset, split, dataset_options(card) or None)
     if tuple(dataset.info.input_shape) != tuple(card.input_shape):
         raise ValueError(f"checkpoint {card.name!r} expects inputs {tuple(card.input_shape)}, dataset {card.dataset} "
                          f"gives {tuple(dataset.info.input_shape)}")

@@ -483,6 +483,23 @@ def test_save_checkpoint_stores_a_wrapped_torchvision_model(tmp_path):
         assert torch.equal(loaded(x), model(x))
 
 
+def test_models_of_two_folders_read_their_own(tmp_path):
+    from explrobust_core.zoo import dataset_for_card, shared_dataset_options
+
+    def card(name, root, size=32):
+        return ModelCard(name=name, architecture="convnet", dataset="imagefolder", input_shape=(3, size, size),
+                         mean=[0.5] * 3, std=[0.5] * 3, classes=["cat", "dog"], dataset_config={"root": str(root)})
+
+    a, b = make_folder(tmp_path / "a"), make_folder(tmp_path / "b", size=20)
+    cards = [card("a1", a), card("a2", a), card("b1", b, size=16)]
+    assert shared_dataset_options("imagefolder", cards[:2]) == {"root": str(a), "image_size": 32}
+    assert shared_dataset_options("imagefolder", cards, [cards[2]]) == {"root": str(b), "image_size": 16}
+    with pytest.raises(ValueError, match="different options"):
+        shared_dataset_options("imagefolder", cards, [cards[0], cards[2]])
+    assert shared_dataset_options("digits", cards) == {}
+    assert dataset_for_card(cards[2]).batch([0])[0].shape == (1, 3, 16, 16)  # 20×20 PNGs read at the card's size
+
+
 def test_old_cards_still_parse():
     old = {"schema_version": 1, "name": "m", "architecture": "convnet", "dataset": "digits", "input_shape": [1, 8, 8],
            "mean": [0.3], "std": [0.3], "classes": ["0", "1"]}
@@ -533,3 +550,30 @@ def test_zoo_page_imports_a_robustbench_file_and_shows_its_source(tmp_path, zoo)
     x = inputs()
     with torch.no_grad():
         assert_same_logits(model, ref(x), x)
+
+
+def test_imported_image_folder_model_on_the_explorer_and_the_attack_lab(tmp_path, zoo):
+    """An imported WRN over a folder of 32×32 colour PNGs: the pages read the folder the card records."""
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    for path in (repo, repo / "tests"):
+        if str(path) not in sys.path:
+            sys.path.insert(0, str(path))
+    from apptest_pages import by_label, open_page
+    from pages import ui
+
+    folder = make_folder(tmp_path / "pngs", per_class=4)
+    torch.manual_seed(14)
+    file = save_pt(randomize(RefWRN(10, 1, classes=2)).state_dict(), tmp_path / "tiny.pt")
+    import_file(file, layout="robustbench", arch="wrn-10-1", dataset="imagefolder", name="tiny", input_size=32,
+                dataset_config={"root": str(folder)})
+    ui.refresh_checkpoints()
+    at = open_page("explorer", "Explorer", ["imagefolder/tiny"])
+    assert not at.exception and not at.error
+    assert [s.value for s in at.subheader] == ["imagefolder/tiny"] and len(at.get("image")) == 8
+    at = open_page("attack_lab", "Attack lab", ["imagefolder/tiny"])
+    by_label(at.number_input, "Steps").set_value(2)
+    next(b for b in at.button if b.label == "Show me").click().run()
+    assert not at.exception and not at.error
+    assert list(at.dataframe[0].value["model"]) == ["imagefolder/tiny"]
