@@ -71,7 +71,8 @@ def dataset(name: str, split: str):
 
     every = checkpoints()
     chosen = [every[n].card for n in st.session_state.get("models_here") or selected_models() if n in every]
-    return _dataset(name, split, json.dumps(shared_dataset_options(name, [e.card for e in every.values()], chosen), sort_keys=True))
+    options = shared_dataset_options(name, [e.card for e in every.values()], chosen)
+    return _dataset(name, split, json.dumps(options, sort_keys=True))
 
 
 def model_picker(label: str = "Models", key: str = "models_here") -> list[str]:
