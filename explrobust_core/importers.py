@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from pydantic import ValidationError
 
 from .data import DATASETS, known_info, load_dataset
 from .io import check_name, read_bounded
 from .published import ArchSpec, resolve_arch
+from .registry import format_validation_error
 from .zoo import (FOREIGN_SUFFIXES, WEIGHTS_MAX_BYTES, CheckpointError, ImportSource, ModelCard, build_from_card,
                   expected_state, save_checkpoint, state_dict_from_bytes)
 
@@ -195,11 +197,14 @@ def prepare_import(state: dict[str, torch.Tensor], *, layout: str, dataset: str,
         raise ValueError(f"the published {label} takes 32×32 images, {dataset} gives {shape[1]}×{shape[2]}"
                          + ("; use --input-size 32" if "image_size" in DATASETS.get(dataset).config.model_fields else ""))
     mean_, std_, where = _choose_normalisation(layout, None if mean is None else (mean, std), held, (dmean, dstd), shape[0])
-    card = ModelCard(name=name, architecture=spec.architecture, arch_config=spec.arch_config, dataset=dataset,
-                     input_shape=shape, mean=mean_, std=std_, classes=classes, objective=IMPORTED_OBJECTIVE,
-                     notes=notes, command=command, dataset_config=dataset_config,
-                     source=ImportSource(layout=layout, arch=label, file=Path(file).name[:255], file_sha256=file_sha256,
-                                         normalization=where))
+    try:
+        card = ModelCard(name=name, architecture=spec.architecture, arch_config=spec.arch_config, dataset=dataset,
+                         input_shape=shape, mean=mean_, std=std_, classes=classes, objective=IMPORTED_OBJECTIVE,
+                         notes=notes, command=command, dataset_config=dataset_config,
+                         source=ImportSource(layout=layout, arch=label, file=Path(file).name[:255],
+                                             file_sha256=file_sha256, normalization=where))
+    except ValidationError as err:  # e.g. --mean with the wrong number of channels: one line naming the field
+        raise ValueError(format_validation_error(err, "model card")) from None
     ours = _fit(net, spec, card, source, notices)
     model = build_from_card(card)
     ours.update({k: v for k, v in model.state_dict().items() if k.startswith("normalize.")})

@@ -367,6 +367,8 @@ def test_bad_files_are_refused_and_nothing_is_stored(tmp_path, zoo):
     with pytest.raises(UploadError, match=r"takes 32×32 images, imagefolder gives 48×48; use --input-size 32"):
         import_file(good, layout="robustbench", arch="wrn-10-1", dataset="imagefolder", name="bad", input_size=48,
                     dataset_config={"root": str(make_folder(tmp_path / "pngs"))})
+    with pytest.raises(UploadError, match=r"mean and std need 3 values"):
+        import_file(good, layout="robustbench", arch="wrn-10-1", dataset="cifar10", name="bad", mean=[0.5], std=[0.5])
     with pytest.raises(UploadError, match="unknown layout"):
         import_file(good, layout="keras", arch="wrn-10-1", dataset="cifar10", name="bad")
     assert stored_files(zoo) == []
