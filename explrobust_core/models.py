@@ -82,8 +82,10 @@ class WrappedClassifier(nn.Module):
         super().__init__()
         self.normalize = normalize
         self.net = net
+        # None: no linear layer (SqueezeNet classifies with a conv); such a model works everywhere but Way3
         self.head_name = head if head is not None else final_linear_name(net)
-        net.get_submodule(self.head_name)  # a wrong name fails here, not at the first embed
+        if self.head_name is not None:
+            net.get_submodule(self.head_name)  # a wrong name fails here, not at the first embed
         # in-place activations overwrite tensors autograd (second-order attacks, captum's hooks) still needs
         for module in net.modules():
             if isinstance(getattr(module, "inplace", None), bool):
@@ -93,6 +95,9 @@ class WrappedClassifier(nn.Module):
         return self.net(self.normalize(x))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_name is None:
+            raise ValueError("this model has no nn.Linear layer to take penultimate features from; wrap it with "
+                             "head='name' (the module whose input is the feature vector)")
         caught: list[torch.Tensor] = []
 
         def catch(_module, inputs):
@@ -109,14 +114,11 @@ class WrappedClassifier(nn.Module):
         return caught[-1].flatten(1)
 
 
-def final_linear_name(net: nn.Module) -> str:
+def final_linear_name(net: nn.Module) -> str | None:
     """The dotted name of the last ``nn.Linear`` registered in ``net`` (the classification layer of
-    torchvision's and timm's classifiers); refused when there is none."""
+    torchvision's and timm's classifiers); None when there is none."""
     names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise ValueError("the model has no nn.Linear layer to take penultimate features from; pass head='name' "
-                         "(the module whose input is the feature vector)")
-    return names[-1]
+    return names[-1] if names else None
 
 
 def wrap(module: nn.Module, *, mean: Sequence[float], std: Sequence[float], input_shape: Sequence[int],
@@ -127,7 +129,7 @@ def wrap(module: nn.Module, *, mean: Sequence[float], std: Sequence[float], inpu
     [0, 1] and normalises with ``mean``/``std`` itself, so attack budgets stay in pixel units. It is
     checked with one forward pass on ``input_shape`` (C, H, W): the output must be one logit per
     class. ``head`` names the final classification layer (default: the last ``nn.Linear``); its
-    input is ``embed(x)``. ``classes`` is a list of names or their number. The wrapper is in eval
+    input is ``embed(x)`` (a model without one works everywhere but in Way3's feature clustering). ``classes`` is a list of names or their number. The wrapper is in eval
     mode; the module is shared, not copied.
     """
     if not isinstance(module, nn.Module):

@@ -313,6 +313,39 @@ def test_torchvision_resnet18_imports_with_equal_logits(tmp_path, zoo):
         assert torch.allclose(model.embed(x), features, atol=1e-5)
 
 
+def test_madrylab_imagenet_resnet_is_a_torchvision_one(tmp_path, zoo):
+    """The robustness library's ImageNet ResNets use torchvision's names under its model./attacker. prefixes."""
+    import torchvision
+
+    torch.manual_seed(15)
+    ref = randomize(torchvision.models.resnet18(num_classes=10))
+    state = {f"module.model.{k}": v for k, v in ref.state_dict().items()}
+    state["module.normalizer.new_mean"] = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    state["module.normalizer.new_std"] = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    file = save_pt({"model": state, "epoch": 90}, tmp_path / "imagenet_l2_3_0.pt")
+    installed = import_file(file, layout="madrylab", arch="torchvision:resnet18", dataset="cifar10", name="madry_in")
+    model, card = load_checkpoint(installed.path, "cpu")
+    assert card.architecture == "torchvision" and "normaliser" in card.source.normalization
+    x = inputs()
+    mean, std = state["module.normalizer.new_mean"][None], state["module.normalizer.new_std"][None]
+    with torch.no_grad():
+        assert_same_logits(model, ref((x - mean) / std), x)
+
+
+def test_a_torchvision_model_without_a_linear_layer_imports(tmp_path, zoo):
+    import torchvision
+
+    torch.manual_seed(16)
+    ref = torchvision.models.squeezenet1_1(num_classes=10).eval()  # classifies with a 1×1 conv
+    file = save_pt(ref.state_dict(), tmp_path / "squeeze.pt")
+    model, card = load_checkpoint(import_file(file, layout="torchvision:squeezenet1_1", dataset="cifar10",
+                                              name="squeeze").path, "cpu")
+    x = inputs()
+    mean, std = torch.tensor(card.mean).view(1, 3, 1, 1), torch.tensor(card.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert_same_logits(model, ref((x - mean) / std), x)
+
+
 def test_timm_layout(tmp_path, zoo):
     timm = pytest.importorskip("timm", reason="timm is an optional extra; its layout is tested where it is installed")
     torch.manual_seed(8)
@@ -464,9 +497,16 @@ def test_wrap_any_module_then_save_and_load(tmp_path):
     assert land.summary["ce"]["clean"] == pytest.approx(float(ce), rel=1e-5)
     with pytest.raises(ValueError, match=r"expected \(1, 4\)"):
         wrap(net, mean=[0.5] * 3, std=[0.25] * 3, input_shape=(3, 16, 16), classes=4)
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        wrap(nn.Sequential(nn.Conv2d(3, 2, 16), nn.Flatten()), mean=[0] * 3, std=[1] * 3, input_shape=(3, 16, 16),
-             classes=2)
+    conv_only = wrap(nn.Sequential(nn.Conv2d(3, 2, 16), nn.Flatten()), mean=[0] * 3, std=[1] * 3,
+                     input_shape=(3, 16, 16), classes=2)
+    assert explanation_maps(conv_only, x, "gradient", target=torch.tensor([0, 1, 0])).shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="no nn.Linear"):  # only Way3's features need a linear head
+        conv_only.embed(x)
+    named = wrap(nn.Sequential(nn.Conv2d(3, 2, 16), nn.Flatten()), mean=[0] * 3, std=[1] * 3, input_shape=(3, 16, 16),
+                 classes=2, head="1")
+    assert named.embed(x).shape == (3, 2)
+    with pytest.raises(AttributeError):
+        wrap(net, mean=[0.5] * 3, std=[0.25] * 3, input_shape=(3, 16, 16), classes=3, head="nowhere")
 
 
 def test_save_checkpoint_stores_a_wrapped_torchvision_model(tmp_path):
