@@ -132,7 +132,8 @@ class ResizedTorchvisionConfig(TorchvisionConfig):
 
 class FolderConfig(Config):
     root: str = Field(..., description="folder with one sub-folder per class (or TinyImageNet's layout)")
-    image_size: int = Field(64, ge=8, le=512, description="images are resized to image_size×image_size")
+    image_size: int = Field(64, ge=8, le=512, description="the short side is resized to image_size, then the "
+                                                          "centre image_size×image_size square is cropped")
     grayscale: bool = Field(False, description="convert images to one channel")
 
 
@@ -365,7 +366,9 @@ class _FileListDataset(torch.utils.data.Dataset):
 def _image_transform(cfg: FolderConfig):
     from torchvision import transforms
 
-    steps = [transforms.Resize((cfg.image_size, cfg.image_size))]
+    # the short side to image_size, then the centre square: a photo keeps its proportions (squashing a 4:3
+    # picture into a square would distort every object the model and the explanations look at)
+    steps = [transforms.Resize(cfg.image_size), transforms.CenterCrop(cfg.image_size)]
     if cfg.grayscale:
         steps.append(transforms.Grayscale(1))
     steps.append(transforms.ToTensor())

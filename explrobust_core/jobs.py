@@ -689,8 +689,7 @@ def _evaluate_zoo_model(store: JobStore, model_name: str, request: EvaluationReq
                         reporter: _Reporter) -> dict[str, Any]:
     """Evaluate and store the result where the Robustness study page reads it (runs/study/…)."""
     from . import study
-    from .data import load_dataset
-    from .zoo import list_checkpoints, load_checkpoint, shipped_zoo_dir, user_zoo_dir
+    from .zoo import dataset_for_card, list_checkpoints, load_checkpoint, shipped_zoo_dir, user_zoo_dir
 
     entries = [e for e in list_checkpoints(shipped_zoo_dir(), user_zoo_dir())
                if e.card is not None and f"{e.card.dataset}/{e.card.name}" == model_name]
@@ -700,7 +699,7 @@ def _evaluate_zoo_model(store: JobStore, model_name: str, request: EvaluationReq
     cfg = request.evaluation_config()
     model, card = load_checkpoint(info.path, device)
     with cancellable(reporter.stop):  # the attack and PGD loops check it every step
-        out = study.evaluate_and_store(model, info, load_dataset(card.dataset, cfg.split), cfg,
+        out = study.evaluate_and_store(model, info, dataset_for_card(card, cfg.split), cfg,
                                        preset=request.preset or "job", runs=store.root, progress=reporter.stage)
     summary = json.loads(out.read_text())["summary"]
     return {"evaluation": str(out), "model": model_name, "summary": summary}

@@ -70,6 +70,89 @@ class ImageClassifier(nn.Module):
         return self.head(self.embed(x))
 
 
+class WrappedClassifier(nn.Module):
+    """Any classifier module behind explrobust's :class:`Normalize`: ``normalize → net``.
+
+    ``embed(x)`` is the input of the final linear layer (``head``, a dotted module name inside
+    ``net``), caught by a forward pre-hook, so models without an ``embed`` of their own (torchvision,
+    timm, your own network) get penultimate features for Way3 clustering without any surgery.
+    """
+
+    def __init__(self, normalize: Normalize, net: nn.Module, head: str | None = None):
+        super().__init__()
+        self.normalize = normalize
+        self.net = net
+        # None: no linear layer (SqueezeNet classifies with a conv); such a model works everywhere but Way3
+        self.head_name = head if head is not None else final_linear_name(net)
+        if self.head_name is not None:
+            net.get_submodule(self.head_name)  # a wrong name fails here, not at the first embed
+        # in-place activations overwrite tensors autograd (second-order attacks, captum's hooks) still needs
+        for module in net.modules():
+            if isinstance(getattr(module, "inplace", None), bool):
+                module.inplace = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head_name is None:
+            raise ValueError("this model has no nn.Linear layer to take penultimate features from; wrap it with "
+                             "head='name' (the module whose input is the feature vector)")
+        caught: list[torch.Tensor] = []
+
+        def catch(_module, inputs):
+            caught.append(inputs[0])
+
+        handle = self.net.get_submodule(self.head_name).register_forward_pre_hook(catch)
+        try:
+            self.net(self.normalize(x))
+        finally:
+            handle.remove()
+        if not caught:
+            raise RuntimeError(f"the layer {self.head_name!r} was not called in the forward pass; name the "
+                               "classification layer with head=…")
+        return caught[-1].flatten(1)
+
+
+def final_linear_name(net: nn.Module) -> str | None:
+    """The dotted name of the last ``nn.Linear`` registered in ``net`` (the classification layer of
+    torchvision's and timm's classifiers); None when there is none."""
+    names = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def wrap(module: nn.Module, *, mean: Sequence[float], std: Sequence[float], input_shape: Sequence[int],
+         classes: Sequence[str] | int, head: str | None = None) -> "WrappedClassifier":
+    """Make any ``nn.Module`` classifier usable by every explrobust function.
+
+    ``module`` takes *normalised* inputs (as it was trained); the returned model takes pixels in
+    [0, 1] and normalises with ``mean``/``std`` itself, so attack budgets stay in pixel units. It is
+    checked with one forward pass on ``input_shape`` (C, H, W): the output must be one logit per
+    class. ``head`` names the final classification layer (default: the last ``nn.Linear``); its
+    input is ``embed(x)`` (a model without one works everywhere but in Way3's feature clustering). ``classes`` is a list of names or their number. The wrapper is in eval
+    mode; the module is shared, not copied.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"wrap() needs a torch.nn.Module, got {type(module).__name__}")
+    shape = tuple(int(v) for v in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got {tuple(input_shape)}")
+    if len(mean) != shape[0]:
+        raise ValueError(f"mean/std have {len(mean)} channels but the input has {shape[0]}")
+    n_classes = classes if isinstance(classes, int) else len(classes)
+    if n_classes < 2:
+        raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
+    model = WrappedClassifier(Normalize(mean, std), module, head)
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    model = model.to(device).eval()
+    with torch.no_grad():
+        out = model(torch.full((1, *shape), 0.5, device=device))
+    if tuple(out.shape) != (1, n_classes):
+        raise ValueError(f"the module outputs shape {tuple(out.shape)} for one {shape} image; expected "
+                         f"(1, {n_classes}), one logit per class")
+    return model
+
+
 # --------------------------------------------------------------------------- architectures
 
 
@@ -251,8 +334,11 @@ def build_model(
     mean: Sequence[float],
     std: Sequence[float],
     config: dict[str, Any] | Config | None = None,
-) -> ImageClassifier:
-    """Build a registered architecture for ``input_shape = (C, H, W)`` with Normalize first."""
+) -> ImageClassifier | WrappedClassifier:
+    """Build a registered architecture for ``input_shape = (C, H, W)`` with Normalize first.
+
+    An architecture's builder returns ``(features, head)`` (an :class:`ImageClassifier`) or one
+    whole classifier module (a :class:`WrappedClassifier`)."""
     entry = ARCHITECTURES.get(arch)
     cfg = entry.make_config(config)
     if len(input_shape) != 3 or min(input_shape) < 1:
@@ -262,7 +348,10 @@ def build_model(
         raise ValueError(f"mean/std have {len(mean)} channels but the input has {c}")
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    features, head = entry.obj(cfg, c, h, w, num_classes)
+    built = entry.obj(cfg, c, h, w, num_classes)
+    if isinstance(built, nn.Module):  # a whole classifier (torchvision, timm): wrapped, features by a hook
+        return WrappedClassifier(Normalize(mean, std), built)
+    features, head = built
     return ImageClassifier(Normalize(mean, std), features, head)
 
 
@@ -407,3 +496,6 @@ def has_piecewise_linear_activations(model: nn.Module, sample: torch.Tensor) -> 
     with torch.no_grad(), probe:
         model(sample[:1])
     return probe.seen
+
+
+from . import published as _published  # noqa: E402,F401  registers the published architectures (needs the above)

@@ -265,12 +265,11 @@ def whole_split_accuracy(checkpoint: str | Path, split: str = "test") -> dict[st
     a subset can hide a model that lost a few classes)."""
     import torch
 
-    from .data import load_dataset
     from .evaluate import predictions
-    from .zoo import load_checkpoint
+    from .zoo import dataset_for_card, load_checkpoint
 
     model, card = load_checkpoint(checkpoint, "cpu")
-    dataset = load_dataset(card.dataset, split)
+    dataset = dataset_for_card(card, split)  # with the card's dataset options (an image folder's root)
     pred, labels = predictions(model, dataset, list(range(len(dataset))), 500, torch.device("cpu"))
     per_class = [float((pred[labels == c] == c).float().mean()) for c in labels.unique().tolist()]
     return {"clean_accuracy_whole_split": float((pred == labels).float().mean()), "worst_class_accuracy": min(per_class)}

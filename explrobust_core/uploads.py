@@ -18,7 +18,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -486,6 +486,34 @@ def _shipped_names(dataset: str) -> set[str]:
     return {e.card.name for e in list_checkpoints(shipped_zoo_dir()) if e.card is not None and e.card.dataset == dataset}
 
 
+def write_user_model(card: ModelCard, write: Callable[[Path], Path], *, overwrite: bool = False,
+                     zoo_dir: str | Path | None = None) -> Path:
+    """The user-zoo side of every upload and import: ``write(<user zoo>/<dataset>)`` validates and writes
+    the checkpoint (atomically) and returns its path, under the zoo's lock. Never into the shipped zoo,
+    never a shipped model's name, never a silent overwrite (``overwrite`` must be asked for), never
+    through a symbolic link. A :class:`CheckpointError` comes back as an :class:`UploadError`."""
+    if card.name in _shipped_names(card.dataset):
+        raise UploadError(f"{card.dataset}/{card.name} is a shipped model; choose another name")
+    zoo, shipped = _roots(zoo_dir)
+    target = zoo / card.dataset
+    with _zoo_lock(zoo):
+        real_target = target.resolve()
+        if not _inside(real_target, zoo) or _inside(real_target, shipped):
+            raise UploadError(f"{target} leads outside the user zoo ({real_target}); refusing to write there")
+        paths = CheckpointPaths.of(target / card.name)
+        if (paths.weights.exists() or paths.card.exists() or paths.weights.is_symlink() or paths.card.is_symlink()) \
+                and not overwrite:
+            raise UploadError(f"you already have a model {card.dataset}/{card.name}; delete it first, choose another "
+                              "name, or ask to replace it")
+        for p in (paths.weights, paths.card):
+            if p.is_symlink():
+                raise UploadError(f"{p} is a symbolic link; refusing to replace it")
+        try:
+            return write(target)
+        except CheckpointError as err:
+            raise UploadError(str(err)) from None
+
+
 def install_checkpoint(data: bytes, filename: str, card: ModelCard, *, overwrite: bool = False,
                        zoo_dir: str | Path | None = None) -> InstalledCheckpoint:
     """Validate an uploaded state dict (``.safetensors``, or a ``.pt``/``.pth`` state dict read with
@@ -510,28 +538,14 @@ def install_checkpoint(data: bytes, filename: str, card: ModelCard, *, overwrite
                           f"state dict), not {suffix or 'a file without extension'}")
     data = _upload_bytes(data, label, CHECKPOINT_MAX_BYTES, "upload limit")
     notices += check_card_fits_dataset(card)
-    if card.name in _shipped_names(card.dataset):
-        raise UploadError(f"{card.dataset}/{card.name} is a shipped model; choose another name")
-    zoo, shipped = _roots(zoo_dir)
-    target = zoo / card.dataset
-    with _zoo_lock(zoo):
-        real_target = target.resolve()
-        if not _inside(real_target, zoo) or _inside(real_target, shipped):
-            raise UploadError(f"{target} leads outside the user zoo ({real_target}); refusing to write there")
-        paths = CheckpointPaths.of(target / card.name)
-        if (paths.weights.exists() or paths.card.exists() or paths.weights.is_symlink() or paths.card.is_symlink()) \
-                and not overwrite:
-            raise UploadError(f"you already have a model {card.dataset}/{card.name}; delete it first, choose another "
-                              "name, or ask to replace it")
-        for p in (paths.weights, paths.card):
-            if p.is_symlink():
-                raise UploadError(f"{p} is a symbolic link; refusing to replace it")
-        try:
-            state = state_dict_from_bytes(data, suffix, f"uploaded file {label}")
-            path = import_state(state, card, target, overwrite=overwrite, source=f"uploaded file {label}")
-            stored = read_card(path)
-        except CheckpointError as err:
-            raise UploadError(str(err)) from None
+    source = f"uploaded file {label}"
+    path = write_user_model(card, lambda target: import_state(state_dict_from_bytes(data, suffix, source), card, target,
+                                                              overwrite=overwrite, source=source),
+                            overwrite=overwrite, zoo_dir=zoo_dir)
+    try:
+        stored = read_card(path)
+    except CheckpointError as err:
+        raise UploadError(str(err)) from None
     if card.metrics:
         notices.append("The card's metrics were copied from the upload, not measured here.")
     return InstalledCheckpoint(path, stored, notices)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -29,7 +30,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from .device import resolve_device
 from .io import atomic_write_bytes, atomic_write_json, check_name, library_versions, read_bounded, sha256_file
-from .models import ARCHITECTURES, ImageClassifier, build_model
+from .models import ARCHITECTURES, ImageClassifier, WrappedClassifier, build_model
 from .registry import ConfigError, format_validation_error
 
 def shipped_zoo_dir() -> Path:
@@ -53,6 +54,19 @@ NORM_MIN, NORM_MAX = 1e-6, 1e6  # the normalisation a card may state (float32 ke
 
 class CheckpointError(ValueError):
     """A checkpoint or card that cannot be used; the message names the file and the problem."""
+
+
+class ImportSource(BaseModel):
+    """Where an imported checkpoint came from (``explrobust zoo import`` / the upload form)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layout: StrictStr = Field(..., max_length=64, description="robustbench, trades, madrylab, torchvision, timm, …")
+    arch: StrictStr = Field(..., max_length=160, description="the published architecture, e.g. wrn-28-10")
+    file: StrictStr = Field(..., max_length=255, description="the imported file's name")
+    file_sha256: StrictStr = Field(..., pattern=r"^[0-9a-f]{64}$")
+    normalization: StrictStr = Field(..., max_length=200,
+                                     description="where mean/std came from (always applied inside the model now)")
 
 
 class ModelCard(BaseModel):
@@ -82,6 +96,9 @@ class ModelCard(BaseModel):
                                max_length=64)
     notes: StrictStr = Field("", max_length=10_000)
     weights_sha256: StrictStr | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # optional (cards written before imports parse unchanged)
+    source: ImportSource | None = Field(None, description="set when the model was imported from a foreign file")
+    dataset_config: dict[str, Any] = Field(default_factory=dict, description="the dataset's options (folder root, …)")
 
     @field_validator("name")
     @classmethod
@@ -121,11 +138,59 @@ class ModelCard(BaseModel):
             arch.model_validate(self.arch_config, strict=True)
         except ValidationError as err:
             raise ValueError(format_validation_error(err, "arch_config")) from None
+        if self.dataset_config:  # the options must be the dataset's own (typed, capped)
+            from .data import DATASETS
+
+            DATASETS.get(self.dataset).make_config(self.dataset_config)
         return self
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def card_origin(card: ModelCard, user: bool) -> str:
+    """Shipped, trained here, uploaded, or imported from LAYOUT: for tables."""
+    if card.source is not None:
+        return f"imported from {card.source.layout}"
+    if not user:
+        return "shipped"
+    return "trained here" if card.command else "uploaded"
+
+
+def dataset_options(card: ModelCard) -> dict[str, Any]:
+    """The options to load the card's dataset with: the card's own (an image folder's root), and for a
+    dataset that resizes (image folders, GTSRB, …) the card's input size."""
+    from .data import DATASETS
+
+    config = dict(card.dataset_config)
+    if "image_size" in DATASETS.get(card.dataset).config.model_fields and "image_size" not in config:
+        config["image_size"] = card.input_shape[1]
+    return config
+
+
+def shared_dataset_options(name: str, cards: list[ModelCard], chosen: list[ModelCard] = ()) -> dict[str, Any]:
+    """The options every card of dataset ``name`` reads it with; when they differ (two image folders), the
+    ``chosen`` cards' — refused when those differ too."""
+    found = {json.dumps(dataset_options(c), sort_keys=True) for c in cards if c.dataset == name}
+    if len(found) > 1:
+        found = {json.dumps(dataset_options(c), sort_keys=True) for c in chosen if c.dataset == name}
+    if len(found) > 1:
+        raise ValueError(f"the chosen models read {name} with different options ({'; '.join(sorted(found))}); "
+                         "choose models of one folder and input size")
+    return json.loads(found.pop()) if found else {}
+
+
+def dataset_for_card(card: ModelCard, split: str = "test"):
+    """The split of the card's dataset, loaded with :func:`dataset_options`, checked against the card's
+    input shape."""
+    from .data import load_dataset
+
+    dataset = load_dataset(card.dataset, split, dataset_options(card) or None)
+    if tuple(dataset.info.input_shape) != tuple(card.input_shape):
+        raise ValueError(f"checkpoint {card.name!r} expects inputs {tuple(card.input_shape)}, dataset {card.dataset} "
+                         f"gives {tuple(dataset.info.input_shape)}")
+    return dataset
 
 
 def card_from_json_text(text: str, source: str = "card") -> ModelCard:
@@ -137,7 +202,7 @@ def card_from_json_text(text: str, source: str = "card") -> ModelCard:
         raise CheckpointError(f"invalid model card {source}: {err}") from None
 
 
-def _build(card: ModelCard) -> ImageClassifier:
+def _build(card: ModelCard) -> ImageClassifier | WrappedClassifier:
     try:
         return build_model(card.architecture, input_shape=card.input_shape, num_classes=card.num_classes,
                            mean=card.mean, std=card.std, config=card.arch_config)
@@ -162,7 +227,7 @@ def expected_state(card: ModelCard) -> dict[str, torch.Tensor]:
     return state
 
 
-def build_from_card(card: ModelCard) -> ImageClassifier:
+def build_from_card(card: ModelCard) -> ImageClassifier | WrappedClassifier:
     expected_state(card)  # size check before any real allocation
     try:
         return _build(card)
@@ -292,7 +357,8 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return card
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto") -> tuple[ImageClassifier, ModelCard]:
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
+                    ) -> tuple[ImageClassifier | WrappedClassifier, ModelCard]:
     """Load weights + card, verify them against each other, return the model in eval mode."""
     paths = CheckpointPaths.of(path)
     card = read_card(paths.card)
@@ -425,10 +491,12 @@ def state_dict_from_bytes(blob: bytes, suffix: str, source: str = "state dict") 
             zipfile.BadZipFile, MemoryError, OverflowError) as err:
         raise CheckpointError(f"{source} is not a readable torch file (truncated or another format?): "
                               f"{type(err).__name__}: {err}") from None
-    for key in ("state_dict", "model_state_dict", "model"):  # common wrappers around a state dict
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
+    for _ in range(3):  # common wrappers around a state dict, possibly nested ({"model": {"state_dict": …}})
+        key = next((k for k in ("state_dict", "model_state_dict", "model")
+                    if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+        if key is None:
             break
+        obj = obj[key]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{source} does not hold a state dict (a mapping of names to tensors)")
     return obj

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import streamlit as st
@@ -58,10 +59,20 @@ def load_model(path: str):
 
 
 @st.cache_resource(show_spinner="Loading the dataset…")
-def dataset(name: str, split: str):
+def _dataset(name: str, split: str, options: str):
     from explrobust_core.data import load_dataset
 
-    return load_dataset(name, split)
+    return load_dataset(name, split, json.loads(options) or None)
+
+
+def dataset(name: str, split: str):
+    """The dataset, read with the options its models' cards record (an image folder's root and size)."""
+    from explrobust_core.zoo import shared_dataset_options
+
+    every = checkpoints()
+    chosen = [every[n].card for n in st.session_state.get("models_here") or selected_models() if n in every]
+    options = shared_dataset_options(name, [e.card for e in every.values()], chosen)
+    return _dataset(name, split, json.dumps(options, sort_keys=True))
 
 
 def model_picker(label: str = "Models", key: str = "models_here") -> list[str]:

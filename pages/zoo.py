@@ -4,10 +4,10 @@ upload your own checkpoints and delete them again."""
 import pandas as pd
 import streamlit as st
 
-from explrobust_core import uploads
+from explrobust_core import importers, uploads
 from explrobust_core.data import DATASETS
 from explrobust_core.models import ARCHITECTURES
-from explrobust_core.zoo import user_zoo_dir
+from explrobust_core.zoo import card_origin, user_zoo_dir
 from pages import ui
 
 ui.page_header(
@@ -47,7 +47,7 @@ def row(name: str, entry) -> dict:
             "clean acc": summary.get("clean_accuracy"), "PGD acc ε=0.3": pgd.get(0.3),
             "L_e start ×1e-7": le("explanation_loss_start_paper"), "L_e end ×1e-7": le("explanation_loss_end_paper"),
             "epochs": card.epochs, "train time (s)": card.wall_time_s,
-            "source": "user" if uploads.is_user_checkpoint(entry.path) else "shipped"}
+            "source": card_origin(card, uploads.is_user_checkpoint(entry.path))}
 
 
 if entries:
@@ -73,9 +73,12 @@ for entry in ui.broken_checkpoints():
 with st.expander("Upload a checkpoint", expanded=False):
     st.caption(
         "A `.safetensors` file or a PyTorch state dict (`.pt`/`.pth`, `model.state_dict()` saved with "
-        "`torch.save`). Nothing in it is executed: pickled objects other than tensors are refused. The weights must "
-        "match the architecture below exactly; input size, classes and normalisation come from the dataset (or from "
-        "a card JSON, e.g. one written by `explrobust train`). It goes to your own zoo, "
+        "`torch.save`). Nothing in it is executed: pickled objects other than tensors are refused. Layout "
+        "*explrobust*: the weights must match the architecture below exactly; input size, classes and normalisation "
+        "come from the dataset (or from a card JSON, e.g. one written by `explrobust train`). Layouts *robustbench*, "
+        "*trades*, *madrylab*: a published model, named in *Published architecture* (wrn-28-10, wrn-34-10, "
+        "wrn-34-20, wrn-70-16, preact-resnet18, resnet18); *torchvision*, *timm*: the library's model name there "
+        "(e.g. resnet18). It goes to your own zoo, "
         f"`{user_zoo_dir()}`, never into the shipped one."
     )
     with st.form("upload_checkpoint"):
@@ -96,17 +99,30 @@ with st.expander("Upload a checkpoint", expanded=False):
         epochs = c1.number_input("Epochs (optional)", min_value=0, max_value=100_000, value=None, key="upload_epochs")
         notes = c2.text_area("Notes", "", max_chars=10_000, key="upload_notes")
         replace = c3.checkbox("Replace my model of the same name", key="upload_replace")
+        c1, c2, c3 = st.columns(3)
+        layout = c1.selectbox("Layout of the file", importers.form_layouts(), key="upload_layout",
+                              help="whose parameter names the file uses")
+        published_arch = c2.text_input("Published architecture", "", key="upload_published_arch",
+                                       placeholder="wrn-28-10 / resnet18", help="for every layout but explrobust")
+        norm = c3.text_input("Mean; std (optional)", "", key="upload_norm", placeholder="0.49,0.48,0.45; 0.25,0.24,0.26",
+                             help="default: the layout's convention (RobustBench/TRADES: none; madrylab: the file's)")
         submitted = st.form_submit_button("Upload")
     if submitted:
         try:
             if weights is None:
                 raise uploads.UploadError("choose a weights file first")
-            card = uploads.card_from_form(
-                name=new_name.strip(), dataset=dataset, architecture=architecture, arch_config=arch_options,
-                objective=objective, objective_config=objective_options,
-                epochs=None if epochs is None else int(epochs), notes=notes,
-                card_json=None if card_file is None else card_file.getvalue())
-            installed = uploads.install_checkpoint(weights.getvalue(), weights.name, card, overwrite=replace)
+            if layout != importers.OWN_LAYOUT:  # a published layout: names mapped, card from the dataset
+                mean_text, _, std_text = norm.partition(";")
+                installed = importers.import_upload(weights.getvalue(), weights.name, layout=layout, arch=published_arch,
+                                                    dataset=dataset, name=new_name, mean=mean_text, std=std_text,
+                                                    notes=notes, overwrite=replace)
+            else:
+                card = uploads.card_from_form(
+                    name=new_name.strip(), dataset=dataset, architecture=architecture, arch_config=arch_options,
+                    objective=objective, objective_config=objective_options,
+                    epochs=None if epochs is None else int(epochs), notes=notes,
+                    card_json=None if card_file is None else card_file.getvalue())
+                installed = uploads.install_checkpoint(weights.getvalue(), weights.name, card, overwrite=replace)
         except uploads.UploadError as err:
             st.error(f"Not uploaded: {err}")
         else:

@@ -77,6 +77,29 @@ def test_imagefolder_tree(tmp_path):
         load_dataset("imagefolder", "test", {"root": str(tmp_path / "nowhere")})
 
 
+def test_imagefolder_keeps_proportions_short_side_then_centre_crop(tmp_path):
+    """A 2:1 picture, red | green | blue in vertical bands of 1/4, 1/2, 1/4 of its width: resizing the short
+    side and cropping the centre square keeps only the green middle (a squash would put red and blue at
+    the edges), and the picture is not stretched: a centred green disc stays round."""
+    arr = np.zeros((40, 80, 3), np.uint8)
+    arr[:, :20, 0] = arr[:, 60:, 2] = 255
+    arr[:, 20:60, 1] = 255
+    for split in ("train", "test"):
+        (tmp_path / split / "bands").mkdir(parents=True)
+        Image.fromarray(arr).save(tmp_path / split / "bands" / "a.png")
+    x = load_dataset("imagefolder", "test", {"root": str(tmp_path), "image_size": 16}).batch([0])[0][0]
+    assert x.shape == (3, 16, 16)
+    assert float(x[1].min()) > 0.8 and float(x[0].max()) < 0.2 and float(x[2].max()) < 0.2  # edges: antialiasing
+    yy, xx = np.mgrid[:60, :120]
+    disc = (((yy - 29.5) ** 2 + (xx - 59.5) ** 2) < 20 ** 2).astype(np.uint8) * 255
+    (tmp_path / "test" / "bands" / "a.png").unlink()
+    Image.fromarray(disc).save(tmp_path / "test" / "bands" / "a.png")
+    g = load_dataset("imagefolder", "test", {"root": str(tmp_path), "image_size": 30}).batch([0])[0][0, 0] > 0.5
+    rows, cols = g.any(1).nonzero().flatten(), g.any(0).nonzero().flatten()
+    height, width = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    assert abs(height - width) <= 1 and 18 <= width <= 22  # round, 2/3 of the crop as in the picture
+
+
 def test_tinyimagenet_layout(tmp_path):
     base = tmp_path / "tiny-imagenet-200"
     wnids = ["n01", "n02"]

@@ -421,6 +421,16 @@ COMMANDS = {
                              "--reference-pairs", "0"], {
         **CHECKPOINT_FLAGS, "--ways": INDICES, "--seeds": INDICES, "--n-pairs": INT, "--n-candidates": INT,
         "--k": INT, "--steps": INT, "--json": OUT_FILE, "--reference": CHECKPOINT}),
+    "replicate": (["sep"], {"--dataset": _choice("digits", "mnist5k", "x"), "--json": OUT_FILE,
+                            "--markdown": OUT_FILE, "--update-readme": _choice("{out}/a_file", "/dev/null", "{out}/no"),
+                            "--compute-missing": None, "--store-dir": OUT_DIR}),
+    "zoo": (["import", "{out}/a_file", "--layout", "robustbench", "--arch", "wrn-10-1", "--dataset", "digits",
+             "--name", "z"], {
+        "--layout": _choice("robustbench", "trades", "madrylab", "torchvision:resnet18", "timm:x", "nope"),
+        "--arch": _choice("wrn-28-10", "preact-resnet18", "resnet18", "wrn-0-0", "x"), "--name": TEXT,
+        "--dataset": _choice("digits", "cifar10", "x"), "--mean": _choice("0.5", "0.1,0.2,0.3", "nan", "x"),
+        "--std": _choice("0.5", "0", "-1", "x"), "--input-size": INT, "--zoo": OUT_DIR,
+        "": _choice("{ckpt}", "{pairs}", "/dev/null", "{out}/a_dir")}),
     "train": (["--name", "f", "--dataset", "digits", "--epochs", "1", "--max-train-images", "32", "--eval-images", "8",
                "--eval-pgd-steps", "0", "--quiet", "--device", "cpu", "--out", "{out}/t"], {
         "--epochs": INT, "--batch-size": INT, "--lr": FLOAT, "--objective": _choice("natural", "nope"),

@@ -479,8 +479,8 @@ def test_zoo_page_uploads_and_deletes_a_user_model(tmp_path, monkeypatch):
     assert not at.exception, at.exception
     assert any("Added digits/page_model" in s.value for s in at.success)
     table = at.dataframe[0].value
-    assert table.set_index("model").loc["digits/page_model", "source"] == "user"
-    assert set(table.loc[table["source"] == "user", "model"]) == {"digits/page_model"}
+    assert table.set_index("model").loc["digits/page_model", "source"] == "uploaded"
+    assert set(table.loc[table["source"] != "shipped", "model"]) == {"digits/page_model"}
     assert (user / "digits" / "page_model.safetensors").exists()
 
     _fill_upload_form(at, "page_model", blob, "page_model.safetensors")  # the same name again: refused

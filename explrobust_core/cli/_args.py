@@ -141,14 +141,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def load_checkpoint_and_data(ns: argparse.Namespace):
     """Checkpoint, card, the split of its dataset, and the model's device."""
-    from ..data import load_dataset
-    from ..zoo import load_checkpoint
+    from ..zoo import dataset_for_card, load_checkpoint
 
     model, card = load_checkpoint(ns.checkpoint, ns.device)
-    dataset = load_dataset(card.dataset, ns.split)
-    if tuple(dataset.info.input_shape) != tuple(card.input_shape):
-        raise ValueError(f"checkpoint expects inputs {card.input_shape}, dataset {card.dataset} gives "
-                         f"{dataset.info.input_shape}")
+    dataset = dataset_for_card(card, ns.split)  # with the card's dataset options (an image folder's root, size)
     return model, card, dataset, next(model.parameters()).device
 
 def pick_images(ns: argparse.Namespace, dataset, device):
