@@ -142,3 +142,34 @@ def test_all_labels_come_without_decoding_images(tmp_path):
     assert labels.tolist() == [int(data[i][1]) for i in range(len(data))] == [0, 0, 0, 1, 1]
     digits = load_dataset("digits", "test")
     assert digits.all_labels() is digits.labels
+
+
+def test_cifar10_downloaded_once_is_read_offline(tmp_path, monkeypatch):
+    """A CIFAR-10 tree in torchvision's layout (here: a tiny synthetic one) is read with download=False and no
+    network; torchvision checks the official files' MD5 sums, which the synthetic files cannot match."""
+    import pickle
+
+    import torchvision
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    images = rng.integers(0, 256, size=(6, 3 * 32 * 32), dtype=np.uint8)
+    labels = [3, 1, 4, 1, 5, 9]
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        with open(folder / name, "wb") as f:  # written by this test, read by torchvision's own loader
+            pickle.dump({"data": images, "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *args, **kwargs: True)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", no_network)
+    test = load_dataset("cifar10", "test", {"root": str(tmp_path)})
+    x, y = test.batch(range(6))
+    assert x.shape == (6, 3, 32, 32) and y.tolist() == labels
+    expected = torch.from_numpy(images.reshape(6, 3, 32, 32)).float() / 255
+    torch.testing.assert_close(x, expected)
