@@ -119,8 +119,30 @@ def labels(data):
 _EXPORTS = "_page_exports"
 
 
+def _leave_folder_navigation() -> None:
+    """A deep link opened first on a fresh server (a bookmarked ``/attack_lab``) reaches this page through
+    Streamlit's legacy folder-based navigation: until some session has run app.py's ``st.navigation``,
+    Streamlit treats the ``pages/`` folder next to the entry script as the page list (it lists ``app`` and
+    ``ui`` too, and skips app.py's sidebar). Switch the server to app.py's navigation, as ``st.navigation``
+    itself does, and rerun: app.py then runs and opens the same page (both key pages by their URL path)."""
+    from pathlib import Path
+
+    from streamlit.runtime.pages_manager import PagesManager
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    entry = Path(ctx.pages_manager.main_script_path).resolve()
+    listed = [p.get("script_path") for p in ctx.pages_manager.get_pages().values()]
+    if any(path and Path(path).resolve() == entry for path in listed):  # the entry script listed as a page
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_header(title: str, what: str, how: str) -> None:
     """The page title and its two teaching lines; starts a fresh list of this run's exportable files."""
+    _leave_folder_navigation()
     st.title(title)
     st.caption(f"{what}  \n{how}")
     st.session_state[_EXPORTS] = {}
