@@ -625,3 +625,40 @@ def sweep_figure(rows: list[dict], field: str, series: str | None = None, title:
             fig.suptitle(title)
         fig.tight_layout()
     return fig
+
+
+def cluster_scatter_plotly(coords, groups, highlight, pairs=None, hover=None, highlight_name: str = "prototype",
+                           title: str = ""):
+    """The interactive clusters map (plotly): one trace per category of ``groups``, ``highlight``ed points as
+    outlined diamonds, optional victim → target lines for the index ``pairs``. ``hover`` is an ``(n, 4)`` array
+    (image, label, prediction, cluster) that box and lasso selections carry back as ``customdata``."""
+    import plotly.colors
+    import plotly.graph_objects as go
+
+    coords, groups = np.asarray(coords, dtype=float), np.asarray(groups)
+    highlight = np.asarray(highlight, dtype=bool)
+    n = coords.shape[0]
+    hover = np.stack([np.arange(n)] * 4, 1) if hover is None else np.asarray(hover)
+    cats = sorted(set(groups.tolist()), key=lambda s: (len(s), s))
+    palette = plotly.colors.qualitative.T10 if len(cats) <= 10 else plotly.colors.qualitative.Dark24
+    fig = go.Figure()
+    if pairs is not None and len(pairs):  # one trace of victim → target segments, separated by gaps
+        p = np.asarray(pairs, dtype=int)
+        gap = np.full(len(p), np.nan)
+        xs = np.stack([coords[p[:, 0], 0], coords[p[:, 1], 0], gap], 1).ravel()
+        ys = np.stack([coords[p[:, 0], 1], coords[p[:, 1], 1], gap], 1).ravel()
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="rgba(90,90,90,0.35)", width=1),
+                                 hoverinfo="skip", name="victim → target", showlegend=True))
+    index = np.arange(n)
+    for k, cat in enumerate(cats):
+        sel = index[groups == cat]
+        big = highlight[sel]
+        fig.add_trace(go.Scatter(
+            x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=cat, customdata=hover[sel].tolist(),
+            marker=dict(color=palette[k % len(palette)], size=np.where(big, 10, 5),
+                        symbol=np.where(big, "diamond", "circle"), line=dict(color="black", width=np.where(big, 1, 0))),
+            hovertemplate="#%{customdata[0]}  label %{customdata[1]}  predicted %{customdata[2]}  "
+                          "cluster %{customdata[3]}<extra></extra>"))
+    fig.update_layout(height=540, dragmode="select", margin=dict(l=10, r=10, t=30, b=10), uirevision="clusters",
+                      legend=dict(itemsizing="constant"), title=f"{title} · ◆ = {highlight_name} · select with box or lasso")
+    return fig
