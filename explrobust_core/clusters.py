@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .browse import predicted_labels
 from .embedding import cluster_view
 from .explain import explanation_maps
 from .metrics import explanation_loss
@@ -83,13 +84,6 @@ class ClusterPairs:
         return (protos + rest)[:limit]
 
 
-def _predictions(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        return torch.cat([model(images[s:s + batch_size].to(device)).argmax(1).cpu()
-                          for s in range(0, images.shape[0], batch_size)])
-
-
 def batched_maps(model: nn.Module, images: torch.Tensor, explainer: str, batch_size: int = MAP_BATCH) -> torch.Tensor:
     """``(N, H, W)`` maps of the predicted class, on CPU, computed in memory-bounded batches on the model's device."""
     device = next(model.parameters()).device
@@ -122,7 +116,7 @@ def cluster_pairs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         1.0
     """
     features = reference_features(model, images, source=source, explainer=explainer)
-    pred = _predictions(model, images)
+    pred = predicted_labels(model, images)
     clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
     if way == 3:
         pairs = way3_pairset(clusters, dataset=dataset, split=split, seed=seed, reference=reference,
