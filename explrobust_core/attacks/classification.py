@@ -215,7 +215,7 @@ class AutoAttackConfig(Config):
         return self
 
 
-@CLASSIFICATION_ATTACKS.register("autoattack", config=AutoAttackConfig,
+@CLASSIFICATION_ATTACKS.register("autoattack", config=AutoAttackConfig, tags=("needs:pyautoattack",),
                                  summary="AutoAttack (Croce & Hein) via the optional pyautoattack package")
 def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: AutoAttackConfig):
     try:
