@@ -324,7 +324,8 @@ def landscape_1d_figure(axis, curves: dict[str, dict[str, np.ndarray]], loss_lab
 
     ``curves[model][loss]`` are values on ``axis``; the clean input (axis 0) is a dot and
     ``endpoints[model][attack]`` (a projected coordinate) a vertical line in the model's colour.
-    ``log_y``: True (every panel) or the losses whose axis is logarithmic (where all values are positive).
+    ``log_y``: True (every panel) or the losses whose axis is logarithmic; values ≤ 0 are drawn at the smallest
+    positive value (:func:`log_floor`), and a panel with no positive value stays linear.
     """
     import matplotlib
 
@@ -335,17 +336,19 @@ def landscape_1d_figure(axis, curves: dict[str, dict[str, np.ndarray]], loss_lab
     with matplotlib.rc_context(PUBLICATION_STYLE):
         fig, axes = new_figure(ncols=len(loss_labels), width=3.3, height=2.5, squeeze=False, sharex=True)
         for ax, (loss, label) in zip(axes[0], loss_labels.items()):
-            positive = True
+            logarithmic = log_y is True or bool(log_y and loss in log_y)
+            # values that underflowed to 0 sit at the smallest positive one (a log axis cannot show 0)
+            floor = log_floor(np.concatenate([np.ravel(curves[m][loss]) for m in models])) if logarithmic else None
             for model in models:
                 v = np.asarray(curves[model][loss], dtype=float)
-                positive &= bool(np.all(v > 0))
+                v = v if floor is None else np.clip(v, floor, None)
                 ax.plot(a, v, color=colours[model], linewidth=1.2, label=model)
                 ax.plot([a[centre]], [v[centre]], "o", color=colours[model], markersize=3.5,
                         markeredgecolor="black", markeredgewidth=0.5)
                 for attack, coord in (endpoints or {}).get(model, {}).items():
                     ax.axvline(coord, color=colours[model], linestyle=_ATTACK_STYLES.get(attack, ("-.", "*"))[0],
                                linewidth=0.9, alpha=0.8)
-            if (log_y is True or (log_y and loss in log_y)) and positive:
+            if floor is not None:
                 ax.set_yscale("log")
             ax.set_xlabel(xlabel or "step along the direction (pixel units)")
             ax.set_ylabel(label)
@@ -662,3 +665,11 @@ def cluster_scatter_plotly(coords, groups, highlight, pairs=None, hover=None, hi
     fig.update_layout(height=540, dragmode="select", margin=dict(l=10, r=10, t=30, b=10), uirevision="clusters",
                       legend=dict(itemsizing="constant"), title=f"{title} · ◆ = {highlight_name} · select with box or lasso")
     return fig
+
+
+def log_floor(values) -> float | None:
+    """The smallest positive value, where a log axis draws values that are 0 (a float underflow) or below;
+    None when no value is positive (the axis stays linear)."""
+    v = np.asarray(values, dtype=float)
+    positive = v[np.isfinite(v) & (v > 0)]
+    return float(positive.min()) if positive.size else None
