@@ -71,8 +71,8 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     Example:
         >>> from explrobust_core import load_checkpoint, load_dataset
         >>> model, _ = load_checkpoint("models_zoo/mnist5k/pgd_at.safetensors")
-        >>> x, y = load_dataset("mnist5k", "test").batch(range(0, 1000, 10))
-        >>> curve = accuracy_vs_eps(model, x, y, [0.0, 0.1, 0.3], "pgd", {"steps": 20})
+        >>> x, y = load_dataset("mnist5k", "test").batch(range(0, 1000, 20))
+        >>> curve = accuracy_vs_eps(model, x, y, [0.0, 0.1, 0.3], "pgd", {"steps": 10})
         >>> curve.rows()[0]["eps"], len(curve.accuracy)
         (0.0, 3)
     """

@@ -176,7 +176,23 @@ def plane_coordinates(x: torch.Tensor, points: torch.Tensor, dirs: list[torch.Te
 def input_landscape(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: LandscapeConfig | dict | None = None,
                     *, target_images: torch.Tensor | None = None, attack_points: torch.Tensor | None = None,
                     **options) -> Result:
-    """The landscape of each image and its mean over the images (``extra["mean"]``)."""
+    """The landscape of each image and its mean over the images (``extra["mean"]``).
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits; images ``(N, C, H, W)``, labels ``(N,)``.
+        config / options: a :class:`LandscapeConfig` (dims, direction, radius, points, losses, explainer, …).
+        target_images: one per image, for the ``explanation_target`` loss; attack_points: perturbed images to
+            project into the plotted axes.
+
+    Returns:
+        A :class:`~explrobust_core.results.Result`: ``extra["axis"]``, ``extra["mean"]`` (loss → grid) and the
+        per-image grids.
+
+    Example:
+        >>> r = input_landscape(model, x[:4], y[:4], dims=1, direction="adversarial", radius=0.3, points=21)
+        >>> len(r.extra["axis"])
+        21
+    """
     values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
     cfg = LandscapeConfig(**{**values, **options})
     if "explanation_target" in cfg.losses and (target_images is None or target_images.shape != images.shape):
