@@ -60,3 +60,15 @@ def predicted_labels(model: nn.Module, data, batch_size: int = 512) -> torch.Ten
             x = data[start:stop] if isinstance(data, torch.Tensor) else data.batch(range(start, stop))[0]
             out.append(model(x.to(device)).argmax(1).cpu())
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def explain_images(model: nn.Module, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU (captum's
+    display methods hook the model while they run: hold the model's lock around a shared one)."""
+    from .explain import explanation_maps
+
+    device = next(model.parameters()).device
+    x = images.to(device)
+    with torch.no_grad():
+        probs = torch.softmax(model(x), 1).cpu()
+    return probs, explanation_maps(model, x, method, target="predicted").detach().cpu()

@@ -36,9 +36,7 @@ ui.page_header(
     "so robustly trained models (PGD-AT, SEP_pos, SEP_neg, …) can be compared row by row.",
 )
 
-models, dataset_name = ui.models_of_one_dataset("an attack on one image needs models of one dataset.")
-entries = ui.checkpoints()
-data = ui.dataset_or_stop(dataset_name, "test")
+models, dataset_name, data = ui.models_and_data("an attack on one image needs models of one dataset.")
 classes = data.info.classes
 labels = ui.labels(data)
 
@@ -123,8 +121,8 @@ def attack_one(model_name: str, weights: str, mtime_ns: int, dataset: str, index
 
 def run_all() -> dict:
     cfg = attack_config()
-    runs = [attack_one(name, str(entries[name].path), entries[name].path.stat().st_mtime_ns, dataset_name, index,
-                       target_index, attack, json.dumps(cfg, sort_keys=True)) for name in models]
+    runs = [attack_one(name, *ui.model_file(name), dataset_name, index, target_index, attack,
+                       json.dumps(cfg, sort_keys=True)) for name in models]
     return {"attack": attack, "config": cfg, "index": index, "target": target_index, "dataset": dataset_name,
             "runs": runs}
 

@@ -20,16 +20,14 @@ ATTACKS = {"pgd": "PGD (iterated)", "fgsm": "FGSM (one step)", "autoattack": "Au
 
 ui.page_header(
     "Classification robustness",
-    "What: how fast each model's accuracy falls when an adversary may change every pixel by up to ε "
-    "(PGD or FGSM), what the adversarial images look like, and the smallest ε that flips each image.",
+    "What: how fast each model's accuracy falls when an adversary may change every pixel by up to ε (PGD, FGSM "
+    "or, when its optional extra is installed, AutoAttack), what the adversarial images look like, and the "
+    "smallest ε that flips each image.",
     "How: press **Show me** to attack a seeded sample of test images at a grid of ε from 0 to ε max on every "
     "chosen model; then browse the gallery by model and ε without recomputing.",
 )
 
-models, dataset_name = ui.models_of_one_dataset("their accuracies are only comparable on one test set.")
-entries = ui.checkpoints()
-data = ui.dataset_or_stop(dataset_name, "test")
-classes = data.info.classes
+models, dataset_name, data = ui.models_and_data("their accuracies are only comparable on one test set.")
 
 with st.form("classification_form"):
     left, mid, right = st.columns(3)
@@ -80,9 +78,9 @@ def run_all() -> dict:
     CLASSIFICATION_ATTACKS.get("pgd").make_config({**pgd, "eps": float(eps_max)})  # clear messages
     eps_grid = tuple(float(e) for e in np.round(np.linspace(0.0, float(eps_max), int(n_eps)), 6))
     indices = sample_indices(int(n_images), int(seed))
-    runs = [model_curve(name, str(entries[name].path), entries[name].path.stat().st_mtime_ns, dataset_name,
-                        tuple(indices), attack, json.dumps(cfg, sort_keys=True), json.dumps(pgd, sort_keys=True),
-                        eps_grid, bool(flip), int(iterations)) for name in models]
+    runs = [model_curve(name, *ui.model_file(name), dataset_name, tuple(indices), attack,
+                        json.dumps(cfg, sort_keys=True), json.dumps(pgd, sort_keys=True), eps_grid, bool(flip),
+                        int(iterations)) for name in models]
     return {"attack": attack, "config": pgd, "indices": indices, "labels": ui.labels(data)[indices].tolist(),
             "dataset": dataset_name, "runs": runs, "flip": bool(flip)}
 
@@ -98,6 +96,7 @@ st.subheader(f"{what}, {threat}, on {len(indices)} {shown['dataset']} test image
 
 
 def name_of(c: int) -> str:
+    classes = data.info.classes
     return classes[c] if 0 <= c < len(classes) else str(c)
 
 

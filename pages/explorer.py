@@ -3,8 +3,8 @@
 import streamlit as st
 import torch
 
-from explrobust_core.browse import filter_indices, predicted_labels
-from explrobust_core.explain import EXPLAINERS, explanation_maps
+from explrobust_core.browse import explain_images, filter_indices, predicted_labels
+from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import overlay_rgb
 from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
 from pages import ui
@@ -78,11 +78,7 @@ x, y = data.batch(shown)
 def explain(path: str, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities and maps (for the predicted class) of one model, batched over the images."""
     with ui.model_in_use(path) as (model, _):
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            probs = torch.softmax(model(images.to(device)), 1).cpu()
-        maps = explanation_maps(model, images.to(device), method, target="predicted").cpu()
-    return probs, maps
+        return explain_images(model, images, method)
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=256)

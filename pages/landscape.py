@@ -70,42 +70,32 @@ def model_landscape(model_name: str, split: str, first: int, count: int, target:
 
 
 # --- compute on submit, keep the last result ------------------------------------------------------------
-if submitted:
-    entries = ui.checkpoints()
-    datasets = {entries[m].card.dataset for m in models}
+def run_all() -> dict:
+    datasets = {ui.checkpoints()[m].card.dataset for m in models}
     if not models:
-        st.warning("Choose at least one model.")
-        st.stop()
+        raise ValueError("Choose at least one model.")
     if len(datasets) > 1:
-        st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); pick one.")
-        st.stop()
+        raise ValueError(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); "
+                         "pick one.")
     dims = {"both": (1, 2), "1d": (1,), "2d": (2,)}[show]
     losses = ["ce", "explanation_change" if loss == "change" else "explanation_target"]
-    try:
-        config = LandscapeConfig(direction=direction, radius=radius, points=int(points_1d), losses=losses,
-                                 explainer=explainer, seed=int(seed)).model_dump(mode="json")
-        if int(points_2d) % 2 == 0:
-            raise ValueError("points per 2D axis must be odd so that the grid's centre is the clean input")
-        results = {}
-        progress = st.progress(0.0, text="Computing the landscapes…")
-        for i, name in enumerate(models):
-            progress.progress(i / len(models), text=f"{name}: landscapes, attacks, curvature…")
-            results[name] = model_landscape(name, split, int(first), int(count),
-                                            int(target) if loss == "target" else None, config, dims, int(points_2d),
-                                            float(eps), mark_pgd, mark_ifia, curvature)
-        progress.empty()
-    except (ValueError, FileNotFoundError) as err:  # invalid settings, a missing dataset, an unfit explainer
-        st.error(str(err))
-        st.stop()
-    st.session_state[RESULT] = {"models": list(models), "results": results, "dims": dims, "loss": losses[1],
-                                "direction": direction, "first": int(first), "count": int(count),
-                                "split": split, "eps": float(eps)}
+    config = LandscapeConfig(direction=direction, radius=radius, points=int(points_1d), losses=losses,
+                             explainer=explainer, seed=int(seed)).model_dump(mode="json")
+    if int(points_2d) % 2 == 0:
+        raise ValueError("points per 2D axis must be odd so that the grid's centre is the clean input")
+    results = {}
+    progress = st.progress(0.0, text="Computing the landscapes…")
+    for i, name in enumerate(models):
+        progress.progress(i / len(models), text=f"{name}: landscapes, attacks, curvature…")
+        results[name] = model_landscape(name, split, int(first), int(count), int(target) if loss == "target" else None,
+                                        config, dims, int(points_2d), float(eps), mark_pgd, mark_ifia, curvature)
+    progress.empty()
+    return {"models": list(models), "results": results, "dims": dims, "loss": losses[1], "direction": direction,
+            "first": int(first), "count": int(count), "split": split, "eps": float(eps)}
 
-state = st.session_state.get(RESULT)
-if state is None:
-    st.info("Press **Show me** to draw the landscapes.")
-    st.stop()
 
+# invalid settings, a missing dataset, an unfit explainer: a message
+state = ui.result_of(RESULT, submitted, run_all, "Press **Show me** to draw the landscapes.")
 results, expl = state["results"], state["loss"]
 labels = {"ce": "cross-entropy", expl: LOSSES["change" if expl == "explanation_change" else "target"] + " (×10⁻⁷)"}
 scale = {"ce": 1.0, expl: in_paper_units(1.0)}

@@ -96,6 +96,19 @@ def models_of_one_dataset(why: str) -> tuple[list[str], str]:
     return models, datasets.pop()
 
 
+def model_file(name: str) -> tuple[str, int]:
+    """A checkpoint's weights path and modification time (ns): the key of a cached computation on that model,
+    so that a file replaced on disk is computed anew."""
+    path = checkpoints()[name].path
+    return str(path), path.stat().st_mtime_ns
+
+
+def models_and_data(why: str, split: str = "test"):
+    """The chosen models (of one dataset: see ``models_of_one_dataset``), that dataset's name and its split."""
+    models, name = models_of_one_dataset(why)
+    return models, name, dataset_or_stop(name, split)
+
+
 def dataset_or_stop(name: str, split: str):
     """The dataset, or a message (e.g. a torchvision dataset whose files are not on this machine)."""
     try:
