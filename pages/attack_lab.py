@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
 from explrobust_core.attacks.explanation import EXPLANATION_ATTACKS
 from explrobust_core.attacks.one_image import attack_image, needs_targets
