@@ -57,12 +57,12 @@ targeted = needs_targets(attack)
 index = int(pick.number_input(f"Image index ({dataset_name}, test split: 0–{len(data) - 1})", 0, len(data) - 1, 0,
                               key="attack_lab_index"))
 preview.image(thumbnail(index), caption=f"#{index}: {classes[int(labels[index])]}", width=112)
-if "attack_lab_target" not in st.session_state:  # first visit: the first image of another class
-    other = (labels != labels[index]).nonzero()
-    st.session_state["attack_lab_target"] = int(other[0]) if len(other) else 0
-# always drawn (disabled for untargeted attacks) so that the chosen target survives switching attacks
+other = (labels != labels[index]).nonzero()  # by default the first image of another class
+# always drawn (disabled for untargeted attacks) so that the chosen target survives switching attacks; keyed, so
+# the default applies only when the widget is first drawn
 target_index = int(pick_t.number_input(f"Target image index (0–{len(data) - 1})", 0, len(data) - 1,
-                                       key="attack_lab_target", disabled=not targeted,
+                                       int(other[0]) if len(other) else 0, key="attack_lab_target",
+                                       disabled=not targeted,
                                        help="targeted attacks drive the victim's map toward this image's map"))
 if targeted:
     preview_t.image(thumbnail(target_index), caption=f"target #{target_index}: "
