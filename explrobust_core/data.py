@@ -165,7 +165,22 @@ def default_data_root() -> Path:
 
 
 def load_dataset(name: str, split: Split = "test", config: dict | Config | None = None) -> ImageDataset:
-    """Load split ``train`` or ``test`` of a registered dataset."""
+    """Load split ``train`` or ``test`` of a registered dataset.
+
+    Args:
+        name: a registered dataset (``mnist5k``, the embedded default; ``digits``; torchvision sets; folders).
+        split: ``"train"`` or ``"test"``; config: the dataset's options (e.g. its data root).
+
+    Returns:
+        An :class:`ImageDataset`: ``len``, ``data[i]`` → ``(image, label)``, ``batch(indices)`` → ``(x, y)``
+        with ``x`` ``(N, C, H, W)`` in ``[0, 1]``, and ``info`` (classes, input shape, mean/std).
+
+    Example:
+        >>> data = load_dataset("mnist5k", "test")
+        >>> x, y = data.batch(range(8))
+        >>> tuple(x.shape), len(data)
+        ((8, 1, 28, 28), 1000)
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     entry = DATASETS.get(name)

@@ -158,7 +158,23 @@ def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[s
 
 def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationConfig | dict | None = None,
                    progress: Callable[[str, float], None] | None = None) -> Result:
-    """Clean accuracy, PGD accuracy for each ε, and explanation robustness of ``model`` on ``dataset``."""
+    """Clean accuracy, PGD accuracy for each ε, and explanation robustness of ``model`` on ``dataset``.
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits; dataset: from :func:`load_dataset`.
+        config: an :class:`EvaluationConfig` or its fields (``n_images``, ``eps_list``, ``pgd``, …).
+        progress: ``progress(stage, fraction)`` while it runs.
+
+    Returns:
+        A :class:`~explrobust_core.results.Result` whose ``summary`` holds ``clean_accuracy``,
+        ``pgd_accuracy`` (``[{"eps", "accuracy"}]``) and the explanation-attack numbers.
+
+    Example:
+        >>> config = {"n_images": 100, "eps_list": [0.1], "pgd": {"steps": 10}, "explanation_attack": "none"}
+        >>> report = evaluate_model(model, load_dataset("mnist5k", "test"), config)
+        >>> [row["eps"] for row in report.summary["pgd_accuracy"]]
+        [0.1]
+    """
     cfg = config if isinstance(config, EvaluationConfig) else make_evaluation_config(**(config or {}))
     started = time.perf_counter()
     device = next(model.parameters()).device

@@ -404,6 +404,21 @@ def attribute(
 
     Options are validated by the method's config (``config`` and/or keyword options). The model is
     used as it is (call ``.eval()`` first for BatchNorm/Dropout models).
+
+    Args:
+        model: maps pixels in ``[0, 1]`` to logits; inputs: images ``(N, C, H, W)``.
+        method: a registered explainer (``gradient``, ``integrated_gradients``, …; captum's for display).
+        target: ``"predicted"``, ``"true"`` (with ``labels``) or class indices; create_graph: keep the graph
+            to differentiate through the attribution (differentiable methods only).
+        config / options: the method's options (e.g. ``n_steps`` for integrated gradients).
+
+    Returns:
+        The attribution, same shape as ``inputs``.
+
+    Example:
+        >>> a = attribute(model, x, "integrated_gradients", n_steps=32)
+        >>> a.shape == x.shape
+        True
     """
     if inputs.ndim != 4:
         raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
@@ -420,7 +435,20 @@ def attribute(
 
 def explanation_maps(model: nn.Module, inputs: torch.Tensor, method: str = "gradient", *, normalize: str = "sum",
                      **kwargs) -> torch.Tensor:
-    """``(N, H, W)`` maps: ``|attribution|`` summed over channels, sum-normalised by default."""
+    """``(N, H, W)`` maps: ``|attribution|`` summed over channels, sum-normalised by default.
+
+    Args:
+        model, inputs, method: as :func:`attribute` (its keyword options pass through ``kwargs``).
+        normalize: ``"sum"`` (each map sums to 1, the SEP convention) or as :func:`metrics.attribution_to_map`.
+
+    Returns:
+        Maps ``(N, H, W)``.
+
+    Example:
+        >>> maps = explanation_maps(model, x, "gradient")
+        >>> maps.shape, float(maps[0].sum())  # doctest: +SKIP
+        (torch.Size([8, 28, 28]), 1.0)
+    """
     from .metrics import attribution_to_map
 
     return attribution_to_map(attribute(model, inputs, method, **kwargs), normalize=normalize)

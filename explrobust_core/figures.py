@@ -324,7 +324,8 @@ def landscape_1d_figure(axis, curves: dict[str, dict[str, np.ndarray]], loss_lab
 
     ``curves[model][loss]`` are values on ``axis``; the clean input (axis 0) is a dot and
     ``endpoints[model][attack]`` (a projected coordinate) a vertical line in the model's colour.
-    ``log_y``: True (every panel) or the losses whose axis is logarithmic (where all values are positive).
+    ``log_y``: True (every panel) or the losses whose axis is logarithmic; values ≤ 0 are drawn at the smallest
+    positive value (:func:`log_floor`), and a panel with no positive value stays linear.
     """
     import matplotlib
 
@@ -335,17 +336,19 @@ def landscape_1d_figure(axis, curves: dict[str, dict[str, np.ndarray]], loss_lab
     with matplotlib.rc_context(PUBLICATION_STYLE):
         fig, axes = new_figure(ncols=len(loss_labels), width=3.3, height=2.5, squeeze=False, sharex=True)
         for ax, (loss, label) in zip(axes[0], loss_labels.items()):
-            positive = True
+            logarithmic = log_y is True or bool(log_y and loss in log_y)
+            # values that underflowed to 0 sit at the smallest positive one (a log axis cannot show 0)
+            floor = log_floor(np.concatenate([np.ravel(curves[m][loss]) for m in models])) if logarithmic else None
             for model in models:
                 v = np.asarray(curves[model][loss], dtype=float)
-                positive &= bool(np.all(v > 0))
+                v = v if floor is None else np.clip(v, floor, None)
                 ax.plot(a, v, color=colours[model], linewidth=1.2, label=model)
                 ax.plot([a[centre]], [v[centre]], "o", color=colours[model], markersize=3.5,
                         markeredgecolor="black", markeredgewidth=0.5)
                 for attack, coord in (endpoints or {}).get(model, {}).items():
                     ax.axvline(coord, color=colours[model], linestyle=_ATTACK_STYLES.get(attack, ("-.", "*"))[0],
                                linewidth=0.9, alpha=0.8)
-            if (log_y is True or (log_y and loss in log_y)) and positive:
+            if floor is not None:
                 ax.set_yscale("log")
             ax.set_xlabel(xlabel or "step along the direction (pixel units)")
             ax.set_ylabel(label)
@@ -625,3 +628,48 @@ def sweep_figure(rows: list[dict], field: str, series: str | None = None, title:
             fig.suptitle(title)
         fig.tight_layout()
     return fig
+
+
+def cluster_scatter_plotly(coords, groups, highlight, pairs=None, hover=None, highlight_name: str = "prototype",
+                           title: str = ""):
+    """The interactive clusters map (plotly): one trace per category of ``groups``, ``highlight``ed points as
+    outlined diamonds, optional victim → target lines for the index ``pairs``. ``hover`` is an ``(n, 4)`` array
+    (image, label, prediction, cluster) that box and lasso selections carry back as ``customdata``."""
+    import plotly.colors
+    import plotly.graph_objects as go
+
+    coords, groups = np.asarray(coords, dtype=float), np.asarray(groups)
+    highlight = np.asarray(highlight, dtype=bool)
+    n = coords.shape[0]
+    hover = np.stack([np.arange(n)] * 4, 1) if hover is None else np.asarray(hover)
+    cats = sorted(set(groups.tolist()), key=lambda s: (len(s), s))
+    palette = plotly.colors.qualitative.T10 if len(cats) <= 10 else plotly.colors.qualitative.Dark24
+    fig = go.Figure()
+    if pairs is not None and len(pairs):  # one trace of victim → target segments, separated by gaps
+        p = np.asarray(pairs, dtype=int)
+        gap = np.full(len(p), np.nan)
+        xs = np.stack([coords[p[:, 0], 0], coords[p[:, 1], 0], gap], 1).ravel()
+        ys = np.stack([coords[p[:, 0], 1], coords[p[:, 1], 1], gap], 1).ravel()
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color="rgba(90,90,90,0.35)", width=1),
+                                 hoverinfo="skip", name="victim → target", showlegend=True))
+    index = np.arange(n)
+    for k, cat in enumerate(cats):
+        sel = index[groups == cat]
+        big = highlight[sel]
+        fig.add_trace(go.Scatter(
+            x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=cat, customdata=hover[sel].tolist(),
+            marker=dict(color=palette[k % len(palette)], size=np.where(big, 10, 5),
+                        symbol=np.where(big, "diamond", "circle"), line=dict(color="black", width=np.where(big, 1, 0))),
+            hovertemplate="#%{customdata[0]}  label %{customdata[1]}  predicted %{customdata[2]}  "
+                          "cluster %{customdata[3]}<extra></extra>"))
+    fig.update_layout(height=540, dragmode="select", margin=dict(l=10, r=10, t=30, b=10), uirevision="clusters",
+                      legend=dict(itemsizing="constant"), title=f"{title} · ◆ = {highlight_name} · select with box or lasso")
+    return fig
+
+
+def log_floor(values) -> float | None:
+    """The smallest positive value, where a log axis draws values that are 0 (a float underflow) or below;
+    None when no value is positive (the axis stays linear)."""
+    v = np.asarray(values, dtype=float)
+    positive = v[np.isfinite(v) & (v > 0)]
+    return float(positive.min()) if positive.size else None

@@ -298,11 +298,15 @@ class JobStore:
         # the job's own record in its folder: the store can be rebuilt from the folders if it is ever lost
         atomic_write_bytes(log.parent / "job.json", json.dumps(
             {"id": job_id, "created": created, "spec": json.loads(spec.model_dump_json())}, indent=1).encode())
-        with self.transaction() as db:
-            if guard is not None:
-                guard(db)
-            db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, log_path) VALUES (?,?,?,?,?,?,?)",
-                       (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), "queued", created, str(log)))
+        try:
+            with self.transaction() as db:
+                if guard is not None:
+                    guard(db)
+                db.execute("INSERT INTO jobs (id, kind, name, spec, status, created, log_path) VALUES (?,?,?,?,?,?,?)",
+                           (job_id, spec.kind, spec_name(spec), spec.model_dump_json(), "queued", created, str(log)))
+        except BaseException:
+            shutil.rmtree(log.parent, ignore_errors=True)  # a refused job leaves no folder behind
+            raise
         return self.get(job_id)
 
     def _job(self, row: sqlite3.Row) -> Job:

@@ -190,7 +190,23 @@ def plane_coordinates(x: torch.Tensor, points: torch.Tensor, dirs: list[torch.Te
 def input_landscape(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, config: LandscapeConfig | dict | None = None,
                     *, target_images: torch.Tensor | None = None, attack_points: torch.Tensor | None = None,
                     **options) -> Result:
-    """The landscape of each image and its mean over the images (``extra["mean"]``)."""
+    """The landscape of each image and its mean over the images (``extra["mean"]``).
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits; images ``(N, C, H, W)``, labels ``(N,)``.
+        config / options: a :class:`LandscapeConfig` (dims, direction, radius, points, losses, explainer, …).
+        target_images: one per image, for the ``explanation_target`` loss; attack_points: perturbed images to
+            project into the plotted axes.
+
+    Returns:
+        A :class:`~explrobust_core.results.Result`: ``extra["axis"]``, ``extra["mean"]`` (loss → grid) and the
+        per-image grids.
+
+    Example:
+        >>> r = input_landscape(model, x[:4], y[:4], dims=1, direction="adversarial", radius=0.3, points=21)
+        >>> len(r.extra["axis"])
+        21
+    """
     values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
     cfg = LandscapeConfig(**{**values, **options})
     if "explanation_target" in cfg.losses and (target_images is None or target_images.shape != images.shape):
@@ -440,3 +456,23 @@ def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                                                    "curvature_iterations": curvature_iterations},
                   per_image=per_image, summary=summary, extra=extra, tensors=ends,
                   seconds=time.perf_counter() - started)
+
+
+def landscape_of_images(model: nn.Module, data, first: int, count: int, config: LandscapeConfig | dict, *,
+                        target: int | None = None, **report_options) -> dict[str, Any]:
+    """:func:`landscape_report` over images ``first … first + count − 1`` of dataset ``data`` (toward image
+    ``target``'s map for the target loss), with the first image's predictions at the clean point and at each
+    attack endpoint. Returns ``report`` (the result as a dict), ``label``, ``preds`` and ``images`` (CPU)."""
+    if first < 0 or count < 1 or first + count > len(data):
+        raise ValueError(f"the split has {len(data)} images; images {first}…{first + count - 1} do not all exist")
+    if target is not None and not 0 <= target < len(data):
+        raise ValueError(f"target image {target} does not exist ({len(data)} images)")
+    device = next(model.parameters()).device
+    x, y = (t.to(device) for t in data.batch(range(first, first + count)))
+    targets = data.batch([target] * count)[0].to(device) if target is not None else None
+    report = landscape_report(model, x, y, config, target_images=targets, **report_options)
+    shown = {"clean": x[:1], **{name: t[:1] for name, t in report.tensors.items()}}
+    with torch.no_grad():
+        preds = {name: int(model(t).argmax(1)[0]) for name, t in shown.items()}
+    return {"report": report.to_dict(), "label": int(y[0]), "preds": preds,
+            "images": {name: t[0].cpu() for name, t in shown.items()}}

@@ -146,6 +146,15 @@ def explanation_loss(map_a: Tensor, map_b: Tensor) -> Tensor:
     SEP paper, Definition 1 as we read it: the maps are the sum-normalised maps of
     :func:`attribution_to_map`. Raw value; :func:`in_paper_units` gives the paper's ×10⁻⁷ units.
     Differentiable.
+
+    Args:
+        map_a, map_b: sum-normalised maps ``(N, H, W)``.
+
+    Returns:
+        ``L_e`` per image ``(N,)``.
+
+    Example:
+        >>> in_paper_units(explanation_loss(maps, target_maps))  # doctest: +SKIP
     """
     return mse(map_a, map_b)
 
@@ -389,6 +398,16 @@ def compare_maps(name: str, map_a: Tensor, map_b: Tensor, **config: Any) -> Tens
     """Run the comparison metric ``name`` of :data:`COMPARISONS` with a validated config.
 
     Unknown names raise ``UnknownNameError``, bad options ``ConfigError`` (from the registry).
+
+    Args:
+        name: a comparison metric (``topk_intersection``, ``kendall_tau``, ``spearman_rho``, ``ssim``, …).
+        map_a, map_b: maps ``(N, H, W)``; config: the metric's options (e.g. ``k``).
+
+    Returns:
+        One value per image ``(N,)``.
+
+    Example:
+        >>> compare_maps("topk_intersection", maps, attacked_maps, k=100)  # doctest: +SKIP
     """
     entry = COMPARISONS.get(name)
     cfg = entry.make_config(config)

@@ -338,7 +338,18 @@ def build_model(
     """Build a registered architecture for ``input_shape = (C, H, W)`` with Normalize first.
 
     An architecture's builder returns ``(features, head)`` (an :class:`ImageClassifier`) or one
-    whole classifier module (a :class:`WrappedClassifier`)."""
+    whole classifier module (a :class:`WrappedClassifier`).
+
+    Args:
+        arch: a registered architecture (``convnet``, ``resnet18``, …); input_shape: ``(C, H, W)``.
+        num_classes: outputs; mean, std: per-channel normalisation (the model's first layer); config: options.
+
+    Returns:
+        An untrained model taking pixels in ``[0, 1]``.
+
+    Example:
+        >>> model = build_model("convnet", input_shape=(1, 28, 28), num_classes=10, mean=[0.13], std=[0.31])
+    """
     entry = ARCHITECTURES.get(arch)
     cfg = entry.make_config(config)
     if len(input_shape) != 3 or min(input_shape) < 1:

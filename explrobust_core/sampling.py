@@ -232,7 +232,23 @@ def sample_pairs(way: int, *, dataset: str, labels: torch.Tensor, n_pairs: int =
                  split: str = "test", model: nn.Module | None = None, images: torch.Tensor | None = None,
                  reference: str | None = None, k: int = 10, feature_source: str = "penultimate",
                  explainer: str = "gradient") -> PairSet:
-    """A :class:`PairSet` of ``way`` over the given candidate images (Way3 needs a reference model)."""
+    """A :class:`PairSet` of ``way`` over the given candidate images (Way3 needs a reference model).
+
+    Args:
+        way: 1 (random pairs), 2 (pairs of different labels) or 3 (k-means prototypes across clusters).
+        dataset, split: names stored in the pair set; labels: the candidates' labels ``(N,)``.
+        n_pairs, seed: how many pairs (Way3: prototypes) and the RNG seed; model, images, k, feature_source,
+            explainer, reference: Way3's reference model, candidate images and clustering options.
+
+    Returns:
+        A :class:`PairSet` (``pairs``, ``victims``, ``targets``; save it with :func:`save_pairs`).
+
+    Example:
+        >>> data = load_dataset("mnist5k", "test")
+        >>> pairs = sample_pairs(2, dataset="mnist5k", labels=data.all_labels(), n_pairs=150)
+        >>> len(pairs.pairs)
+        150
+    """
     n = int(labels.numel())
     if way == 1:
         return PairSet(way=1, dataset=dataset, split=split, n_candidates=n, seed=seed, pairs=way1_pairs(n, n_pairs, seed))

@@ -260,7 +260,18 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
 
 
 def save_checkpoint(model: torch.nn.Module, card: ModelCard, directory: str | os.PathLike, *, overwrite: bool = False) -> Path:
-    """Write ``<directory>/<card.name>.safetensors`` and its card atomically; return the weights path."""
+    """Write ``<directory>/<card.name>.safetensors`` and its card atomically; return the weights path.
+
+    Args:
+        model: the trained model; card: its :class:`ModelCard` (``card.name`` names the files).
+        directory: where to write; overwrite: replace an existing checkpoint of that name.
+
+    Returns:
+        The path of the weights file.
+
+    Example:
+        >>> path = save_checkpoint(model, card, "runs/my_zoo/mnist5k")  # runs/my_zoo/mnist5k/<name>.safetensors
+    """
     paths = CheckpointPaths.of(Path(directory) / check_name(card.name, "checkpoint name"))
     if not overwrite and (paths.weights.exists() or paths.card.exists()):
         raise CheckpointError(f"checkpoint {paths.weights} exists already; choose another name or overwrite")
@@ -359,7 +370,21 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "auto"
                     ) -> tuple[ImageClassifier | WrappedClassifier, ModelCard]:
-    """Load weights + card, verify them against each other, return the model in eval mode."""
+    """Load weights + card, verify them against each other, return the model in eval mode.
+
+    Args:
+        path: the checkpoint's weights (``.safetensors``), its card (``.json``) or their common stem.
+        device: ``"auto"`` (CUDA, then MPS, then CPU) or a torch device.
+
+    Returns:
+        ``(model, card)``: the model (pixels in ``[0, 1]`` → logits, normalisation inside) and its
+        :class:`ModelCard`.
+
+    Example:
+        >>> model, card = load_checkpoint("models_zoo/mnist5k/natural.safetensors", "cpu")
+        >>> card.dataset, card.input_shape
+        ('mnist5k', (1, 28, 28))
+    """
     paths = CheckpointPaths.of(path)
     card = read_card(paths.card)
     blob = _read_limited(paths.weights, WEIGHTS_MAX_BYTES, "weights file")

@@ -1,23 +1,30 @@
-"""Attack lab: attack one image's explanation on every chosen model at once, keeping the prediction."""
+"""Attack lab: attack one image's explanation on every chosen model at once, keeping the prediction. The form is
+generated from the chosen attack's typed config (same fields, defaults and ranges as the CLI)."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import streamlit as st
-import torch
 
-from explrobust_core.attacks.explanation import EXPLANATION_ATTACKS, run_explanation_attack
+from explrobust_core.attacks.explanation import EXPLANATION_ATTACKS
+from explrobust_core.attacks.one_image import attack_image, needs_targets
 from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import attack_panels_figure, image_to_display, trajectory_figure
 from explrobust_core.metrics import in_paper_units
 from pages import ui
 
 RESULT = "attack_lab_result"
-UNTARGETED, TARGETED = "Untargeted (IFIA)", "Targeted (Dombrowski)"
-MEASURES = {"topk_intersection": "top-k intersection", "kendall_tau": "Kendall τ", "spearman_rho": "Spearman ρ",
-            "center_of_mass_shift": "centre-of-mass shift (px)"}
-AUTO_MEASURE = {"topk": "topk_intersection", "center_of_mass": "center_of_mass_shift", "random": "topk_intersection"}
+# per-image columns of the comparison table, by the name an attack reports them under
+COLUMNS = {"target_label": "target class", "topk_intersection": "top-k ∩", "kendall_tau": "Kendall τ",
+           "spearman_rho": "Spearman ρ", "center_of_mass_shift": "CoM shift (px)",
+           "explanation_loss": "L_e (×10⁻⁷)", "explanation_loss_start_paper": "L_e start (×10⁻⁷)",
+           "explanation_loss_end_paper": "L_e end (×10⁻⁷)", "linf": "L∞"}
+CURVES = {"topk_intersection": "top-k intersection", "kendall_tau": "Kendall τ", "spearman_rho": "Spearman ρ",
+          "center_of_mass_shift": "centre-of-mass shift (px)", "output_drift": "max |Δ softmax| to the original"}
+# fields the page sets itself (above the form), and page defaults that match the attack's objective
+SET_ABOVE = ("explainer", "explainer_options")
+PAGE_DEFAULTS = {"ifia": {"measure": "topk_intersection"}}
 
 ui.page_header(
     "Attack lab",
@@ -28,9 +35,7 @@ ui.page_header(
     "so robustly trained models (PGD-AT, SEP_pos, SEP_neg, …) can be compared row by row.",
 )
 
-models, dataset_name = ui.models_of_one_dataset("an attack on one image needs models of one dataset.")
-entries = ui.checkpoints()
-data = ui.dataset_or_stop(dataset_name, "test")
+models, dataset_name, data = ui.models_and_data("an attack on one image needs models of one dataset.")
 classes = data.info.classes
 labels = ui.labels(data)
 
@@ -42,64 +47,54 @@ def thumbnail(index: int) -> np.ndarray:
     return np.kron(arr, np.ones((scale, scale) + (1,) * (arr.ndim - 2))).clip(0, 1)
 
 
+
 # --- the image(s): outside the form so the preview follows the choice ---------------------------------
+attacks = EXPLANATION_ATTACKS.names()
 pick, preview, pick_t, preview_t = st.columns([2, 1, 2, 1])
-kind = pick.radio("Attack", [UNTARGETED, TARGETED], horizontal=True, key="attack_lab_kind")
+attack = pick.radio("Attack", attacks, horizontal=True, key="attack_lab_kind",
+                    format_func=lambda a: EXPLANATION_ATTACKS.get(a).summary.split(":")[0])
+targeted = needs_targets(attack)
 index = int(pick.number_input(f"Image index ({dataset_name}, test split: 0–{len(data) - 1})", 0, len(data) - 1, 0,
                               key="attack_lab_index"))
 preview.image(thumbnail(index), caption=f"#{index}: {classes[int(labels[index])]}", width=112)
-target_index = None
-if kind == TARGETED:
-    other = (labels != labels[index]).nonzero()
-    default_target = int(other[0]) if len(other) else 0
-    target_index = int(pick_t.number_input(f"Target image index (0–{len(data) - 1})", 0, len(data) - 1,
-                                           default_target, key="attack_lab_target",
-                                           help="the attack drives the victim's map toward this image's map"))
+other = (labels != labels[index]).nonzero()  # by default the first image of another class
+# always drawn (disabled for untargeted attacks) so that the chosen target survives switching attacks; keyed, so
+# the default applies only when the widget is first drawn
+target_index = int(pick_t.number_input(f"Target image index (0–{len(data) - 1})", 0, len(data) - 1,
+                                       int(other[0]) if len(other) else 0, key="attack_lab_target",
+                                       disabled=not targeted,
+                                       help="targeted attacks drive the victim's map toward this image's map"))
+if targeted:
     preview_t.image(thumbnail(target_index), caption=f"target #{target_index}: "
                                                     f"{classes[int(labels[target_index])]}", width=112)
+else:
+    target_index = None
 
+entry = EXPLANATION_ATTACKS.get(attack)
 differentiable = EXPLAINERS.names("differentiable")
 with st.form("attack_lab_form"):
-    common, untargeted, targeted_col = st.columns(3)
-    common.markdown("**Both attacks**")
-    explainer = common.selectbox("Explanation method", differentiable, index=differentiable.index("gradient"),
-                                 help="the attack differentiates through this method (ReLU models: through their "
-                                      "Softplus(β) twin); results are measured on the original model")
-    samples = common.number_input("IG steps / SmoothGrad & GradientSHAP samples", 1, 256, 16,
-                                  help="only for integrated gradients, SmoothGrad and GradientSHAP")
-    eps = common.slider("ε (L∞ budget, pixel units)", 0.01, 0.5, 0.1, 0.01)
-    steps = common.number_input("Steps", 1, 2000, 100, help="attack iterations")
-    seed = common.number_input("Seed", 0, 2**31 - 1, 0)
-    untargeted.markdown("**Untargeted (IFIA)**")
-    objective = untargeted.selectbox("Objective", ["topk", "center_of_mass", "random"],
-                                     format_func={"topk": "move mass off the top-k pixels",
-                                                  "center_of_mass": "move the centre of mass",
-                                                  "random": "random sign steps (baseline)"}.get)
-    measure = untargeted.selectbox("Measure (keeps the worst iterate by it)", ["auto", *MEASURES],
-                                   format_func=lambda m: "matches the objective" if m == "auto" else MEASURES[m])
-    k = untargeted.number_input("k (top-k pixels)", 1, 100_000, 100)
-    step_size = untargeted.number_input("Step size", 0.001, 0.5, 0.01, 0.001, format="%.3f")
-    targeted_col.markdown("**Targeted (Dombrowski)**")
-    lr = targeted_col.number_input("Learning rate (Adam on the input)", 1e-5, 0.1, 1e-3, 1e-4, format="%.5f")
-    bounded = targeted_col.checkbox("Keep the targeted attack in the ε-ball", False,
-                                    help="the paper's attack is unconstrained (only pixels clamped to [0, 1])")
+    st.caption(f"**{attack}** — {entry.summary}")
+    columns = st.columns(3)
+    explainer = columns[0].selectbox("Explanation method", differentiable, index=differentiable.index("gradient"),
+                                     help="the attack differentiates through this method (ReLU models: through "
+                                          "their Softplus(β) twin); results are measured on the original model")
+    samples = columns[0].number_input("IG steps / SmoothGrad & GradientSHAP samples", 1, 256, 16,
+                                      help="only for integrated gradients, SmoothGrad and GradientSHAP")
+    values = ui.config_inputs(entry.config, f"attack_lab-{attack}", skip=SET_ABOVE,
+                              overrides=PAGE_DEFAULTS.get(attack), columns=columns)
     submitted = st.form_submit_button("Show me", type="primary")
 
 
-def attack_config() -> tuple[str, dict]:
-    options = {}
+def attack_config() -> dict:
     fields = EXPLAINERS.get(explainer).config.model_fields
-    if "n_steps" in fields:
-        options["n_steps"] = int(samples)
-    if "n_samples" in fields:
-        options["n_samples"] = int(samples)
-    base = {"explainer": explainer, "explainer_options": options, "seed": int(seed), "steps": int(steps)}
-    if kind == UNTARGETED:
-        return "ifia", {**base, "objective": objective, "eps": float(eps), "step_size": float(step_size),
-                        "k": int(k), "eval_k": int(k),
-                        "measure": AUTO_MEASURE[objective] if measure == "auto" else measure}
-    return "targeted", {**base, "lr": float(lr), "eps": float(eps) if bounded else None,
-                        "record_every": max(1, int(steps) // 100)}
+    options = {name: int(samples) for name in ("n_steps", "n_samples") if name in fields}
+    cfg = entry.make_config({**values, "explainer": explainer, "explainer_options": options})  # a clear message
+    height, width = data.info.input_shape[-2:]
+    for name in ("k", "eval_k"):
+        if getattr(cfg, name, 0) > height * width:
+            raise ValueError(f"{name}={getattr(cfg, name)} is larger than the map ({height * width} pixels); "
+                             f"choose {name} ≤ {height * width}")
+    return cfg.model_dump(mode="json")
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
@@ -107,10 +102,7 @@ def attack_one(model_name: str, weights: str, mtime_ns: int, dataset: str, index
                attack: str, config_json: str) -> dict:
     """One model's attack on one image (cached per parameter set; the progress bar replays on a hit)."""
     model, _ = ui.load_model(weights)
-    device = next(model.parameters()).device
     data = ui.dataset(dataset, "test")
-    x = data.batch([index])[0].to(device)
-    x_t = data.batch([target])[0].to(device) if target is not None else None
     bar = st.progress(0.0, text=f"{model_name}: starting the attack…")
     last = [-1]
 
@@ -120,66 +112,33 @@ def attack_one(model_name: str, weights: str, mtime_ns: int, dataset: str, index
             last[0] = percent
             bar.progress(percent / 100, text=f"{model_name}: step {done}/{total}")
 
-    result = run_explanation_attack(model, x, attack, config=json.loads(config_json), target_images=x_t,
-                                    progress=progress)
+    run = attack_image(model, data.batch([index])[0], attack, json.loads(config_json),
+                       data.batch([target])[0] if target is not None else None, progress)
     bar.empty()
-    adv = result.tensors["adversarial"]
-    with torch.no_grad():
-        before = torch.softmax(model(x), 1)[0].cpu()
-        after = torch.softmax(model(adv), 1)[0].cpu()
-    row = result.to_dict()
-    traj = row["extra"]["trajectory"]
-    return {
-        "model": model_name, "attack": attack, "config": row["config"], "summary": row["summary"],
-        "per_image": {key: values[0] for key, values in row["per_image"].items()},
-        "trajectory": {key: (values if key == "step" else [v[0] for v in values]) for key, values in traj.items()},
-        "pred_before": int(before.argmax()), "conf_before": float(before.max()),
-        "pred_after": int(after.argmax()), "conf_after": float(after.max()),
-        "image": x[0].cpu(), "adversarial": adv[0].cpu(), "target_image": None if x_t is None else x_t[0].cpu(),
-        **{name: t[0].cpu() for name, t in result.tensors.items() if name.endswith("_map")},
-        "seconds": result.seconds,
-    }
+    return {"model": model_name, **run}
 
 
-if submitted:
-    attack, cfg = attack_config()
-    try:
-        EXPLANATION_ATTACKS.get(attack).make_config(cfg)  # a clear message for impossible settings
-        height, width = data.info.input_shape[-2:]
-        if attack == "ifia" and cfg["k"] > height * width:
-            raise ValueError(f"k={cfg['k']} is larger than the map ({height * width} pixels); "
-                             f"choose k ≤ {height * width}")
-        runs = []
-        for name in models:
-            entry = entries[name]
-            runs.append(attack_one(name, str(entry.path), entry.path.stat().st_mtime_ns, dataset_name, index,
-                                   target_index, attack, json.dumps(cfg, sort_keys=True)))
-    except ValueError as err:  # ConfigError included: a setting the user can change
-        st.error(f"Cannot run this attack: {err}")
-        st.stop()
-    except torch.OutOfMemoryError:
-        st.error("The attack ran out of accelerator memory: use fewer IG steps / samples or fewer models.")
-        st.stop()
-    st.session_state[RESULT] = {"attack": attack, "config": cfg, "index": index, "target": target_index,
-                                "dataset": dataset_name, "runs": runs}
+def run_all() -> dict:
+    cfg = attack_config()
+    runs = [attack_one(name, *ui.model_file(name), dataset_name, index, target_index, attack,
+                       json.dumps(cfg, sort_keys=True)) for name in models]
+    return {"attack": attack, "config": cfg, "index": index, "target": target_index, "dataset": dataset_name,
+            "runs": runs}
 
-shown = st.session_state.get(RESULT)
-if shown is None:
-    st.info("Press **Show me** to attack the image on every chosen model.")
-    st.stop()
 
-runs, attack = shown["runs"], shown["attack"]
-cfg = shown["config"]
-title = (f"{'IFIA (' + cfg['objective'] + ')' if attack == 'ifia' else 'targeted'} attack on "
-         f"{shown['dataset']} test #{shown['index']}"
-         + (f" → target #{shown['target']}" if attack == "targeted" else "")
-         + f", {cfg['explainer']}, {cfg['steps']} steps" + (f", ε = {cfg['eps']:g}" if cfg.get("eps") else ""))
-st.subheader(title)
+shown = ui.result_of(RESULT, submitted, run_all, "Press **Show me** to attack the image on every chosen model.",
+                     prefix="Cannot run this attack: ", errors=(ValueError,),  # ConfigError included
+                     out_of_memory="The attack ran out of accelerator memory: use fewer IG steps / samples or "
+                                   "fewer models.")
+runs, cfg, shown_attack = shown["runs"], shown["config"], shown["attack"]
+shown_targeted = shown["target"] is not None
+st.subheader(f"{shown_attack}{' (' + cfg['objective'] + ')' if 'objective' in cfg else ''} attack on "
+             f"{shown['dataset']} test #{shown['index']}" + (f" → target #{shown['target']}" if shown_targeted else "")
+             + f", {cfg['explainer']}, {cfg['steps']} steps" + (f", ε = {cfg['eps']:g}" if cfg.get("eps") else ""))
 st.caption(f"True class of the image: {classes[int(labels[shown['index']])]}"
-           + (f"; of the target: {classes[int(labels[shown['target']])]}" if attack == "targeted" else "")
+           + (f"; of the target: {classes[int(labels[shown['target']])]}" if shown_targeted else "")
            + ". Every attack keeps each model's own prediction.")
-if (shown["index"], shown["target"]) != (index, target_index) or shown["attack"] != ("ifia" if kind == UNTARGETED
-                                                                                   else "targeted"):
+if (shown["index"], shown["target"], shown_attack) != (index, target_index, attack):
     st.caption("These are the results of the last run; press **Show me** to attack the image chosen above.")
 
 
@@ -192,30 +151,25 @@ rows = []
 for run in runs:
     p = run["per_image"]
     row = {"model": run["model"], "prediction before": name_of(run["pred_before"]),
-           "confidence before": run["conf_before"],
-           "prediction after": name_of(run["pred_after"]), "confidence after": run["conf_after"],
-           "label kept": run["pred_after"] == run["pred_before"]}
-    if attack == "ifia":
-        row.update({"top-k ∩": p["topk_intersection"], "Kendall τ": p["kendall_tau"],
-                    "Spearman ρ": p["spearman_rho"], "CoM shift (px)": p["center_of_mass_shift"],
-                    "L_e (×10⁻⁷)": None if p["explanation_loss"] is None
-                    else in_paper_units(p["explanation_loss"])})
-    else:
-        start, end = p["explanation_loss_start_paper"], p["explanation_loss_end_paper"]
-        row.update({"target class": name_of(int(p["target_label"])), "L_e start (×10⁻⁷)": start,
-                    "L_e end (×10⁻⁷)": end,
-                    "L_e drop (%)": None if end is None or not start else 100 * (start - end) / start})
-    row.update({"L∞": p["linf"], "seconds": run["seconds"]})
-    rows.append(row)
+           "confidence before": run["conf_before"], "prediction after": name_of(run["pred_after"]),
+           "confidence after": run["conf_after"], "label kept": run["pred_after"] == run["pred_before"]}
+    for key, label in COLUMNS.items():
+        if key in p:
+            value = p[key]
+            row[label] = (name_of(int(value)) if key == "target_label" else
+                          None if value is None else in_paper_units(value) if key == "explanation_loss" else value)
+    start, end = p.get("explanation_loss_start_paper"), p.get("explanation_loss_end_paper")
+    if "explanation_loss_end_paper" in p:
+        row["L_e drop (%)"] = None if end is None or not start else 100 * (start - end) / start
+    rows.append({**row, "seconds": run["seconds"]})
 table = pd.DataFrame(rows)
 st.markdown("**All chosen models under the same attack** (metrics compare the attacked map with the original map"
-            + ("" if attack == "ifia" else "; L_e is the explanation loss to the target map, as the SEP paper")
-            + ")")
+            + ("; L_e is the explanation loss to the target map, as the SEP paper" if shown_targeted else "") + ")")
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.4g") for c in table.columns
                             if table[c].dtype.kind == "f"})
 ui.downloads("attack_lab_models", data=table)
-unattacked = [run["model"] for run in runs if not run["per_image"]["attacked"]]
+unattacked = [run["model"] for run in runs if not run["per_image"].get("attacked", True)]
 if unattacked:
     st.warning(f"No iterate kept the prediction on {', '.join(unattacked)}: the attack failed there, and its "
                "metrics are left out (shown empty) rather than scored as robust.")
@@ -223,23 +177,20 @@ if unattacked:
 # --- metric and L_e over the attack steps ----------------------------------------------------------------
 curves = {}
 for run in runs:
-    t = dict(run["trajectory"])
-    t["explanation_loss_paper"] = [None if v is None else in_paper_units(v) for v in t["explanation_loss"]]
+    t = {k: v for k, v in run["trajectory"].items() if k == "step" or k in CURVES}
+    if "explanation_loss" in run["trajectory"]:
+        t["L_e"] = [None if v is None else in_paper_units(v) for v in run["trajectory"]["explanation_loss"]]
     curves[run["model"]] = t
-if attack == "ifia":
-    panels = [(cfg["measure"], MEASURES[cfg["measure"]] + " to the original map"),
-              ("explanation_loss_paper", "$L_e$ to the original map (×10$^{-7}$)")]
-    log_y: tuple[str, ...] = ()
-else:
-    panels = [("explanation_loss_paper", "$L_e$ to the target map (×10$^{-7}$)"),
-              ("output_drift", "max |Δ softmax| to the original")]
-    log_y = ("explanation_loss_paper",)
+le_label = f"$L_e$ to the {'target' if shown_targeted else 'original'} map (×10$^{{-7}}$)"
+keys = [k for k in next(iter(curves.values())) if k != "step"]
+panels = [(k, le_label if k == "L_e" else CURVES[k] + ("" if k == "output_drift" else " to the original map"))
+          for k in sorted(keys, key=lambda k: (k == "L_e") != shown_targeted)]  # L_e first for targeted attacks
 long = pd.DataFrame([{"model": m, "step": s, **{key: c[key][i] for key, _ in panels}}
                      for m, c in curves.items() for i, s in enumerate(c["step"])])
-st.markdown("**Over the attack steps** (every iterate, measured on the original model)")
+st.markdown("**Over the attack steps** (every recorded iterate, measured on the original model)")
 ui.show_figure(trajectory_figure({m: {"step": c["step"], **{key: [np.nan if v is None else v for v in c[key]]
                                                            for key, _ in panels}} for m, c in curves.items()},
-                                 panels, log_y=log_y), "attack_lab_trajectory", long)
+                                 panels, log_y=("L_e",) if shown_targeted else ()), "attack_lab_trajectory", long)
 
 # --- the panels, one tab per model -------------------------------------------------------------------------
 st.markdown("**Images and maps** (the perturbation is amplified to the full grey range; maps share one colour scale)")

@@ -1,5 +1,5 @@
-"""Classification robustness: PGD/FGSM on a batch of test images, accuracy against ε, adversarial examples
-and the minimal flipping ε per image, for every chosen model."""
+"""Classification robustness: PGD/FGSM (and AutoAttack when installed) on a batch of test images, accuracy against
+ε, adversarial examples and the minimal flipping ε per image, for every chosen model."""
 
 import json
 
@@ -8,31 +8,32 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from explrobust_core.attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
+from explrobust_core.accuracy import accuracy_vs_eps, installed_attacks
+from explrobust_core.attacks.classification import CLASSIFICATION_ATTACKS
 from explrobust_core.figures import accuracy_vs_eps_figure, adversarial_gallery_figure, flip_eps_figure
 from pages import ui
 
 RESULT = "classification_result"
 CHUNK = 256  # images per attack call: bounds memory on large images, still one batch per call
 GALLERY = 8  # adversarial examples kept per model and ε for the gallery
+ATTACKS = {"pgd": "PGD (iterated)", "fgsm": "FGSM (one step)", "autoattack": "AutoAttack (standard)"}
 
 ui.page_header(
     "Classification robustness",
-    "What: how fast each model's accuracy falls when an adversary may change every pixel by up to ε "
-    "(PGD or FGSM), what the adversarial images look like, and the smallest ε that flips each image.",
+    "What: how fast each model's accuracy falls when an adversary may change every pixel by up to ε (PGD, FGSM "
+    "or, when its optional extra is installed, AutoAttack), what the adversarial images look like, and the "
+    "smallest ε that flips each image.",
     "How: press **Show me** to attack a seeded sample of test images at a grid of ε from 0 to ε max on every "
     "chosen model; then browse the gallery by model and ε without recomputing.",
 )
 
-models, dataset_name = ui.models_of_one_dataset("their accuracies are only comparable on one test set.")
-entries = ui.checkpoints()
-data = ui.dataset_or_stop(dataset_name, "test")
-classes = data.info.classes
+models, dataset_name, data = ui.models_and_data("their accuracies are only comparable on one test set.")
 
 with st.form("classification_form"):
     left, mid, right = st.columns(3)
-    attack = left.radio("Attack", ["pgd", "fgsm"], horizontal=True,
-                        format_func={"pgd": "PGD (iterated)", "fgsm": "FGSM (one step)"}.get)
+    attack = left.radio("Attack", [a for a in ATTACKS if a in installed_attacks()], horizontal=True,
+                        format_func=ATTACKS.get, help="AutoAttack is offered when its optional extra is installed: "
+                                                      "pip install 'explrobust[autoattack]'")
     norm = left.radio("Threat model", ["linf", "l2"], horizontal=True, format_func={"linf": "L∞", "l2": "L2"}.get)
     eps_max = left.number_input("ε max (pixel units; L2: of the whole image)", 0.001, 50.0, 0.3, 0.01, format="%.3f")
     n_eps = left.slider("Points on the ε grid", 2, 16, 7)
@@ -54,98 +55,48 @@ def sample_indices(n: int, seed: int) -> list[int]:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def evaluate_model(model_name: str, weights: str, mtime_ns: int, dataset: str, indices: tuple[int, ...], attack: str,
-                   config_json: str, eps_grid: tuple[float, ...], flip: bool, iterations: int) -> dict:
+def model_curve(model_name: str, weights: str, mtime_ns: int, dataset: str, indices: tuple[int, ...], attack: str,
+                config_json: str, pgd_json: str, eps_grid: tuple[float, ...], flip: bool, iterations: int) -> dict:
     """One model: accuracy at each ε, a few adversarial examples per ε, the minimal flipping ε per image."""
     model, _ = ui.load_model(weights)
-    device = next(model.parameters()).device
-    data = ui.dataset(dataset, "test")
-    cfg = json.loads(config_json)
-    x_all, y_all = data.batch(list(indices))
-    starts = range(0, len(indices), CHUNK)
-    chunks = [(x_all[i:i + CHUNK].to(device), y_all[i:i + CHUNK].to(device)) for i in starts]
-    attack_cfg = cfg if attack == "pgd" else {"norm": cfg["norm"]}
-    work = len(eps_grid) * len(chunks) + (len(chunks) if flip else 0)
+    x, y = ui.dataset(dataset, "test").batch(list(indices))
     bar = st.progress(0.0, text=f"{model_name}: attacking…")
-    done = 0
-
-    def tick(text: str) -> None:
-        nonlocal done
-        done += 1
-        bar.progress(done / work, text=f"{model_name}: {text}")
-
-    with torch.no_grad():
-        clean_probs = torch.cat([torch.softmax(model(x), 1).cpu() for x, _ in chunks])
-    clean_pred = clean_probs.argmax(1)
-    accuracy, adv_pred, gallery, gallery_conf = [], [], [], []
-    for eps in eps_grid:
-        preds, adversarial = [], []
-        for start, (x, y) in zip(starts, chunks):
-            if eps == 0:  # no attack: the clean predictions
-                preds.append(clean_pred[start:start + len(y)])
-                adversarial.append(x[:GALLERY].cpu())
-            else:
-                r = run_classification_attack(model, x, y, attack, config={**attack_cfg, "eps": eps})
-                preds.append(r.per_image["adv_pred"].cpu())
-                adversarial.append(r.tensors["adversarial"][:GALLERY].cpu())
-            tick(f"ε = {eps:.3g}")
-        pred = torch.cat(preds)
-        adv = torch.cat(adversarial)[:GALLERY]
-        with torch.no_grad():
-            conf = torch.softmax(model(adv.to(device)), 1).amax(1).cpu()
-        accuracy.append(float((pred == y_all).float().mean()))
-        adv_pred.append(pred.tolist())
-        gallery.append(adv)
-        gallery_conf.append(conf.tolist())
-    min_eps = None
-    if flip:
-        parts = []
-        for x, y in chunks:
-            parts.append(minimal_flip_eps(model, x, y, eps_max=eps_grid[-1], iterations=iterations, config=cfg).cpu())
-            tick("minimal flipping ε")
-        min_eps = torch.cat(parts).tolist()
+    curve = accuracy_vs_eps(model, x, y, eps_grid, attack, json.loads(config_json), batch_size=CHUNK, keep=GALLERY,
+                            flip_iterations=iterations if flip else None, flip_config=json.loads(pgd_json),
+                            progress=lambda done, total: bar.progress(done / total, text=f"{model_name}: attacking…"))
     bar.empty()
-    return {"model": model_name, "eps": list(eps_grid), "accuracy": accuracy, "clean_pred": clean_pred.tolist(),
-            "clean_conf": clean_probs.amax(1).tolist(), "adv_pred": adv_pred, "gallery": gallery,
-            "gallery_conf": gallery_conf, "min_eps": min_eps}
+    return {"model": model_name, "eps": curve.eps, "accuracy": curve.accuracy, "clean_pred": curve.clean_pred,
+            "clean_conf": curve.clean_conf, "adv_pred": curve.adv_pred, "gallery": curve.examples,
+            "gallery_conf": curve.example_conf, "min_eps": curve.min_eps}
 
 
-if submitted:
-    # PGD's settings; FGSM uses only the norm, the minimal flipping ε always uses PGD
-    cfg = {"norm": norm, "steps": int(steps), "restarts": int(restarts), "seed": int(seed), "random_start": True}
-    try:
-        CLASSIFICATION_ATTACKS.get("pgd").make_config({**cfg, "eps": float(eps_max)})  # clear messages
-        eps_grid = tuple(float(e) for e in np.round(np.linspace(0.0, float(eps_max), int(n_eps)), 6))
-        indices = sample_indices(int(n_images), int(seed))
-        runs = []
-        for name in models:
-            entry = entries[name]
-            runs.append(evaluate_model(name, str(entry.path), entry.path.stat().st_mtime_ns, dataset_name,
-                                       tuple(indices), attack, json.dumps(cfg, sort_keys=True), eps_grid, bool(flip),
-                                       int(iterations)))
-    except ValueError as err:  # ConfigError included: a setting the user can change
-        st.error(f"Cannot run this attack: {err}")
-        st.stop()
-    except torch.OutOfMemoryError:
-        st.error("The attack ran out of accelerator memory: use fewer images or fewer restarts.")
-        st.stop()
-    st.session_state[RESULT] = {"attack": attack, "config": cfg, "indices": indices, "labels":
-                                ui.labels(data)[indices].tolist(), "dataset": dataset_name, "runs": runs,
-                                "flip": bool(flip)}
+def run_all() -> dict:
+    # PGD's settings (the minimal flipping ε always uses PGD); FGSM takes the norm, AutoAttack its own names
+    pgd = {"norm": norm, "steps": int(steps), "restarts": int(restarts), "seed": int(seed), "random_start": True}
+    cfg = {"pgd": pgd, "fgsm": {"norm": norm},
+           "autoattack": {"norm": {"linf": "Linf", "l2": "L2"}[norm], "seed": int(seed)}}[attack]
+    CLASSIFICATION_ATTACKS.get("pgd").make_config({**pgd, "eps": float(eps_max)})  # clear messages
+    eps_grid = tuple(float(e) for e in np.round(np.linspace(0.0, float(eps_max), int(n_eps)), 6))
+    indices = sample_indices(int(n_images), int(seed))
+    runs = [model_curve(name, *ui.model_file(name), dataset_name, tuple(indices), attack,
+                        json.dumps(cfg, sort_keys=True), json.dumps(pgd, sort_keys=True), eps_grid, bool(flip),
+                        int(iterations)) for name in models]
+    return {"attack": attack, "config": pgd, "indices": indices, "labels": ui.labels(data)[indices].tolist(),
+            "dataset": dataset_name, "runs": runs, "flip": bool(flip)}
 
-shown = st.session_state.get(RESULT)
-if shown is None:
-    st.info("Press **Show me** to attack a sample of test images on every chosen model.")
-    st.stop()
 
+shown = ui.result_of(RESULT, submitted, run_all, "Press **Show me** to attack a sample of test images on every "
+                     "chosen model.", prefix="Cannot run this attack: ", errors=(ValueError,),  # ConfigError too
+                     out_of_memory="The attack ran out of accelerator memory: use fewer images or fewer restarts.")
 runs, cfg, indices, y = shown["runs"], shown["config"], shown["indices"], shown["labels"]
 threat = "L∞" if cfg["norm"] == "linf" else "L2"
 what = (f"PGD-{cfg['steps']} ({cfg['restarts']} restart{'s' if cfg['restarts'] > 1 else ''})"
-        if shown["attack"] == "pgd" else "FGSM")
+        if shown["attack"] == "pgd" else {"fgsm": "FGSM", "autoattack": "AutoAttack"}[shown["attack"]])
 st.subheader(f"{what}, {threat}, on {len(indices)} {shown['dataset']} test images")
 
 
 def name_of(c: int) -> str:
+    classes = data.info.classes
     return classes[c] if 0 <= c < len(classes) else str(c)
 
 

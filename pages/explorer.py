@@ -3,7 +3,8 @@
 import streamlit as st
 import torch
 
-from explrobust_core.explain import EXPLAINERS, explanation_maps
+from explrobust_core.browse import explain_images, filter_indices, predicted_labels
+from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import overlay_rgb
 from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
 from pages import ui
@@ -58,42 +59,26 @@ with st.expander("Upload your own image", expanded=st.session_state.get("explore
 @st.cache_data(show_spinner="Classifying…")
 def predictions(model_name: str, split: str) -> torch.Tensor:
     model, _ = ui.load_model(str(entries[model_name].path))
-    device = next(model.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(data), 512):
-            x, _ = data.batch(range(start, min(len(data), start + 512)))
-            out.append(model(x.to(device)).argmax(1).cpu())
-    return torch.cat(out)
+    return predicted_labels(model, data)
 
 
 labels = ui.labels(data)
-keep = torch.ones(len(data), dtype=torch.bool)
-if wanted:
-    keep &= torch.isin(labels, torch.tensor([classes.index(c) for c in wanted]))
-if correctness != "all":
-    right_pred = predictions(models[0], split) == labels
-    keep &= right_pred if correctness == "correct" else ~right_pred
-indices = keep.nonzero().squeeze(1).tolist()
+correct = predictions(models[0], split) == labels if correctness != "all" else None
+# classes take turns (the embedded splits are sorted by class: the first page would be eight zeros)
+indices = filter_indices(labels, [classes.index(c) for c in wanted], correct, correctness)
 if not indices:
     st.warning("No image matches these filters.")
     st.stop()
-pages = (len(indices) + per_page - 1) // per_page
-page = st.number_input(f"Page (of {pages}; {len(indices)} images)", 1, pages, 1)
+page_count = (len(indices) + per_page - 1) // per_page
+page = st.number_input(f"Page (of {page_count}; {len(indices)} images)", 1, page_count, 1)
 shown = indices[(page - 1) * per_page: page * per_page]
 x, y = data.batch(shown)
 
 
-
 def explain(path: str, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities and maps (for the predicted class) of one model, batched over the images."""
-    model, _ = ui.load_model(path)
-    device = next(model.parameters()).device
-    with ui.model_lock(path):
-        with torch.no_grad():
-            probs = torch.softmax(model(images.to(device)), 1).cpu()
-        maps = explanation_maps(model, images.to(device), method, target="predicted").cpu()
-    return probs, maps
+    with ui.model_in_use(path) as (model, _):
+        return explain_images(model, images, method)
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=256)

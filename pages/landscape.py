@@ -9,8 +9,8 @@ import streamlit as st
 import torch
 
 from explrobust_core.explain import EXPLAINERS
-from explrobust_core.figures import landscape_1d_figure, landscape_2d_figure, overlay_rgb
-from explrobust_core.landscape import LandscapeConfig, landscape_report
+from explrobust_core.figures import landscape_1d_figure, landscape_2d_figure, log_floor, overlay_rgb
+from explrobust_core.landscape import LandscapeConfig, landscape_of_images
 from explrobust_core.metrics import in_paper_units
 from pages import ui
 
@@ -63,63 +63,39 @@ with st.form("landscape_form"):
 def model_landscape(model_name: str, split: str, first: int, count: int, target: int | None, config: dict,
                     dims: tuple[int, ...], points_2d: int, eps: float, pgd: bool, ifia: bool, curvature: bool) -> dict:
     model, card = ui.load_model(str(ui.checkpoints()[model_name].path))
-    data = ui.dataset(card.dataset, split)
-    if first + count > len(data):
-        raise ValueError(f"the {split} split of {card.dataset} has {len(data)} images; images {first}…"
-                         f"{first + count - 1} do not all exist")
-    if target is not None and target >= len(data):
-        raise ValueError(f"target image {target} does not exist ({len(data)} images)")
-    device = next(model.parameters()).device
-    x, y = data.batch(range(first, first + count))
-    x, y = x.to(device), y.to(device)
-    targets = data.batch([target] * count)[0].to(device) if target is not None else None
-    report = landscape_report(model, x, y, config, dims=dims, points_2d=points_2d, target_images=targets,
-                              attack_eps=eps, pgd_steps=20 if pgd else 0, ifia_steps=30 if ifia else 0,
-                              curvature=curvature)
-    shown = {"clean": x[:1], **{name: t[:1] for name, t in report.tensors.items()}}
-    with torch.no_grad():
-        preds = {name: int(model(t).argmax(1)[0]) for name, t in shown.items()}
-    return {"report": report.to_dict(), "classes": card.classes, "label": int(y[0]), "preds": preds,
-            "images": {name: t[0].cpu() for name, t in shown.items()}}
+    view = landscape_of_images(model, ui.dataset(card.dataset, split), first, count, config, target=target, dims=dims,
+                               points_2d=points_2d, attack_eps=eps, pgd_steps=20 if pgd else 0,
+                               ifia_steps=30 if ifia else 0, curvature=curvature)
+    return {**view, "classes": card.classes}
 
 
 # --- compute on submit, keep the last result ------------------------------------------------------------
-if submitted:
-    entries = ui.checkpoints()
-    datasets = {entries[m].card.dataset for m in models}
+def run_all() -> dict:
+    datasets = {ui.checkpoints()[m].card.dataset for m in models}
     if not models:
-        st.warning("Choose at least one model.")
-        st.stop()
+        raise ValueError("Choose at least one model.")
     if len(datasets) > 1:
-        st.error(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); pick one.")
-        st.stop()
+        raise ValueError(f"The chosen models were trained on different datasets ({', '.join(sorted(datasets))}); "
+                         "pick one.")
     dims = {"both": (1, 2), "1d": (1,), "2d": (2,)}[show]
     losses = ["ce", "explanation_change" if loss == "change" else "explanation_target"]
-    try:
-        config = LandscapeConfig(direction=direction, radius=radius, points=int(points_1d), losses=losses,
-                                 explainer=explainer, seed=int(seed)).model_dump(mode="json")
-        if int(points_2d) % 2 == 0:
-            raise ValueError("points per 2D axis must be odd so that the grid's centre is the clean input")
-        results = {}
-        progress = st.progress(0.0, text="Computing the landscapes…")
-        for i, name in enumerate(models):
-            progress.progress(i / len(models), text=f"{name}: landscapes, attacks, curvature…")
-            results[name] = model_landscape(name, split, int(first), int(count),
-                                            int(target) if loss == "target" else None, config, dims, int(points_2d),
-                                            float(eps), mark_pgd, mark_ifia, curvature)
-        progress.empty()
-    except (ValueError, FileNotFoundError) as err:  # invalid settings, a missing dataset, an unfit explainer
-        st.error(str(err))
-        st.stop()
-    st.session_state[RESULT] = {"models": list(models), "results": results, "dims": dims, "loss": losses[1],
-                                "direction": direction, "first": int(first), "count": int(count),
-                                "split": split, "eps": float(eps)}
+    config = LandscapeConfig(direction=direction, radius=radius, points=int(points_1d), losses=losses,
+                             explainer=explainer, seed=int(seed)).model_dump(mode="json")
+    if int(points_2d) % 2 == 0:
+        raise ValueError("points per 2D axis must be odd so that the grid's centre is the clean input")
+    results = {}
+    progress = st.progress(0.0, text="Computing the landscapes…")
+    for i, name in enumerate(models):
+        progress.progress(i / len(models), text=f"{name}: landscapes, attacks, curvature…")
+        results[name] = model_landscape(name, split, int(first), int(count), int(target) if loss == "target" else None,
+                                        config, dims, int(points_2d), float(eps), mark_pgd, mark_ifia, curvature)
+    progress.empty()
+    return {"models": list(models), "results": results, "dims": dims, "loss": losses[1], "direction": direction,
+            "first": int(first), "count": int(count), "split": split, "eps": float(eps)}
 
-state = st.session_state.get(RESULT)
-if state is None:
-    st.info("Press **Show me** to draw the landscapes.")
-    st.stop()
 
+# invalid settings, a missing dataset, an unfit explainer: a message
+state = ui.result_of(RESULT, submitted, run_all, "Press **Show me** to draw the landscapes.")
 results, expl = state["results"], state["loss"]
 labels = {"ce": "cross-entropy", expl: LOSSES["change" if expl == "explanation_change" else "target"] + " (×10⁻⁷)"}
 scale = {"ce": 1.0, expl: in_paper_units(1.0)}
@@ -168,6 +144,12 @@ if 1 in state["dims"]:
     ends = {name: {att: float(np.mean(np.asarray(e["coordinates"])[:, 0]))
                    for att, e in res["report"]["extra"]["1d"]["endpoints"].items()} for name, res in results.items()}
     table = pd.DataFrame({"a": axis, **{f"{name} {loss}": v for name, c in curves.items() for loss, v in c.items()}})
+    ce_values = np.concatenate([c["ce"] for c in curves.values()])
+    if log and (ce_values <= 0).any():  # float32 cross-entropy underflows to 0 where a model is certain
+        floor = log_floor(ce_values)
+        st.caption(f"{int((ce_values <= 0).sum())} cross-entropy values are 0 (the model is certain there): "
+                   + ("the log axis cannot show a curve of zeros, so it stays linear." if floor is None else
+                      f"the log axis shows them at the smallest positive value, {floor:.3g}."))
     ui.show_figure(landscape_1d_figure(axis, curves, labels, ends, log_y=("ce",) if log else False, xlabel=xlabel,
                                        title=what), "landscape_1d", table)
 

@@ -67,6 +67,7 @@ with train_tab:
             spec = TrainJobSpec(train=TrainConfig(**run, dataset=dataset, architecture=architecture,
                                                   objective=objective, objective_config=options))
             job = ex.submit(spec)
+            st.session_state["job-shown"] = job.id  # the queue below shows the new job
             st.success(f"Job {job.id} is {job.status}.")
         except ValidationError as err:
             st.error(format_validation_error(err, "training config"))
@@ -85,6 +86,7 @@ with eval_tab:
         try:
             spec = EvaluateJobSpec(model=model, **protocol(preset, ui.checkpoints()[model].card.dataset))
             job = ex.submit(spec)
+            st.session_state["job-shown"] = job.id  # the queue below shows the new job
             st.success(f"Job {job.id} is {job.status}.")
         except (ConfigError, ValueError) as err:
             st.error(str(err))
@@ -188,7 +190,9 @@ def queue_view() -> None:
         return
     table = pd.DataFrame([{"id": j.id, "kind": j.kind, "name": j.name, "status": _status_icon(j.status),
                            "progress": j.fraction, "attempts": j.attempts,
-                           "started": pd.to_datetime(j.started, unit="s") if j.started else None} for j in reversed(jobs)])
+                           "submitted": pd.to_datetime(j.created, unit="s"),  # a resume restarts "started"
+                           ("resumed" if j.attempts > 1 else "started"): pd.to_datetime(j.started, unit="s")
+                           if j.started else None} for j in reversed(jobs)])
     st.dataframe(table, hide_index=True, width="stretch", key="jobs-table",
                  column_config={"progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0)})
     by_id = {j.id: j for j in reversed(jobs)}  # this poll's snapshot: a job deleted meanwhile is simply gone

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Callable
+from typing import Iterator
 
 import streamlit as st
 
-from explrobust_core.exports import table_files, zip_files
-from explrobust_core.registry import field_bounds
 from explrobust_core.zoo import CheckpointEntry, list_checkpoints, load_checkpoint_cached, shipped_zoo_dir, user_zoo_dir
+
+from pages.ui_export import EXPORTS, add_export, downloads, export_all, show_figure  # noqa: F401 (the pages' API)
+from pages.ui_forms import config_inputs, result_of, widget_bounds  # noqa: F401 (the pages' API)
 
 SELECTED = "selected_models"
 
@@ -47,7 +49,16 @@ def model_lock(path: str):
     so two sessions must not explain the same model at the same instant."""
     import threading
 
-    return threading.Lock()
+    return threading.RLock()
+
+
+@contextlib.contextmanager
+def model_in_use(path: str) -> Iterator[tuple]:
+    """``(model, card)`` held under the model's lock: run every explanation of a cached (shared) model inside,
+    captum's display methods included, which hook the model while they run."""
+    model, card = load_model(path)
+    with model_lock(path):
+        yield model, card
 
 
 def load_model(path: str):
@@ -96,6 +107,19 @@ def models_of_one_dataset(why: str) -> tuple[list[str], str]:
     return models, datasets.pop()
 
 
+def model_file(name: str) -> tuple[str, int]:
+    """A checkpoint's weights path and modification time (ns): the key of a cached computation on that model,
+    so that a file replaced on disk is computed anew."""
+    path = checkpoints()[name].path
+    return str(path), path.stat().st_mtime_ns
+
+
+def models_and_data(why: str, split: str = "test"):
+    """The chosen models (of one dataset: see ``models_of_one_dataset``), that dataset's name and its split."""
+    models, name = models_of_one_dataset(why)
+    return models, name, dataset_or_stop(name, split)
+
+
 def dataset_or_stop(name: str, split: str):
     """The dataset, or a message (e.g. a torchvision dataset whose files are not on this machine)."""
     try:
@@ -125,116 +149,36 @@ def labels(data):
     return _labels_of(data, data.info.name, data.split)
 
 
-# --- teaching header and figure export -------------------------------------------------------------
+# --- teaching header -------------------------------------------------------------------------------
 
-_EXPORTS = "_page_exports"
+
+def _repair_folder_navigation() -> None:
+    """A deep link opened first on a fresh server (a bookmarked ``/attack_lab``) reaches this page through
+    Streamlit's legacy folder-based navigation: until some session has run app.py's ``st.navigation``,
+    Streamlit treats the ``pages/`` folder next to the entry script as the page list (listing ``app`` and
+    ``ui`` too) and runs the page without app.py. Then draw app.py's navigation here: it replaces the folder
+    list, and ``st.navigation`` switches the server to app.py's navigation for every later run."""
+    from pathlib import Path
+
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    from pages.navigation import navigation
+
+    ctx = get_script_run_ctx()
+    if ctx is None:
+        return
+    entry = Path(ctx.pages_manager.main_script_path).resolve()
+    listed = [p.get("script_path") for p in ctx.pages_manager.get_pages().values()]
+    if any(path and Path(path).resolve() == entry for path in listed):  # the entry script listed as a page
+        navigation()
 
 
 def page_header(title: str, what: str, how: str) -> None:
     """The page title and its two teaching lines; starts a fresh list of this run's exportable files."""
+    _repair_folder_navigation()
     st.title(title)
     st.caption(f"{what}  \n{how}")
-    st.session_state[_EXPORTS] = {}
-
-
-
-_MIME = {"png": "image/png", "pdf": "application/pdf", "csv": "text/csv", "json": "application/json"}
-
-
-def downloads(stem: str, fig=None, data=None) -> None:
-    """Download buttons for one figure (PNG, PDF) and its numbers (CSV, JSON); the files also go into
-    the page's zip (``export_all``). ``fig`` is a matplotlib figure: it leaves pyplot's registry here and
-    is rendered to PNG/PDF only when a button is clicked (300 dpi PDFs on every rerun would be slow)."""
-    import functools
-
-    from explrobust_core.figures import figure_bytes
-    from explrobust_core.io import check_name
-
-    check_name(stem, "export name")
-    files: dict[str, bytes | Callable[[], bytes]] = {}
-    if fig is not None:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)  # no leak across reruns; a closed Figure still renders
-        files.update({ext: functools.partial(figure_bytes, fig, ext) for ext in ("png", "pdf")})
-    if data is not None:
-        files.update(table_files(data))
-    cols = st.columns(max(len(files), 1) + 3)
-    for col, (ext, blob) in zip(cols, files.items()):
-        col.download_button(ext.upper(), blob, file_name=f"{stem}.{ext}", mime=_MIME[ext], key=f"dl-{stem}-{ext}",
-                            on_click="ignore", width="stretch")
-    for ext, blob in files.items():
-        add_export(f"{stem}.{ext}", blob)
-
-
-def add_export(file_name: str, blob: bytes | Callable[[], bytes]) -> None:
-    """Put one more file (bytes, or a function making them on demand) into the page's zip."""
-    st.session_state.setdefault(_EXPORTS, {})[file_name] = blob
-
-
-def export_all(page: str) -> None:
-    """One zip of every figure and table this run of the page offered, made when clicked."""
-    import functools
-
-    files = dict(st.session_state.get(_EXPORTS) or {})
-    if not files:
-        return
-    st.download_button(f"Export all {len(files)} files of this page (zip)", functools.partial(zip_files, files),
-                       file_name=f"explrobust-{page}.zip", mime="application/zip", key=f"zip-{page}",
-                       on_click="ignore")
-
-
-def show_figure(fig, stem: str, data=None) -> None:
-    """Show a matplotlib figure and its download buttons."""
-    st.pyplot(fig, clear_figure=False)
-    downloads(stem, fig, data)
-
-
-# --- forms generated from the typed configs (same defaults and ranges as the CLI) ------------------
-
-
-def config_inputs(config, key: str, skip: tuple[str, ...] = (), overrides: dict | None = None) -> dict:
-    """One widget per field of a pydantic config (call inside a form); returns the values entered.
-
-    Numbers get the field's bounds and default, Literals a selectbox, booleans a checkbox, optional
-    numbers a text box where empty means "default"; the config itself validates on submit.
-    """
-    import json
-    import typing
-
-    from explrobust_core.registry import config_defaults
-
-    defaults = config_defaults(config) | (overrides or {})
-    values: dict = {}
-    for name, field in config.model_fields.items():
-        if name in skip:
-            continue
-        ann, default, wkey = field.annotation, defaults.get(name), f"{key}-{name}"
-        label, helptext = name.replace("_", " "), field.description
-        args = typing.get_args(ann)
-        if ann is bool:
-            values[name] = st.checkbox(label, bool(default), help=helptext, key=wkey)
-        elif typing.get_origin(ann) is typing.Literal:
-            values[name] = st.selectbox(label, list(args), index=list(args).index(default), help=helptext, key=wkey)
-        elif ann is int:
-            values[name] = int(st.number_input(label, value=int(default), step=1, help=helptext, key=wkey,
-                                               **{k: int(v) for k, v in field_bounds(field).items()}))
-        elif ann is float:
-            values[name] = float(st.number_input(label, value=float(default), format="%g", help=helptext, key=wkey,
-                                                 **{k: float(v) for k, v in field_bounds(field).items()}))
-        elif ann is str:
-            values[name] = st.text_input(label, str(default), help=helptext, key=wkey)
-        elif type(None) in args and any(a in (int, float) for a in args):
-            text = st.text_input(label, "" if default is None else str(default), help=f"{helptext} (empty: none)",
-                                 key=wkey)
-            values[name] = text.strip() or None  # the config parses (or refuses, naming the field) the text
-        else:  # dicts and lists as JSON
-            text = st.text_input(f"{label} (JSON)", json.dumps(default), help=helptext, key=wkey)
-            try:
-                values[name] = json.loads(text)
-            except json.JSONDecodeError:
-                values[name] = text  # the config refuses it with a message naming the field
-    return values
+    st.session_state[EXPORTS] = {}
 
 
 def refresh_checkpoints() -> None:

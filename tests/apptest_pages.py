@@ -9,7 +9,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 def open_page(page: str, title: str, models: list[str] | None = None, **state):
     """A fresh AppTest session of app.py switched to ``pages/<page>.py``; ``models`` as if chosen on the
-    Model zoo page, ``state`` other session-state entries."""
+    Model zoo page, ``state`` other session-state entries. (AppTest runs a switched-to page through
+    Streamlit's folder navigation, as a deep link on a fresh server does; ``ui.page_header`` then draws
+    app.py's navigation, so a page behaves the same either way.)"""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -99,13 +100,13 @@ def server_runs_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("server_runs")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory, server_runs_dir):
-    """The real streamlit server on a free localhost port, for the whole session."""
+@contextlib.contextmanager
+def streamlit_server(log_dir: Path, runs_dir: Path):
+    """The real streamlit server on a free localhost port; yields its URL once healthy."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log_path = log_dir / "streamlit.log"
     log = open(log_path, "w")
-    env = dict(os.environ, EXPLROBUST_RUNS=str(server_runs_dir), EXPLROBUST_USER_ZOO=str(server_runs_dir / "zoo"))
+    env = dict(os.environ, EXPLROBUST_RUNS=str(runs_dir), EXPLROBUST_USER_ZOO=str(runs_dir / "zoo"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(REPO / "app.py"), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
@@ -127,6 +128,13 @@ def server(tmp_path_factory, server_runs_dir):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, server_runs_dir):
+    """The real streamlit server on a free localhost port, for the whole session."""
+    with streamlit_server(tmp_path_factory.mktemp("server"), server_runs_dir) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

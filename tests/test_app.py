@@ -64,3 +64,39 @@ def test_zoo_and_explorer_pages():
     assert not at.exception and len(at.get("image")) > 0
     at.selectbox[0].set_value("occlusion").run()  # a captum display method
     assert not at.exception and len(at.get("image")) > 0
+
+
+@pytest.mark.browser
+def test_browser_deep_link_first_on_a_fresh_server_shows_the_real_navigation(tmp_path, chromium):
+    """A bookmarked page opened before anything else on a fresh server: Streamlit's legacy folder-based
+    navigation (listing the files of pages/, "app" and "ui" among them) must not be what the user sees."""
+    from playwright.sync_api import expect
+
+    from conftest import streamlit_server
+
+    with streamlit_server(tmp_path, tmp_path / "runs") as url:
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            page = context.new_page()
+            page.goto(f"{url}/attack_lab")  # the server's very first request
+            expect(page.get_by_role("heading", name="Attack lab").first).to_be_visible(timeout=120_000)
+            nav = page.get_by_test_id("stSidebarNav")
+            expect(nav.get_by_text("Robustness study")).to_be_visible(timeout=60_000)  # app.py's sections
+            expect(nav.get_by_text("Explore", exact=True)).to_be_visible()
+            links = [t.strip().lower() for t in nav.get_by_role("link").all_inner_texts()]
+            assert not {"app", "ui"} & set(links), links
+            assert page.url.endswith("/attack_lab")
+        finally:
+            context.close()
+
+
+def test_the_file_watcher_does_not_walk_the_checkout():
+    """watchdog (Streamlit's default) watches the app's folder recursively, a .venv inside it included;
+    the polling watcher Streamlit picks from our config watches the app's own files one by one."""
+    import subprocess
+    import sys
+
+    code = ("import streamlit.config as c; c.get_config_options(force_reparse=True); "
+            "from streamlit.watcher.path_watcher import get_default_path_watcher_class as w; print(w().__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "PollingPathWatcher", out.stderr[-2000:]

@@ -615,7 +615,7 @@ def test_imported_image_folder_model_on_the_explorer_and_the_attack_lab(tmp_path
     assert not at.exception and not at.error
     assert [s.value for s in at.subheader] == ["imagefolder/tiny"] and len(at.get("image")) == 8
     at = open_page("attack_lab", "Attack lab", ["imagefolder/tiny"])
-    by_label(at.number_input, "Steps").set_value(2)
+    by_label(at.number_input, "steps").set_value(2)
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and not at.error
     assert list(at.dataframe[0].value["model"]) == ["imagefolder/tiny"]

@@ -15,7 +15,7 @@ def test_untargeted_attack_on_three_models_keeps_labels_and_moves_maps():
     at = open_page("attack_lab", "Attack lab", SEP_COMPARISON)
     assert at.multiselect[0].value == SEP_COMPARISON
     assert not at.dataframe  # nothing heavy before the click
-    by_label(at.number_input, "Steps").set_value(40)
+    by_label(at.number_input, "steps").set_value(40)
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and not at.error
     table = at.dataframe[0].value
@@ -42,9 +42,9 @@ def test_untargeted_attack_on_three_models_keeps_labels_and_moves_maps():
 
 def test_targeted_attack_lowers_the_explanation_loss_to_the_target():
     at = open_page("attack_lab", "Attack lab", ["mnist5k/natural"])
-    at.radio(key="attack_lab_kind").set_value("Targeted (Dombrowski)").run()
+    at.radio(key="attack_lab_kind").set_value("targeted").run()
     assert at.number_input(key="attack_lab_target").value is not None
-    by_label(at.number_input, "Steps").set_value(50)
+    by_label(at.number_input, "steps").set_value(50)
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and not at.error
     row = at.dataframe[0].value.iloc[0]
@@ -54,9 +54,42 @@ def test_targeted_attack_lowers_the_explanation_loss_to_the_target():
     assert len(at.get("image")) == 4  # victim and target previews, trajectory, panels with the target map
 
 
+def test_the_form_allows_exactly_what_each_attack_config_allows():
+    """The form is generated from the attack's typed config: every number widget's bounds are the config's."""
+    from explrobust_core.attacks.explanation import EXPLANATION_ATTACKS
+    from explrobust_core.registry import field_bounds
+
+    at = open_page("attack_lab", "Attack lab", ["mnist5k/natural"])
+    for attack in EXPLANATION_ATTACKS.names():
+        at.radio(key="attack_lab_kind").set_value(attack).run()
+        assert not at.exception
+        fields = EXPLANATION_ATTACKS.get(attack).config.model_fields
+        widgets = {w.key.removeprefix(f"attack_lab-{attack}-"): w for w in at.number_input
+                   if (w.key or "").startswith(f"attack_lab-{attack}-")}
+        numeric = {n for n, f in fields.items() if f.annotation in (int, float)}
+        assert set(widgets) == numeric
+        for name in numeric:
+            bounds = field_bounds(fields[name])
+            assert (widgets[name].min, widgets[name].max) == (bounds.get("min_value"), bounds.get("max_value")), name
+    # the issue's cases: ε up to 1 (the slider stopped at 0.5), k up to 10⁶ (stopped at 100,000)
+    at.radio(key="attack_lab_kind").set_value("ifia").run()
+    ifia = {w.key.rsplit("-", 1)[1]: w for w in at.number_input if (w.key or "").startswith("attack_lab-ifia-")}
+    assert ifia["eps"].max == 1 and ifia["k"].max == 1_000_000
+
+
+def test_the_target_survives_switching_attacks():
+    at = open_page("attack_lab", "Attack lab", ["mnist5k/natural"])
+    at.radio(key="attack_lab_kind").set_value("targeted").run()
+    at.number_input(key="attack_lab_target").set_value(123).run()
+    at.radio(key="attack_lab_kind").set_value("ifia").run()
+    assert at.number_input(key="attack_lab_target").disabled
+    at.radio(key="attack_lab_kind").set_value("targeted").run()
+    assert at.number_input(key="attack_lab_target").value == 123
+
+
 def test_impossible_settings_are_messages_not_tracebacks():
     at = open_page("attack_lab", "Attack lab", ["mnist5k/natural"])
-    by_label(at.number_input, "k (top-k").set_value(5000)  # larger than a 28×28 map
+    by_label(at.number_input, "k").set_value(5000)  # larger than a 28×28 map
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception
     assert "larger than the map" in at.error[0].value
@@ -90,8 +123,11 @@ def test_models_of_two_datasets_and_a_too_large_k_are_messages(digits_user_zoo):
     at = open_page("attack_lab", "Attack lab", [digits_user_zoo])  # digits alone work, but their maps have only 64 pixels
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and "larger than the map (64 pixels)" in at.error[0].value
-    by_label(at.number_input, "k (top-k").set_value(10)
-    by_label(at.number_input, "Steps").set_value(10)
+    by_label(at.number_input, "k").set_value(10)
+    next(b for b in at.button if b.label == "Show me").click().run()
+    assert "eval_k=100 is larger than the map (64 pixels)" in at.error[0].value  # the reported top-k too
+    by_label(at.number_input, "eval k").set_value(10)
+    by_label(at.number_input, "steps").set_value(10)
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and not at.error
     assert list(at.dataframe[0].value["model"]) == [digits_user_zoo]

@@ -98,3 +98,45 @@ def test_browser_classification(browser_page):
     page.wait_for_function("Array.from(document.querySelectorAll('[data-testid=stImage] img'))"
                            ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
     browser_page.screenshot("classification")
+
+
+def test_accuracy_vs_eps_is_the_attack_at_each_eps(digits_convnet, digits_test):
+    import torch
+
+    from explrobust_core.accuracy import accuracy_vs_eps
+    from explrobust_core.attacks.classification import run_classification_attack
+
+    x, y = digits_test.images[:40], digits_test.labels[:40]
+    cfg = {"steps": 5, "random_start": False}  # deterministic: batches of 16 equal one batch of 40
+    curve = accuracy_vs_eps(digits_convnet, x, y, [0.0, 0.05, 0.2], "pgd", cfg, batch_size=16, keep=3,
+                            flip_iterations=3, flip_config=cfg)
+    with torch.no_grad():
+        clean = digits_convnet(x).argmax(1)
+    assert curve.accuracy[0] == float((clean == y).float().mean()) and curve.adv_pred[0] == clean.tolist()
+    for eps, acc, pred in zip(curve.eps[1:], curve.accuracy[1:], curve.adv_pred[1:]):
+        direct = run_classification_attack(digits_convnet, x, y, "pgd", cfg, eps=eps)
+        assert pred == direct.per_image["adv_pred"].tolist()
+        assert acc == direct.summary["adversarial_accuracy"]
+    assert curve.rows() == [{"eps": e, "accuracy": a} for e, a in zip(curve.eps, curve.accuracy)]
+    assert [t.shape[0] for t in curve.examples] == [3, 3, 3] and len(curve.min_eps) == 40
+    assert all(m == 0 for m, c, t in zip(curve.min_eps, clean.tolist(), y.tolist()) if c != t)  # already wrong
+    with pytest.raises(ValueError, match="≥ 0"):
+        accuracy_vs_eps(digits_convnet, x, y, [-0.1])
+
+
+def test_autoattack_is_offered_exactly_when_installed(monkeypatch):
+    import sys
+
+    at = open_page("classification", "Classification robustness", ["mnist5k/natural"])
+    assert "AutoAttack (standard)" in by_label(at.radio, "Attack").options  # the dev set installs the extra
+    by_label(at.radio, "Attack").set_value("autoattack")
+    by_label(at.number_input, "Test images").set_value(8)
+    by_label(at.slider, "Points on the ε grid").set_value(2)  # ε = 0, 0.3
+    by_label(at.checkbox, "Minimal flipping").uncheck()
+    assert not show_me(at).error
+    assert at.subheader[0].value.startswith("AutoAttack")
+    row = at.dataframe[0].value.iloc[0]
+    assert row["acc @ ε=0.3"] < row["acc @ ε=0"]  # the natural model falls at ε = 0.3
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # as if it were not installed
+    at = open_page("classification", "Classification robustness", ["mnist5k/natural"])
+    assert by_label(at.radio, "Attack").options == ["PGD (iterated)", "FGSM (one step)"]

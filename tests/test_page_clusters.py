@@ -40,8 +40,8 @@ def test_show_me_reproduces_the_shipped_way3_pairs_and_offers_them_as_json(tmp_p
     assert any("exactly the shipped" in s.value for s in at.success)
 
     result = at.session_state["clusters_result"]
-    cluster = np.asarray(result["cluster"])
-    assert result["n"] == 1000 and cluster.shape == (1000,) and set(cluster.tolist()) == set(range(10))
+    cluster = np.asarray(result["view"].cluster)
+    assert result["view"].n == 1000 and cluster.shape == (1000,) and set(cluster.tolist()) == set(range(10))
     # the JSON the page offers (also in the page's zip) loads with load_pairs and is the shipped pair file
     blob = at.session_state["_page_exports"]["pairs_way3.json"]
     path = tmp_path / "pairs_way3.json"
@@ -70,7 +70,7 @@ def test_show_me_reproduces_the_shipped_way3_pairs_and_offers_them_as_json(tmp_p
     assert captions[1].startswith(f"#{first_target} ")
 
     # the gallery of one cluster: its members only, prototypes first; no recomputation of the pairs
-    at.selectbox(key="clusters_gallery_choice").set_value("cluster 3: prototypes first").run()
+    at.selectbox(key="clusters_gallery_choice").set_value(3).run()
     assert not at.exception
     shown = [int(c.split()[0][1:]) for im in at.get("image") for c in im.captions]
     assert shown and all(cluster[i] == 3 for i in shown)
@@ -167,3 +167,55 @@ def test_cluster_explanation_loss_matches_pairwise_l_e():
     assert cluster_explanation_loss(maps[:2], [0, 1])["intra_mean"] is None
     with pytest.raises(ValueError, match="cluster ids"):
         cluster_explanation_loss(maps, cluster[:3])
+
+
+def test_cluster_pairs_measures_the_pairs_it_returns(digits_convnet, digits_test):
+    from explrobust_core.clusters import batched_maps, cluster_pairs, cluster_table, pair_table
+    from explrobust_core.metrics import explanation_loss
+
+    x, y = digits_test.images[:120], digits_test.labels[:120]
+    view = cluster_pairs(digits_convnet, x, y, way=2, n_pairs=30, k=4, dataset="digits", seed=1,
+                         explainer="gradient")
+    assert view.n == 120 and view.pca.shape == (120, 2) and set(view.cluster.tolist()) == set(range(4))
+    p = np.asarray(view.pairs.pairs)
+    assert len(p) == 30 and (y[p[:, 0]] != y[p[:, 1]]).all()  # Way2: different labels
+    maps = batched_maps(digits_convnet, x, "gradient", batch_size=7)  # other batches, same maps
+    np.testing.assert_allclose(view.pair_loss, explanation_loss(maps[p[:, 0]], maps[p[:, 1]]).double().numpy(),
+                               rtol=1e-5, atol=0)
+    assert view.crossing() == pytest.approx(float(np.mean(view.cluster[p[:, 0]] != view.cluster[p[:, 1]])))
+    assert view.highlighted().sum() == len(set(p.ravel().tolist()))
+    assert view.roles()[int(p[0, 0])] == "V"
+    assert all(view.cluster[i] == 2 for i in view.gallery(2, 8)) and len(view.gallery(None, 8)) == 8
+    classes = digits_test.info.classes
+    assert cluster_table(view, classes)["images"].sum() == 120 and len(pair_table(view, classes)) == 30
+    with pytest.raises(ValueError, match="colour_by"):
+        view.groups("nope", classes)
+
+
+def test_the_clusters_page_explains_under_the_model_lock(monkeypatch):
+    """Captum's display methods hook the shared cached model: every explanation runs holding its lock."""
+    import threading
+
+    import explrobust_core.clusters as core
+    from pages import ui
+
+    lock = ui.model_lock(str(ui.checkpoints()["mnist5k/natural"].path))
+    held = []
+
+    def probe(*args, **kwargs):
+        other = []
+        t = threading.Thread(target=lambda: other.append(lock.acquire(blocking=False)))
+        t.start()
+        t.join()
+        if other[0]:
+            lock.release()
+        held.append(not other[0])
+        return real(*args, **kwargs)
+
+    real = core.explanation_maps
+    monkeypatch.setattr(core, "explanation_maps", probe)
+    at = open_page("clusters", "Clusters")
+    by_label(at.number_input, "Seed").set_value(7)  # parameters no other test caches
+    by_label(at.selectbox, "Explanation").set_value("guided_backprop")  # a captum method
+    show_me(at)
+    assert held and all(held)

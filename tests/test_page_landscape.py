@@ -159,3 +159,19 @@ def test_attack_endpoints_and_report_on_a_shipped_model():
     assert 0 < rep.summary["PGD"]["in_plane_2d"] <= 1 + 1e-9
     with pytest.raises(ValueError, match="dims"):
         landscape_report(model, x[:1], y[:1], dims=(3,))
+
+
+def test_a_log_axis_shows_values_that_underflowed_to_zero():
+    import matplotlib.pyplot as plt
+
+    from explrobust_core.figures import landscape_1d_figure, log_floor
+
+    axis = np.linspace(-1, 1, 5)
+    curves = {"m": {"ce": np.array([0.0, 0.0, 1e-4, 0.5, 2.0]), "le": np.zeros(5)}}
+    fig = landscape_1d_figure(axis, curves, {"ce": "CE", "le": "L_e"}, log_y=True)
+    ce_ax, le_ax = fig.axes[:2]
+    assert ce_ax.get_yscale() == "log" and le_ax.get_yscale() == "linear"  # no positive L_e: stays linear
+    drawn = ce_ax.lines[0].get_ydata()
+    assert drawn.min() == 1e-4 and list(drawn[2:]) == [1e-4, 0.5, 2.0]  # zeros at the floor, the rest as they are
+    assert log_floor([0.0, -1.0, np.nan]) is None and log_floor([0.0, 3.0, 2.0]) == 2.0
+    plt.close(fig)

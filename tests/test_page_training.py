@@ -58,6 +58,41 @@ def test_bad_values_are_refused_with_the_field_named(private_runs):
     assert "name" in at.error[0].value and JobStore().list() == []
 
 
+def test_a_submit_selects_the_new_job_a_refused_one_leaves_nothing_and_a_resume_is_not_a_start(private_runs):
+    import pandas as pd
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/training.py").run()
+    at.selectbox[1].set_value("digits").run()  # dataset
+    ids = []
+    for name, epochs in (("job_a", 200), ("job_b", 1)):  # job_a runs far longer than this test waits for it
+        at.text_input(key="train-natural-name").set_value(name)
+        at.number_input(key="train-natural-epochs").set_value(epochs)
+        at.button[0].click().run()
+        assert not at.exception and not at.error
+        ids.append(JobStore().list()[-1].id)
+        assert at.selectbox(key="job-shown").value == ids[-1]  # the new job, not the one shown before
+    at.selectbox[1].set_value("mnist5k").run()
+    at.text_input(key="train-natural-name").set_value("natural")  # the shipped zoo has it: refused
+    at.button[0].click().run()
+    assert "exists already" in at.error[0].value
+    assert sorted(p.name for p in (private_runs / "runs" / "jobs").iterdir()) == sorted(ids)  # no third folder
+    executor = LocalExecutor(JobStore())
+    executor.cancel(ids[0])
+    assert executor.wait(ids[0], timeout=300).status in ("cancelled", "interrupted")
+    assert executor.wait(ids[1], timeout=300).status == "done"
+    assert executor.resume(ids[0]).attempts == 2  # started again at once: nothing else runs
+    executor.cancel(ids[0])
+    assert executor.wait(ids[0], timeout=300).status in ("cancelled", "interrupted")
+    at.run()
+    table = next(d.value for d in at.dataframe if "attempts" in d.value.columns).set_index("id")
+    resumed, first = table.loc[ids[0]], table.loc[ids[1]]
+    assert pd.notna(resumed["resumed"]) and pd.isna(resumed["started"]) and resumed["attempts"] == 2
+    assert pd.notna(first["started"]) and pd.isna(first["resumed"])
+    assert resumed["submitted"] < resumed["resumed"]
+
+
 def test_a_three_point_sweep_from_the_page_fills_its_table_and_figure(private_runs):
     import json
 

@@ -483,7 +483,10 @@ def test_zoo_page_uploads_and_deletes_a_user_model(tmp_path, monkeypatch):
     assert set(table.loc[table["source"] != "shipped", "model"]) == {"digits/page_model"}
     assert (user / "digits" / "page_model.safetensors").exists()
 
-    _fill_upload_form(at, "page_model", blob, "page_model.safetensors")  # the same name again: refused
+    # the same name again, from a fresh page (under AppTest every run of a switched-to page draws app.py's
+    # navigation again, and that loses a repeated submission of the same form): refused
+    at = _app().switch_page("pages/zoo.py").run()
+    _fill_upload_form(at, "page_model", blob, "page_model.safetensors")
     assert any("already have a model" in e.value for e in at.error)
 
     assert at.selectbox(key="delete_choice").options == ["digits/page_model"]  # shipped models are not offered

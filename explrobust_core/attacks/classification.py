@@ -220,7 +220,7 @@ class AutoAttackConfig(Config):
         return self
 
 
-@CLASSIFICATION_ATTACKS.register("autoattack", config=AutoAttackConfig,
+@CLASSIFICATION_ATTACKS.register("autoattack", config=AutoAttackConfig, tags=("needs:pyautoattack",),
                                  summary="AutoAttack (Croce & Hein) via the optional pyautoattack package")
 def autoattack(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: AutoAttackConfig):
     try:
@@ -249,6 +249,20 @@ def run_classification_attack(
 
     ``labels`` are the true classes (or the target classes when ``targeted``). Adversarial
     accuracy counts images that are still classified correctly after the attack.
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits; images ``(N, C, H, W)``; labels ``(N,)`` on the same device.
+        name: ``pgd``, ``fgsm`` or ``autoattack`` (an optional extra); config / options: the attack's
+            settings (``eps``, ``norm``, ``steps``, …), validated.
+
+    Returns:
+        A :class:`~explrobust_core.results.Result`: ``per_image`` (predictions, success, norms), ``summary``
+        (clean and adversarial accuracy) and ``tensors["adversarial"]``.
+
+    Example:
+        >>> r = run_classification_attack(model, x, y, "pgd", eps=0.3, steps=20)
+        >>> r.summary["adversarial_accuracy"] <= r.summary["clean_accuracy"]
+        True
     """
     entry = CLASSIFICATION_ATTACKS.get(name)
     values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))

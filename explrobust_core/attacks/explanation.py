@@ -369,6 +369,18 @@ def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "
     """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``).
 
     ``progress(done, total)``, if given, is called after every step of the attack (for progress bars).
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits; images ``(N, C, H, W)``; name: ``ifia`` or ``targeted``.
+        config / options: the attack's settings (explainer, ε, steps, …), validated; labels: the predictions
+            to keep (default: the model's); target_images: the maps to drive toward (targeted attacks).
+
+    Returns:
+        A :class:`~explrobust_core.results.Result` with per-image metrics, a summary and the adversarial images.
+
+    Example:
+        >>> r = run_explanation_attack(model, x, "ifia", config={"eps": 0.1, "steps": 20})
+        >>> r.summary["n_attacked"]  # doctest: +SKIP
     """
     entry = EXPLANATION_ATTACKS.get(name)
     values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))

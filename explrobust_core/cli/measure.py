@@ -122,17 +122,18 @@ def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     result = run_classification_attack(model, x, y, ns.attack, cfg)
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
     result.per_image = {"index": indices, **result.per_image}
-    if ns.eps_list:
-        curve = [{"eps": eps, **run_classification_attack(model, x, y, ns.attack, cfg, eps=eps).summary}
-                 for eps in ns.eps_list]
-        result.extra["accuracy_vs_eps"] = curve
+    if ns.eps_list:  # the one accuracy-against-ε implementation (the Classification page's)
+        from ..accuracy import accuracy_vs_eps
+
+        base = {k: v for k, v in cfg.model_dump().items() if k != "eps"}
+        result.extra["accuracy_vs_eps"] = accuracy_vs_eps(model, x, y, ns.eps_list, ns.attack, base).rows()
     if ns.minimal_eps is not None:
         pgd_cfg = cfg.model_dump() if ns.attack == "pgd" else {}
         result.per_image["minimal_flip_eps"] = minimal_flip_eps(model, x, y, eps_max=ns.minimal_eps, config=pgd_cfg)
     print(f"{card.name}: {ns.attack} on {len(indices)} {ns.split} images")
     print(fmt_json(result.summary))
     for row in result.extra.get("accuracy_vs_eps", []):
-        print(f"  ε={row['eps']:<8g} adversarial accuracy {row.get('adversarial_accuracy')}")
+        print(f"  ε={row['eps']:<8g} accuracy {row['accuracy']:.4f}")
     write_result(result, ns)
     return 0
 

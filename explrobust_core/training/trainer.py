@@ -177,7 +177,23 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     command: str | None = None,
 ) -> TrainOutcome:
-    """Train (or resume) run ``cfg.name`` under ``out_dir``; returns whether it finished."""
+    """Train (or resume) run ``cfg.name`` under ``out_dir``; returns whether it finished.
+
+    Args:
+        cfg: a :class:`TrainConfig` (name, dataset, architecture, objective and its options, epochs, …).
+        out_dir: where the checkpoint and the resumable run folder go.
+        progress: called with each step's/epoch's numbers; should_stop: polled to stop early (the state is kept
+            for a resume); command: recorded in the model card.
+
+    Returns:
+        A :class:`TrainOutcome`: ``finished``, ``checkpoint`` (path), ``run_dir``, ``history``.
+
+    Example:
+        >>> cfg = TrainConfig(name="my_natural", dataset="digits", epochs=1)
+        >>> outcome = train(cfg, "runs/my_zoo/digits")
+        >>> outcome.finished
+        True
+    """
     out_dir = Path(out_dir)
     run_dir = out_dir / f"{cfg.name}.run"
     state_path, config_path = run_dir / "state.pt", run_dir / "config.json"

@@ -1,0 +1,130 @@
+"""Accuracy against ε: one classification attack at each ε of a grid, on one set of images.
+
+The one implementation of the curve: the dashboard's Classification page uses it, and ``evaluate`` and
+``explrobust attack-classifier --eps-list`` compute the same numbers (their ``[{"eps", "accuracy"}]`` rows
+are :meth:`AccuracyCurve.rows`). ε = 0 is the clean accuracy (no attack runs there).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
+from .registry import Config
+
+NEEDS = "needs:"  # an entry tag naming the optional package an attack imports (e.g. needs:pyautoattack)
+
+
+def attack_installed(name: str) -> bool:
+    """Whether classification attack ``name`` can run here (its optional package, if any, is installed)."""
+    tags = CLASSIFICATION_ATTACKS.get(name).tags
+    return all(importlib.util.find_spec(t[len(NEEDS):]) is not None for t in tags if t.startswith(NEEDS))
+
+
+def installed_attacks() -> list[str]:
+    """The registered classification attacks that can run here."""
+    return [name for name in CLASSIFICATION_ATTACKS.names() if attack_installed(name)]
+
+
+@dataclass
+class AccuracyCurve:
+    """Accuracy at each ε, with per-image predictions and the first few adversarial examples per ε."""
+
+    eps: list[float]
+    accuracy: list[float]
+    labels: list[int]
+    clean_pred: list[int]
+    clean_conf: list[float]
+    adv_pred: list[list[int]]  # per ε, per image
+    examples: list[torch.Tensor] = field(default_factory=list)  # per ε: the first ``keep`` adversarial images
+    example_conf: list[list[float]] = field(default_factory=list)  # their top softmax probability
+    min_eps: list[float] | None = None  # per image: the smallest flipping ε found by PGD bisection (inf: none)
+
+    def rows(self) -> list[dict[str, float]]:
+        """``[{"eps": ε, "accuracy": a}, …]``, the shape evaluation reports store."""
+        return [{"eps": e, "accuracy": a} for e, a in zip(self.eps, self.accuracy)]
+
+
+def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps_grid: Sequence[float],
+                    attack: str = "pgd", config: dict | Config | None = None, *, batch_size: int = 256,
+                    keep: int = 0, flip_iterations: int | None = None, flip_config: dict | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> AccuracyCurve:
+    """Attack ``images`` with classification attack ``attack`` at every ε of ``eps_grid``.
+
+    Args:
+        model: maps ``[0, 1]`` pixels to logits; images ``(N, C, H, W)`` and labels ``(N,)`` on any device.
+        eps_grid: budgets in pixel units (ε = 0: the clean predictions); every ε is validated first.
+        config: the attack's config without ``eps`` (e.g. PGD's norm, steps, restarts).
+        batch_size: images per attack call (bounds memory); keep: adversarial examples kept per ε.
+        flip_iterations: also find each image's minimal flipping ε by PGD bisection up to the largest ε
+            (``flip_config``: PGD's settings), to ``max ε / 2^flip_iterations``.
+        progress: ``progress(done, total)`` after every batch.
+
+    Returns:
+        An :class:`AccuracyCurve`.
+
+    Example:
+        >>> from explrobust_core import load_checkpoint, load_dataset
+        >>> model, _ = load_checkpoint("models_zoo/mnist5k/pgd_at.safetensors")
+        >>> x, y = load_dataset("mnist5k", "test").batch(range(0, 1000, 20))
+        >>> curve = accuracy_vs_eps(model, x, y, [0.0, 0.1, 0.3], "pgd", {"steps": 10})
+        >>> curve.rows()[0]["eps"], len(curve.accuracy)
+        (0.0, 3)
+    """
+    entry = CLASSIFICATION_ATTACKS.get(attack)
+    base = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    grid = [float(e) for e in eps_grid]
+    for eps in grid:  # a clear message before anything runs
+        if eps < 0:
+            raise ValueError(f"ε must be ≥ 0, got {eps:g}")
+        if eps > 0:
+            entry.make_config({**base, "eps": eps})
+    device = next(model.parameters()).device
+    starts = range(0, images.shape[0], batch_size)
+    chunks = [(images[s:s + batch_size].to(device), labels[s:s + batch_size].to(device)) for s in starts]
+    total, done = len(grid) * len(chunks) + (len(chunks) if flip_iterations else 0), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    with torch.no_grad():
+        clean_probs = torch.cat([torch.softmax(model(x), 1).cpu() for x, _ in chunks])
+    clean_pred, y_all = clean_probs.argmax(1), labels.cpu()
+    curve = AccuracyCurve(eps=grid, accuracy=[], labels=y_all.tolist(), clean_pred=clean_pred.tolist(),
+                          clean_conf=clean_probs.amax(1).tolist(), adv_pred=[])
+    for eps in grid:
+        preds, adversarial = [], []
+        for start, (x, y) in zip(starts, chunks):
+            if eps == 0:  # no attack: the clean predictions
+                preds.append(clean_pred[start:start + len(y)])
+                adversarial.append(x[:keep].cpu())
+            else:
+                r = run_classification_attack(model, x, y, attack, config={**base, "eps": eps})
+                preds.append(r.per_image["adv_pred"].cpu())
+                adversarial.append(r.tensors["adversarial"][:keep].cpu())
+            tick()
+        pred = torch.cat(preds)
+        curve.accuracy.append(float((pred == y_all).float().mean()))
+        curve.adv_pred.append(pred.tolist())
+        if keep:
+            kept = torch.cat(adversarial)[:keep]
+            with torch.no_grad():
+                curve.example_conf.append(torch.softmax(model(kept.to(device)), 1).amax(1).cpu().tolist())
+            curve.examples.append(kept)
+    if flip_iterations:
+        parts = []
+        for x, y in chunks:
+            parts.append(minimal_flip_eps(model, x, y, eps_max=max(grid), iterations=flip_iterations,
+                                          config=flip_config).cpu())
+            tick()
+        curve.min_eps = torch.cat(parts).tolist()
+    return curve
+

@@ -1,0 +1,61 @@
+"""Figure and table downloads of a page: per-figure buttons and one zip of everything the page offered."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import streamlit as st
+
+from explrobust_core.exports import table_files, zip_files
+
+EXPORTS = "_page_exports"  # this run's exportable files, by file name (page_header starts a fresh dict)
+_MIME = {"png": "image/png", "pdf": "application/pdf", "csv": "text/csv", "json": "application/json"}
+
+
+def downloads(stem: str, fig=None, data=None) -> None:
+    """Download buttons for one figure (PNG, PDF) and its numbers (CSV, JSON); the files also go into
+    the page's zip (``export_all``). ``fig`` is a matplotlib figure: it leaves pyplot's registry here and
+    is rendered to PNG/PDF only when a button is clicked (300 dpi PDFs on every rerun would be slow)."""
+    import functools
+
+    from explrobust_core.figures import figure_bytes
+    from explrobust_core.io import check_name
+
+    check_name(stem, "export name")
+    files: dict[str, bytes | Callable[[], bytes]] = {}
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)  # no leak across reruns; a closed Figure still renders
+        files.update({ext: functools.partial(figure_bytes, fig, ext) for ext in ("png", "pdf")})
+    if data is not None:
+        files.update(table_files(data))
+    cols = st.columns(max(len(files), 1) + 3)
+    for col, (ext, blob) in zip(cols, files.items()):
+        col.download_button(ext.upper(), blob, file_name=f"{stem}.{ext}", mime=_MIME[ext], key=f"dl-{stem}-{ext}",
+                            on_click="ignore", width="stretch")
+    for ext, blob in files.items():
+        add_export(f"{stem}.{ext}", blob)
+
+
+def add_export(file_name: str, blob: bytes | Callable[[], bytes]) -> None:
+    """Put one more file (bytes, or a function making them on demand) into the page's zip."""
+    st.session_state.setdefault(EXPORTS, {})[file_name] = blob
+
+
+def export_all(page: str) -> None:
+    """One zip of every figure and table this run of the page offered, made when clicked."""
+    import functools
+
+    files = dict(st.session_state.get(EXPORTS) or {})
+    if not files:
+        return
+    st.download_button(f"Export all {len(files)} files of this page (zip)", functools.partial(zip_files, files),
+                       file_name=f"explrobust-{page}.zip", mime="application/zip", key=f"zip-{page}",
+                       on_click="ignore")
+
+
+def show_figure(fig, stem: str, data=None) -> None:
+    """Show a matplotlib figure and its download buttons."""
+    st.pyplot(fig, clear_figure=False)
+    downloads(stem, fig, data)
