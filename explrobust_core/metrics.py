@@ -34,6 +34,7 @@ __all__ = [
     "explanation_loss",
     "in_paper_units",
     "topk_intersection",
+    "topk_mask",
     "kendall_tau",
     "spearman_rho",
     "pearson",
@@ -189,12 +190,19 @@ def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= n:
         raise ValueError(f"topk_intersection: k must be an integer in 1..{n} (the number of pixels), got {k!r}")
     k = int(k)
-    idx_a = torch.sort(a.detach(), dim=1, descending=True, stable=True).indices[:, :k]
-    idx_b = torch.sort(b.detach(), dim=1, descending=True, stable=True).indices[:, :k]
-    mask_a = torch.zeros(a.shape, dtype=torch.bool, device=a.device).scatter_(1, idx_a, True)
-    mask_b = torch.zeros(b.shape, dtype=torch.bool, device=b.device).scatter_(1, idx_b, True)
-    common = (mask_a & mask_b).sum(dim=1)
+    common = (topk_mask(a.detach(), k) & topk_mask(b.detach(), k)).sum(dim=1)
     return (common.to(_acc_dtype(a)) / k).to(_out_dtype(map_a))
+
+
+def topk_mask(v: Tensor, k: int) -> Tensor:
+    """``(N, P)`` bool: the k largest entries of each row, ties at the k-th value taken lowest index
+    first — the first k of a stable descending sort, found with ``topk`` (O(P log k)) instead."""
+    kth = v.topk(k, dim=1).values[:, -1:]
+    above = v > kth
+    tied = v == kth
+    # of the entries equal to the k-th value, the first (k − #above) by position
+    room = k - above.sum(dim=1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=1) <= room))
 
 
 def _sort_rows(keys: Tensor) -> Tensor:

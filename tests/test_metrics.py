@@ -568,3 +568,13 @@ def test_kendall_nan_in_a_map_gives_nan_for_that_image_only():
     tau = M.kendall_tau(a, b)
     assert torch.isnan(tau[1]) and torch.isfinite(tau[[0, 2]]).all()
     assert_matches(tau[[0, 2]], kendall_ref(a[[0, 2]], b[[0, 2]]))
+
+
+def test_topk_mask_equals_the_stable_sort_selection():
+    g = torch.Generator().manual_seed(5)
+    v = (torch.rand(6, 200, generator=g) * 5).floor()  # heavy ties at every k-th value
+    v[0] = 0.0
+    for k in (1, 3, 40, 199, 200):
+        ref = torch.zeros_like(v, dtype=torch.bool)
+        ref.scatter_(1, torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k], True)
+        assert torch.equal(M.topk_mask(v, k), ref), k
