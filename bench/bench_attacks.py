@@ -28,7 +28,8 @@ Rows
   vs single-image kernels can separate them — a near-zero gradient component could flip its sign step —
   so expect zero or tiny differences; measured: exactly 0): mean top-k
   intersection of each side over the images both attacked, its absolute difference, the largest per-image
-  difference, and the attacked counts.
+  difference, and the attacked counts. ``ifia_topk/gradient/2_threads`` repeats the gradient row with
+  torch on 2 threads (both sides), to see whether batching gains more with parallel kernels.
 * ``pgd`` — ``run_classification_attack(model, x, y, "pgd", eps=0.1, steps=20, step_size=0.0125)`` against
   ``captum.robust.PGD(model, lower_bound=0, upper_bound=1).perturb(x, radius=0.1, step_size=0.0125,
   step_num=20, target=y, random_start=True)`` followed by one forward pass for its predictions (ours
@@ -42,7 +43,9 @@ Rows
   does double backprop through the softplus view plus a forward and a gradient map to score the candidate,
   so a few × the floor is expected (double backprop alone is ~2–3×). A third side, ``attack_measure_topk``,
   runs the same attack with ``measure="topk_intersection"``: the difference to ``attack`` is the cost of
-  scoring every candidate by Kendall's τ (an O(pixels²) pair count per image and step).
+  scoring every candidate by Kendall's τ (O(P log P) per image and step), and ``double_backprop_view``
+  times the attack's gradient step alone (gradient map on the softplus view, then the gradient of the
+  top-k mass, no candidate scoring): the part of a step no scoring change can remove.
 
 Timing: every row runs one untimed warm-up per side (for the explanation rows on the first few images
 only, to keep the run short; their agreement numbers come from the first timed run, as the attacks are
@@ -100,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pgd-steps", type=int, default=20, help="PGD steps (default 20)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the ConvNet (default 2)")
     p.add_argument("--skip", default="",
-                   help="comma-separated rows to leave out: ifia_gradient, ifia_ig, pgd, step_cost")
+                   help="comma-separated rows to leave out: ifia_gradient, ifia_gradient_2threads, ifia_ig, pgd, "
+                        "step_cost")
     args = p.parse_args(argv)
     defaults = {"repeats": (1, 3), "pgd_repeats": (2, 5), "n_images": (16, 64), "pgd_images": (64, 256),
                 "steps": (3, 10), "ig_attack_steps": (2, 5)}
@@ -234,6 +238,20 @@ def step_cost_row(model, x: torch.Tensor, y: torch.Tensor, args) -> tuple[dict, 
             x_req = x.detach().requires_grad_(True)
             torch.autograd.grad(F.cross_entropy(model(x_req), y), x_req)
 
+    from explrobust_core.metrics import attribution_to_map
+    from explrobust_core.models import softplus_view
+
+    view = softplus_view(model, 10.0)
+    top = torch.zeros(x.shape[0], x[0, 0].numel(), dtype=torch.bool)
+    top[:, :100] = True
+
+    def double_backprop_view():  # the attack's own gradient step alone: map on the view, then its gradient
+        for _ in range(steps):
+            x_req = x.detach().requires_grad_(True)
+            score = view(x_req).gather(1, y[:, None]).sum()
+            (g,) = torch.autograd.grad(score, x_req, create_graph=True)
+            torch.autograd.grad((attribution_to_map(g).flatten(1) * top).sum(), x_req)
+
     def fwd_bwd_params():
         for _ in range(steps):
             model.zero_grad(set_to_none=True)
@@ -242,7 +260,7 @@ def step_cost_row(model, x: torch.Tensor, y: torch.Tensor, args) -> tuple[dict, 
         model.zero_grad(set_to_none=True)
 
     sides = {"attack": attack_run, "attack_measure_topk": attack_run_topk_measure, "fwd_bwd_input": fwd_bwd_input,
-             "fwd_bwd_params": fwd_bwd_params}
+             "fwd_bwd_params": fwd_bwd_params, "double_backprop_view": double_backprop_view}
     t = C.run_interleaved("attack_step_cost", sides, args.repeats)
     per_step = {label: t.stats(label, 1 / steps) for label in sides}
     floor = per_step["fwd_bwd_input"]
@@ -259,11 +277,28 @@ def step_cost_row(model, x: torch.Tensor, y: torch.Tensor, args) -> tuple[dict, 
         **C.cost(per_step["attack"], floor),
         "cost_vs_fwd_bwd_params": per_step["attack"]["median_s"] / per_step["fwd_bwd_params"]["median_s"],
         "cost_measure_topk": per_step["attack_measure_topk"]["median_s"] / floor["median_s"],
+        "double_backprop_view": per_step["double_backprop_view"],
+        "cost_double_backprop_view": per_step["double_backprop_view"]["median_s"] / floor["median_s"],
     }
     entry = C.table_entry(
         "attack_step_cost", f"one top-k attack step (gradient, Kendall τ scoring), {x.shape[0]} images",
         per_step["attack"], ours_label="attack step", peer=floor, peer_label="one forward+backward (to the input)",
-        kind="cost", note=f"{row['cost_measure_topk']:.1f}× when scoring by top-k intersection instead of Kendall τ")
+        kind="cost", note=f"{row['cost_measure_topk']:.1f}× when scoring by top-k intersection instead of Kendall τ; "
+                          f"the double backprop through the softplus view alone (the attack's gradient step, "
+                          f"without scoring the candidate) is {row['cost_double_backprop_view']:.1f}×")
+    return row, entry
+
+
+def with_threads(n: int, make):
+    """Run ``make()`` with torch on ``n`` threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        row, entry = make()
+    finally:
+        torch.set_num_threads(before)
+    row["torch_threads"] = n
+    entry["what"] += f", {n} torch threads"
     return row, entry
 
 
@@ -308,6 +343,8 @@ def run(args: argparse.Namespace) -> dict:
 
     plan = [
         ("ifia_gradient", lambda: explanation_row("ifia_topk/gradient", model, x_e, "gradient", {}, args.steps, args)),
+        ("ifia_gradient_2threads", lambda: with_threads(2, lambda: explanation_row(
+            "ifia_topk/gradient/2_threads", model, x_e, "gradient", {}, args.steps, args))),
         ("ifia_ig", lambda: explanation_row("ifia_topk/integrated_gradients", model, x_e, "integrated_gradients",
                                             {"n_steps": args.ig_steps}, args.ig_attack_steps, args)),
         ("pgd", lambda: pgd_row(model, x_p, y_p, args)),
