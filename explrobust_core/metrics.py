@@ -197,6 +197,8 @@ def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
 def topk_mask(v: Tensor, k: int) -> Tensor:
     """``(N, P)`` bool: the k largest entries of each row, ties at the k-th value taken lowest index
     first — the first k of a stable descending sort, found with ``topk`` (O(P log k)) instead."""
+    if v.dtype == torch.bool:
+        v = v.to(torch.uint8)  # topk has no bool kernel
     kth = v.topk(k, dim=1).values[:, -1:]
     above = v > kth
     tied = v == kth

@@ -578,3 +578,6 @@ def test_topk_mask_equals_the_stable_sort_selection():
         ref = torch.zeros_like(v, dtype=torch.bool)
         ref.scatter_(1, torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k], True)
         assert torch.equal(M.topk_mask(v, k), ref), k
+    flags = v[:2] > 2  # bool maps: no topk kernel, converted
+    assert torch.equal(M.topk_mask(flags, 30), M.topk_mask(flags.to(torch.uint8), 30))
+    assert M.topk_intersection(flags, flags, 30).eq(1).all()
