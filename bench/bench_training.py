@@ -171,8 +171,10 @@ def run(args: argparse.Namespace) -> dict:
     x, y = x.float().contiguous(), y.long().contiguous()
 
     entry = OBJECTIVES.get("sep")
+    # pixel space (x ⊙ ∇ₓf), as captum's InputXGradient on the peer side: SEP's default is now the model's
+    # input space, which made the two sides compute different maps (loss rel. diff 5e-2)
     cfg = entry.make_config({"lam": args.lam, "eps": args.eps, "steps": args.steps,
-                             "explainer": "gradient_x_input", "sigma": args.sigma})
+                             "explainer": "gradient_x_input", "sigma": args.sigma, "space": "pixel"})
     arch, mean, std = "convnet", [0.1307], [0.3081]
 
     torch.manual_seed(args.seed)

@@ -51,9 +51,11 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
     "attacks": ("bench_attacks.py", ["--ig-attack-steps", "3", "--pgd-repeats", "4"], []),
     "training": ("bench_training.py", [], []),
     "metrics": ("bench_metrics.py", [], []),
+    "kendall": ("bench_kendall.py", [], []),
     "landscape": ("bench_landscape.py", [], ["--points", "7"]),
     "embedding": ("bench_embedding.py", [], []),
     "dashboard": ("bench_dashboard.py", [], []),
+    "cold": ("bench_cold.py", [], []),
 }
 
 # the aims from the issues: table key → (aim as written in the table, test on the ratio)
@@ -64,6 +66,7 @@ AIMS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "integrated_gradients/convnet": _AS_FAST,
     "integrated_gradients/resnet18": _AS_FAST,
     "ifia_topk/gradient": _BATCHED,
+    "ifia_topk/gradient/2_threads": _BATCHED,
     "ifia_topk/integrated_gradients": _BATCHED,
     "sep_step": ("≥ 1.3× faster than the override", lambda r: r >= 1.3),
     "attack_step_cost": ("≤ 3× (the ~2–3× double-backprop floor)", lambda r: r <= 3.0),

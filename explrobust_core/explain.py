@@ -186,9 +186,17 @@ class GradientShapConfig(GradientConfig, BaselineConfig):
 @EXPLAINERS.register("gradient", config=GradientConfig, tags=("differentiable",),
                      summary="Gradient (saliency): ∂score/∂x")
 def gradient(model, x, target, cfg: GradientConfig, create_graph: bool) -> torch.Tensor:
+    return _gradient_and_logits(model, x, target, cfg, create_graph)[0]
+
+
+def _gradient_and_logits(model, x, target, cfg: GradientConfig, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂score/∂x and the logits of the same forward pass (with the graph when ``create_graph``)."""
     x = _prepare_input(x, create_graph)
-    return _weighted_gradient_sum(model, x, target, 1, lambda s: (x[None], torch.ones(())),
-                                  score=cfg.score, internal_batch_size=x.shape[0], create_graph=create_graph)
+    with torch.enable_grad():
+        inp = x if create_graph else x.detach().requires_grad_(True)
+        logits = model(inp)
+        (g,) = torch.autograd.grad(_score(logits, target, cfg.score).sum(), inp, create_graph=create_graph)
+    return g, logits
 
 
 def _model_space_origin(model: nn.Module, x: torch.Tensor, space: InputSpace) -> torch.Tensor | None:
@@ -208,10 +216,14 @@ def _model_space_origin(model: nn.Module, x: torch.Tensor, space: InputSpace) ->
 @EXPLAINERS.register("gradient_x_input", config=GradientXInputConfig, tags=("differentiable",),
                      summary="Gradient × input, in pixel space (x ⊙ ∇ₓf) or the model's input space")
 def gradient_x_input(model, x, target, cfg: GradientXInputConfig, create_graph: bool) -> torch.Tensor:
+    return _gradient_x_input_and_logits(model, x, target, cfg, create_graph)[0]
+
+
+def _gradient_x_input_and_logits(model, x, target, cfg: GradientXInputConfig, create_graph: bool):
     x = _prepare_input(x, create_graph)
     origin = _model_space_origin(model, x, cfg.space)
-    grad = gradient(model, x, target, cfg, create_graph)
-    return (x if origin is None else x - origin) * grad
+    grad, logits = _gradient_and_logits(model, x, target, cfg, create_graph)
+    return (x if origin is None else x - origin) * grad, logits
 
 
 def integration_rule(rule: str, n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -431,6 +443,33 @@ def attribute(
     cfg = entry.make_config({**values, **options})
     t = resolve_target(model, inputs, target, labels)
     return entry.obj(model, inputs, t, cfg, create_graph)
+
+
+# methods whose one forward pass is on the input itself, so that its logits come for free
+_WITH_LOGITS = {"gradient": _gradient_and_logits, "gradient_x_input": _gradient_x_input_and_logits}
+
+
+def attribute_with_logits(model: nn.Module, inputs: torch.Tensor, method: str, target: torch.Tensor, *,
+                          create_graph: bool = False, config: dict | Config | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`attribute` for a ``(N,)`` class-index ``target``, plus the model's logits on ``inputs``.
+
+    For gradient and gradient × input the logits are those of the attribution's own forward pass
+    (one pass instead of two; with ``create_graph`` they carry the graph, detached otherwise); other
+    methods get one extra forward pass, under ``no_grad`` unless ``create_graph``.
+    """
+    entry = EXPLAINERS.get(method)
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    cfg = entry.make_config(values)
+    if method in _WITH_LOGITS:
+        if inputs.ndim != 4:
+            raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
+        attr, logits = _WITH_LOGITS[method](model, inputs, target, cfg, create_graph)
+        return attr, (logits if create_graph else logits.detach())
+    attr = attribute(model, inputs, method, target=target, create_graph=create_graph, config=cfg)
+    with torch.set_grad_enabled(create_graph):
+        logits = model(inputs)
+    return attr, logits
 
 
 def explanation_maps(model: nn.Module, inputs: torch.Tensor, method: str = "gradient", *, normalize: str = "sum",

@@ -18,6 +18,7 @@ Conventions (see DESIGN.md, "Conventions"):
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Literal
 
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "explanation_loss",
     "in_paper_units",
     "topk_intersection",
+    "topk_mask",
     "kendall_tau",
     "spearman_rho",
     "pearson",
@@ -52,9 +54,10 @@ Tensor = torch.Tensor
 # The SEP paper reports the explanation loss in units of 1e-7.
 EXPLANATION_LOSS_UNIT = 1e-7
 
-# Default memory budget (elements of one pairwise temporary) for Kendall's tau: 4M int8/bool
-# elements ≈ a few tens of MB of temporaries.
+# Memory cap of Kendall's tau: pixels (over all images) processed at a time; each takes a few
+# int64 temporaries, so 4M pixels ≈ a few hundred MB at most (64 maps of 224×224 in one go).
 KENDALL_MAX_ELEMENTS = 1 << 22
+_KENDALL_CACHE_ELEMENTS = 1 << 18  # ≈ 2 MB per int64 temporary: 5 maps of 224×224 at a time
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,12 +199,149 @@ def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
     if isinstance(k, bool) or int(k) != k or not 1 <= k <= n:
         raise ValueError(f"topk_intersection: k must be an integer in 1..{n} (the number of pixels), got {k!r}")
     k = int(k)
-    idx_a = torch.sort(a.detach(), dim=1, descending=True, stable=True).indices[:, :k]
-    idx_b = torch.sort(b.detach(), dim=1, descending=True, stable=True).indices[:, :k]
-    mask_a = torch.zeros(a.shape, dtype=torch.bool, device=a.device).scatter_(1, idx_a, True)
-    mask_b = torch.zeros(b.shape, dtype=torch.bool, device=b.device).scatter_(1, idx_b, True)
-    common = (mask_a & mask_b).sum(dim=1)
+    common = (topk_mask(a.detach(), k) & topk_mask(b.detach(), k)).sum(dim=1)
     return (common.to(_acc_dtype(a)) / k).to(_out_dtype(map_a))
+
+
+def topk_mask(v: Tensor, k: int) -> Tensor:
+    """``(N, P)`` bool: the k largest entries of each row, ties at the k-th value taken lowest index
+    first — the first k of a stable descending sort, found with ``topk`` (O(P log k)) instead."""
+    if v.dtype == torch.bool:
+        v = v.to(torch.uint8)  # topk has no bool kernel
+    kth = v.topk(k, dim=1).values[:, -1:]
+    above = v > kth
+    tied = v == kth
+    # of the entries equal to the k-th value, the first (k − #above) by position
+    room = k - above.sum(dim=1, keepdim=True)
+    return above | (tied & (tied.cumsum(dim=1) <= room))
+
+
+def _sort_rows(keys: Tensor) -> Tensor:
+    """The rows of an int64 ``(N, P)`` tensor sorted ascending (values only). On the CPU numpy's
+    SIMD sort is about ten times torch's, which always builds an index too."""
+    if keys.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.sort(keys.numpy(), axis=1))
+    return torch.sort(keys, dim=1).values
+
+
+def _pairs_in_runs(sorted_keys: Tensor) -> tuple[Tensor, Tensor]:
+    """For sorted rows: per element the start index of its run of equal values, and per row the
+    number of tied pairs ``Σ t(t − 1)/2`` over runs (each element pairs with those before it in its run)."""
+    n, p = sorted_keys.shape
+    idx = torch.arange(p, device=sorted_keys.device).expand(n, p)
+    new_run = torch.ones_like(sorted_keys, dtype=torch.bool)
+    new_run[:, 1:] = sorted_keys[:, 1:] != sorted_keys[:, :-1]
+    start = torch.where(new_run, idx, torch.zeros_like(idx)).cummax(dim=1).values
+    return start, (idx - start).sum(dim=1)
+
+
+def _ordered_int32_keys(v: Tensor) -> Tensor | None:
+    """int64 keys in [−2³¹, 2³¹) ordered and tied exactly as ``v``'s values, or None if ``v``'s dtype
+    does not fit 32 bits. Floats: the IEEE bit pattern, negatives mirrored so integer order is
+    numeric order (−0.0 is folded into +0.0 first, since they compare equal)."""
+    if v.dtype in (torch.float16, torch.bfloat16, torch.float32):
+        bits = (v.to(torch.float32) + 0.0).view(torch.int32).to(torch.int64)
+        return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    if v.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32):
+        return v.to(torch.int64)
+    return None
+
+
+def _lower_ranks(v: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row: the number of entries strictly smaller than each entry (equal values share it) and
+    the number of tied pairs. One sort per row."""
+    n, p = v.shape
+    keys = _ordered_int32_keys(v) if v.device.type == "cpu" else None
+    if keys is not None:
+        # pack (value, index) into one int64 so that a values-only sort also yields the permutation
+        idx = torch.arange(p, dtype=torch.int64)
+        packed = _sort_rows((keys << 32) | idx)
+        perm, sorted_keys = packed & 0xFFFFFFFF, packed >> 32
+    else:
+        sorted_keys, perm = torch.sort(v, dim=1, stable=True)
+    start, tied = _pairs_in_runs(sorted_keys)
+    return torch.empty_like(start).scatter_(1, perm, start), tied
+
+
+def _strict_inversions(values: Tensor, bits: int) -> Tensor:
+    """Per row, the pairs ``i < j`` with ``values[i] > values[j]`` (ints in [0, 2^bits)): a bottom-up
+    merge sort, O(P log P) per level run as one sort of packed keys.
+
+    Level ``l`` pairs blocks of ``w = 2^l`` positions (left, right); a key ``(block pair, value,
+    side)`` sorts each pair of blocks by value with the left block first among equals, so the
+    right-side entries ahead of a left-side one are exactly its smaller partners. Their total is
+    ``Σ_j side_j (P − j) − c_l``, where ``c_l`` depends on P and l only (it is the same sum for an
+    already sorted row, which has no inversions). The next level's keys come from this level's
+    sorted keys (the pair index halves, its low bit becomes the side) and are again long ascending
+    runs, which numpy's stable (run-merging) sort handles in little more than one pass.
+    """
+    if values.device.type == "cpu":
+        return _strict_inversions_numpy(values, bits)
+    return _strict_inversions_torch(values, bits)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_offsets(p: int, levels: int) -> tuple[int, ...]:
+    """``c_l`` of :func:`_strict_inversions`: ``Σ_j side_j (P − j)`` for a row without inversions."""
+    pos = torch.arange(p, dtype=torch.int64)
+    return tuple(int((((pos >> level) & 1) * (p - pos)).sum()) for level in range(levels))
+
+
+def _first_level_keys(values: Tensor, bits: int) -> Tensor:
+    pos = torch.arange(values.shape[1], device=values.device, dtype=torch.int64)
+    return ((pos >> 1) << (bits + 1)) | (values << 1) | (pos & 1)
+
+
+def _strict_inversions_numpy(values: Tensor, bits: int) -> Tensor:
+    # the CPU path: numpy's SIMD and run-merging sorts, in-place bit operations on cache-sized rows;
+    # keys of up to 32 bits (maps of up to 2^16 pixels) go in uint32, half the memory traffic
+    import numpy as np
+
+    n, p = values.shape
+    levels = max(0, (p - 1).bit_length())
+    narrow = 2 * bits <= 32  # the largest key is (pair < 2^(bits−1), value < 2^bits, side): 2·bits bits
+    dtype = np.uint32 if narrow else np.int64
+    # Σ_j side_j (P − j) ≤ P(P + 1)/2 < 2^32 for P ≤ 2^16: exact in uint32 too
+    weight = np.arange(p, 0, -1, dtype=dtype)
+    value_bits = dtype(((1 << bits) - 1) << 1)
+    offsets = _level_offsets(p, levels)
+    inversions = np.zeros(n, dtype=np.int64)
+    keys = _first_level_keys(values, bits).numpy().astype(dtype)
+    keys.sort(axis=1)
+    side, pair = np.empty_like(keys), np.empty_like(keys)
+    one, shift = dtype(1), dtype(bits + 1)
+    for level in range(levels):
+        if level:
+            np.right_shift(keys, shift, out=pair)
+            np.bitwise_and(keys, value_bits, out=keys)
+            np.bitwise_and(pair, one, out=side)
+            np.bitwise_or(keys, side, out=keys)
+            np.right_shift(pair, one, out=pair)
+            np.left_shift(pair, shift, out=pair)
+            np.bitwise_or(keys, pair, out=keys)
+            keys.sort(axis=1, kind="stable")
+        np.bitwise_and(keys, one, out=side)
+        inversions += (side @ weight).astype(np.int64) - offsets[level]
+    return torch.from_numpy(inversions)
+
+
+def _strict_inversions_torch(values: Tensor, bits: int) -> Tensor:
+    # the same algorithm in torch, for accelerators (and tested on the CPU)
+    n, p = values.shape
+    levels = max(0, (p - 1).bit_length())
+    weight = torch.arange(p, 0, -1, device=values.device, dtype=torch.int64)
+    value_bits = ((1 << bits) - 1) << 1
+    offsets = torch.tensor(_level_offsets(p, levels), dtype=torch.int64).to(values.device)
+    inversions = torch.zeros(n, dtype=torch.int64, device=values.device)
+    keys = torch.sort(_first_level_keys(values, bits), dim=1).values
+    for level in range(levels):
+        if level:
+            pair = keys >> (bits + 1)
+            keys = torch.sort(((pair >> 1) << (bits + 1)) | (keys & value_bits) | (pair & 1), dim=1).values
+        inversions += ((keys & 1) * weight).sum(dim=1) - offsets[level]
+    return inversions
 
 
 @COMPARISONS.register(
@@ -212,56 +352,40 @@ def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
 def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_ELEMENTS) -> Tensor:
     """Kendall's τ-b per image, equal to ``scipy.stats.kendalltau`` (variant 'b').
 
-    ``τ_b = (C − D) / sqrt((P − T_a)(P − T_b))`` with C/D the concordant/discordant pairs, P all
-    pairs and T_a/T_b the pairs tied in a/b. Exact O(P²) pairwise count: the sign products are
-    accumulated in int64, over chunks of at most ``max_elements`` pair elements at a time (fine for
-    maps up to about 128×128). NaN where a map is constant (the denominator is 0), as scipy.
+    ``τ_b = (n0 − n1 − n2 + n3 − 2·D) / sqrt((n0 − n1)(n0 − n2))`` (Knight, 1966): n0 all pairs,
+    n1 / n2 the pairs tied in a / in b, n3 the pairs tied in both and D the discordant pairs,
+    counted as the strict inversions of b once the pixels are ordered by (a, b). O(P log P) per
+    image, exact integer counts (int64); images are processed ``max_elements`` pixels at a time
+    (a memory cap only). NaN where a map is constant (the denominator is 0) or has a NaN, as scipy.
     """
     a, b = _flat_pair(map_a, map_b, "kendall_tau")
     a, b = a.detach(), b.detach()
-    if not a.is_floating_point():  # unsigned/bool differences would wrap; ints ≤ 2^53 are exact
-        a, b = a.to(_acc_dtype(a)), b.to(_acc_dtype(a))
     if max_elements < 1:
         raise ValueError("kendall_tau: max_elements must be ≥ 1")
-    n_img, n = a.shape
-    # Counts over ordered pairs (i, j), i ≠ j: every unordered pair counts twice in each of S,
-    # T_a, T_b, so the factor 2 cancels in the ratio. A row block [r0, r1) is compared with
-    # itself in full (both orders) and with the columns after it once, doubled: half the work
-    # of the full square.
-    s = torch.zeros(n_img, dtype=torch.int64, device=a.device)
-    t_a = torch.zeros_like(s)
-    t_b = torch.zeros_like(s)
-
-    def count(ar: Tensor, br: Tensor, al: Tensor, bl: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # sign(x − y) is exact for finite floats (a difference is 0 only when x == y)
-        sa = torch.sign(ar[:, :, None] - al[:, None, :]).to(torch.int8)
-        sb = torch.sign(br[:, :, None] - bl[:, None, :]).to(torch.int8)
-        return (
-            (sa * sb).sum(dim=(1, 2), dtype=torch.int64),
-            sa.ne(0).sum(dim=(1, 2), dtype=torch.int64),
-            sb.ne(0).sum(dim=(1, 2), dtype=torch.int64),
-        )
-
-    img_chunk = max(1, min(n_img, max_elements // n))
-    for i0 in range(0, n_img, img_chunk):
-        i1 = min(n_img, i0 + img_chunk)
-        ai, bi = a[i0:i1], b[i0:i1]
-        row_chunk = max(1, min(n, max_elements // ((i1 - i0) * n)))
-        for r0 in range(0, n, row_chunk):
-            r1 = min(n, r0 + row_chunk)
-            ar, br = ai[:, r0:r1], bi[:, r0:r1]
-            ds, da, db = count(ar, br, ar, br)
-            if r1 < n:
-                cs, ca, cb = count(ar, br, ai[:, r1:], bi[:, r1:])
-                ds, da, db = ds + 2 * cs, da + 2 * ca, db + 2 * cb
-            s[i0:i1] += ds
-            t_a[i0:i1] += da
-            t_b[i0:i1] += db
+    n_img, p = a.shape
+    if p >= 1 << 31:
+        raise ValueError(f"kendall_tau: maps of {p} pixels are beyond the 2^31 the exact count supports")
+    bits = max(1, (p - 1).bit_length())
     acc = _acc_dtype(a)
-    undefined = (t_a == 0) | (t_b == 0)
-    den = torch.sqrt(t_a.to(acc) * t_b.to(acc))
-    tau = _safe_div(s.to(acc), den, undefined).clamp(-1.0, 1.0)
-    return tau.to(_out_dtype(map_a))
+    parts = []
+    # rows at a time: within the memory cap, and few enough that the temporaries stay in cache
+    chunk = max(1, min(max_elements, _KENDALL_CACHE_ELEMENTS) // p)
+    for i0 in range(0, n_img, chunk):
+        ai, bi = a[i0:i0 + chunk], b[i0:i0 + chunk]
+        rank_a, tied_a = _lower_ranks(ai)
+        rank_b, tied_b = _lower_ranks(bi)
+        lex = _sort_rows((rank_a << bits) | rank_b)  # pixels ordered by a, ties in a by b
+        _, tied_both = _pairs_in_runs(lex)
+        discordant = _strict_inversions(lex & ((1 << bits) - 1), bits)
+        n0 = p * (p - 1) // 2
+        num = (n0 - tied_a - tied_b + tied_both - 2 * discordant).to(acc)
+        den_sq = (n0 - tied_a).to(acc) * (n0 - tied_b).to(acc)
+        undefined = den_sq == 0
+        if ai.is_floating_point():
+            undefined = undefined | ai.isnan().any(dim=1) | bi.isnan().any(dim=1)
+        den = torch.sqrt(torch.where(undefined, torch.ones_like(den_sq), den_sq))
+        parts.append(_safe_div(num, den, undefined).clamp(-1.0, 1.0))
+    return torch.cat(parts).to(_out_dtype(map_a))
 
 
 def _average_ranks(v: Tensor) -> Tensor:

@@ -250,3 +250,32 @@ def test_progress_callback_and_ifia_trajectory(mnist_convnet, correct):
                                progress=lambda done, total: calls.append((done, total)))
     assert calls == [(i, 5) for i in range(1, 6)]
     assert t.extra["trajectory"]["step"] == [0, 2, 4, 5]
+
+
+def test_pgd_keep_final_matches_captum_with_the_same_random_start(mnist_convnet, batch):
+    # like for like: captum's start is rand_like from the global generator, ours rand from a generator with
+    # the same seed (the same uniform draws); both take sign steps, clip to the ball and to [0, 1]
+    from explrobust_core.attacks.classification import pgd_perturb
+
+    x, y = batch
+    x, y = x[:64], y[:64]
+    eps, steps, step = 0.1, 10, 0.1 / 8
+    ours, any_success = pgd_perturb(mnist_convnet, x, y, eps=eps, steps=steps, step_size=step,
+                                    generator=torch.Generator().manual_seed(5), keep="final")
+    torch.manual_seed(5)
+    # captum's default loss is −log(output), meant for probabilities: give it the cross-entropy of the
+    # logits as ours, and let it step on every non-zero gradient as ours (its zero_thresh is 1e-6)
+    captum_pgd = CaptumPGD(mnist_convnet, loss_func=torch.nn.CrossEntropyLoss(reduction="none"),
+                           lower_bound=0.0, upper_bound=1.0)
+    captum_pgd.fgsm.zero_thresh = 0.0
+    theirs = captum_pgd.perturb(x, radius=eps, step_size=step, step_num=steps, target=y, random_start=True)
+    with torch.no_grad():
+        pred_o, pred_c = mnist_convnet(ours).argmax(1), mnist_convnet(theirs).argmax(1)
+    # rounding of the start (u·2ε − ε vs (2u − 1)·ε) can flip a sign step on a few pixels; predictions agree
+    assert (pred_o != pred_c).sum() <= 1
+    assert ((ours - theirs).abs() > 1e-4).float().mean() < 0.01
+    kept_best, _ = pgd_perturb(mnist_convnet, x, y, eps=eps, steps=steps, step_size=step,
+                               generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():  # the default keeps each image's last misclassified iterate: never weaker
+        assert (mnist_convnet(kept_best).argmax(1) != y).sum() >= (pred_o != y).sum()
+    assert torch.equal(any_success, mnist_convnet(kept_best).argmax(1) != y)

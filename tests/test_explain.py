@@ -221,3 +221,21 @@ def test_model_space_needs_the_models_normalisation():
     plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     with pytest.raises(ValueError, match="no Normalize layer"):
         attribute(plain, torch.rand(2, 1, 4, 4), "gradient_x_input", target=0, space="model")
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradient_x_input", "integrated_gradients"])
+def test_attribute_with_logits_is_attribute_plus_one_forward(method):
+    from explrobust_core.explain import attribute_with_logits
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 8), torch.nn.Softplus(), torch.nn.Linear(8, 3))
+    x = torch.rand(4, 3, 2, 2)
+    target = torch.tensor([0, 2, 1, 1])
+    options = {"n_steps": 4} if method == "integrated_gradients" else {}
+    attr, logits = attribute_with_logits(model, x, method, target, config=options)
+    torch.testing.assert_close(attr, attribute(model, x, method, target=target, config=options), rtol=0, atol=0)
+    torch.testing.assert_close(logits, model(x).detach(), rtol=0, atol=0)
+    assert not logits.requires_grad
+    x_req = x.clone().requires_grad_(True)
+    attr_g, logits_g = attribute_with_logits(model, x_req, method, target, create_graph=True, config=options)
+    assert attr_g.requires_grad and logits_g.requires_grad  # both carry the graph back to the input

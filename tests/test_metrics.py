@@ -518,3 +518,66 @@ def test_integer_maps():
     b = torch.tensor([[4, 0, 1, 1, 3]], dtype=torch.uint8)
     assert_matches(M.kendall_tau(a, b), kendall_ref(a, b))
     assert_matches(M.spearman_rho(a, b), spearman_ref(a, b))
+
+
+# --------------------------------------------------------------------------------------------
+# Kendall: the O(P log P) pieces
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [1, 2, 3, 7, 8, 9, 64, 100, 257])
+def test_strict_inversion_count_both_backends_vs_brute_force(p):
+    g = torch.Generator().manual_seed(p)
+    bits = max(1, (p - 1).bit_length())
+    rows = torch.stack([
+        torch.randint(0, p, (p,), generator=g),  # many repeats
+        torch.randperm(p, generator=g),  # a permutation
+        torch.arange(p).flip(0),  # reversed: every pair inverted
+        torch.zeros(p, dtype=torch.int64),  # all tied: none
+    ])
+    brute = torch.tensor([int((r[:, None] > r[None, :]).triu(1).sum()) for r in rows])
+    assert torch.equal(M._strict_inversions_numpy(rows, bits), brute)
+    assert torch.equal(M._strict_inversions_torch(rows, bits), brute)
+
+
+def test_kendall_224x224_batch_matches_scipy():
+    g = torch.Generator().manual_seed(7)
+    a = mnist_like(g, 3, side=224)
+    b = a + 0.2 * torch.rand(3, 224, 224, generator=g)
+    b[1] = (torch.rand(224, 224, generator=g) * 6).floor()  # heavy ties, independent
+    b[2, :100] = 0.0  # a large tied block
+    assert_matches(M.kendall_tau(a, b), kendall_ref(a, b))
+
+
+def test_kendall_signed_zero_and_float16_ties():
+    # −0.0 == +0.0: one tie, whatever the bit pattern; float16 values go through the packed keys
+    a = torch.tensor([[0.0, -0.0, 1.0, 2.0, -1.0]])
+    b = torch.tensor([[1.0, 2.0, 2.0, 0.0, 3.0]])
+    assert_matches(M.kendall_tau(a, b), kendall_ref(a, b))
+    h = (torch.rand(4, 50, generator=torch.Generator().manual_seed(0)) * 8).floor().half()
+    tau_half = M.kendall_tau(h, h.flip(0))
+    assert tau_half.dtype == torch.float16  # the result comes back in the maps' dtype: half precision
+    assert_matches(tau_half, kendall_ref(h.float(), h.flip(0).float()), atol=1e-3)
+    assert_matches(M.kendall_tau(a.double(), b.double()), kendall_ref(a, b), atol=1e-12)
+
+
+def test_kendall_nan_in_a_map_gives_nan_for_that_image_only():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.rand(3, 30, generator=g), torch.rand(3, 30, generator=g)
+    a[1, 5] = float("nan")
+    tau = M.kendall_tau(a, b)
+    assert torch.isnan(tau[1]) and torch.isfinite(tau[[0, 2]]).all()
+    assert_matches(tau[[0, 2]], kendall_ref(a[[0, 2]], b[[0, 2]]))
+
+
+def test_topk_mask_equals_the_stable_sort_selection():
+    g = torch.Generator().manual_seed(5)
+    v = (torch.rand(6, 200, generator=g) * 5).floor()  # heavy ties at every k-th value
+    v[0] = 0.0
+    for k in (1, 3, 40, 199, 200):
+        ref = torch.zeros_like(v, dtype=torch.bool)
+        ref.scatter_(1, torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k], True)
+        assert torch.equal(M.topk_mask(v, k), ref), k
+    flags = v[:2] > 2  # bool maps: no topk kernel, converted
+    assert torch.equal(M.topk_mask(flags, 30), M.topk_mask(flags.to(torch.uint8), 30))
+    assert M.topk_intersection(flags, flags, 30).eq(1).all()

@@ -107,11 +107,14 @@ def pgd_perturb(
     random_init: bool = True,
     generator: torch.Generator | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    keep: Literal["last_success", "final"] = "last_success",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One PGD run. Returns ``(x_adv, success)``.
 
     ``x_adv`` is, per image, the last iterate that met the goal (misclassified, or the target
-    reached) if any did, else the final iterate. ``eps``/``step_size`` may be per-image tensors.
+    reached) if any did, else the final iterate; ``keep="final"`` returns the final iterate always
+    (as captum's PGD does; ``success`` still says whether any iterate met the goal).
+    ``eps``/``step_size`` may be per-image tensors.
     ``loss_fn(logits, labels) → per-image loss to increase`` overrides ``loss``/``targeted``
     (TRADES passes its KL term). Runs in the model's current mode; callers use ``eval_mode``.
     """
@@ -140,6 +143,8 @@ def pgd_perturb(
             delta = project(x_adv + step_t * direction - x, eps_t, norm)
             x_adv = (x + delta).clamp(0, 1)
     x_adv = x_adv.detach()
+    if keep == "final":
+        return x_adv, succeeded
     return torch.where(_per_image(succeeded, x).bool(), best, x_adv), succeeded
 
 

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..cancellation import raise_if_cancelled
-from ..explain import EXPLAINERS, attribute
+from ..explain import EXPLAINERS, attribute, attribute_with_logits
 from ..metrics import (attribution_to_map, center_of_mass, center_of_mass_shift, explanation_loss, in_paper_units,
                        kendall_tau, spearman_rho, topk_intersection)
 from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, softplus_view
@@ -121,6 +121,16 @@ def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _Explainer
     return attribution_to_map(attr)
 
 
+def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice,
+                     create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maps and logits from one forward pass where the explainer allows it (gradient, gradient × input):
+    the label check of a candidate then costs nothing extra."""
+    attr, logits = attribute_with_logits(net, x, cfg.explainer, labels, create_graph=create_graph,
+                                         config=cfg.explainer_options)
+    maps = attribution_to_map(attr)
+    return (maps, logits) if create_graph else (maps.detach(), logits.detach())
+
+
 def _check_k(k: int, pixels: int, name: str) -> None:
     if k > pixels:
         raise ValueError(f"{name}={k} is larger than the map ({pixels} pixels)")
@@ -195,7 +205,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
         net, view_note = attack_view(model, x, cfg.beta)
         with torch.no_grad():
             keep = model(x).argmax(1) if labels is None else labels.to(x.device)
-        original = _maps(model, x, keep, cfg).detach()
+        original, clean_logits = _maps_and_logits(model, x, keep, cfg)
         mask = torch.zeros_like(original.flatten(1), dtype=torch.bool)
         mask.scatter_(1, original.flatten(1).topk(cfg.k, dim=1).indices, True)
         centre = center_of_mass(original)
@@ -204,8 +214,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
         best_score = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=torch.float64)
         best_x = x.clone()
         sign = -1.0 if cfg.measure == "center_of_mass_shift" else 1.0  # the score is minus the shift
-        with torch.no_grad():
-            kept0 = model(x).argmax(1) == keep
+        kept0 = clean_logits.argmax(1) == keep
         # recorded as float32 device tensors, read back once at the end (no per-step synchronisation)
         rec_score = [sign * _lower_is_stronger(cfg.measure, original, original, cfg.k).float()]
         rec_loss = [explanation_loss(original, original).float()]
@@ -230,8 +239,9 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                     direction = -grad
                 with torch.no_grad():
                     candidate = (x + (x_adv + cfg.step_size * direction.sign() - x).clamp(-cfg.eps, cfg.eps)).clamp(0, 1)
-                    kept = model(candidate).argmax(1) == keep
-                candidate_map = _maps(model, candidate, keep, cfg).detach()
+                # one forward pass gives the candidate's label check and its map (on the original model)
+                candidate_map, candidate_logits = _maps_and_logits(model, candidate, keep, cfg)
+                kept = candidate_logits.argmax(1) == keep
                 score = _lower_is_stronger(cfg.measure, original, candidate_map, cfg.k).to(torch.float64)
                 rec_score.append(sign * score.float())
                 rec_loss.append(explanation_loss(original, candidate_map).float())
@@ -248,9 +258,8 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                     progress(done, total)
 
         attacked = torch.isfinite(best_score)
-        final = _maps(model, best_x, keep, cfg).detach()
-        with torch.no_grad():
-            final_pred = model(best_x).argmax(1)
+        final, final_logits = _maps_and_logits(model, best_x, keep, cfg)
+        final_pred = final_logits.argmax(1)
     metrics = _apply_policy({
         "topk_intersection": topk_intersection(original, final, cfg.eval_k),
         "kendall_tau": kendall_tau(original, final),
@@ -302,20 +311,21 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
         x_adv = x.clone().requires_grad_(True)
         opt = torch.optim.Adam([x_adv], lr=cfg.lr)
         betas = beta_schedule(cfg.beta_start, cfg.beta_end, cfg.steps)
+        # recorded as device tensors and read back once at the end (no per-step synchronisation)
         trajectory: dict[str, list] = {"step": [], "explanation_loss": [], "output_drift": [], "label_kept": []}
         best_le = torch.full_like(le_start, float("inf"), dtype=torch.float64)
         best_x = x.clone()
 
         def record(step: int, candidate: torch.Tensor) -> None:
             nonlocal best_le, best_x
-            with torch.no_grad():
-                probs = torch.softmax(model(candidate), 1)
-            le = explanation_loss(_maps(model, candidate, keep, cfg).detach(), target_map).to(torch.float64)
+            candidate_map, logits = _maps_and_logits(model, candidate, keep, cfg)  # one forward pass
+            probs = torch.softmax(logits, 1)
+            le = explanation_loss(candidate_map, target_map).to(torch.float64)
             kept = probs.argmax(1) == keep
             trajectory["step"].append(step)
-            trajectory["explanation_loss"].append(le.tolist())
-            trajectory["output_drift"].append((probs - p0).abs().amax(1).tolist())
-            trajectory["label_kept"].append(kept.tolist())
+            trajectory["explanation_loss"].append(le)
+            trajectory["output_drift"].append((probs - p0).abs().amax(1))
+            trajectory["label_kept"].append(kept)
             better = kept & (le < best_le) if cfg.keep == "best" else torch.ones_like(kept)
             best_le = torch.where(better, le, best_le)
             best_x = torch.where(_mask(better, x), candidate, best_x)
@@ -326,8 +336,8 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
             if hasattr(net, "beta"):
                 net.beta = beta
             opt.zero_grad(set_to_none=True)
-            maps = _maps(net, x_adv, keep, cfg, create_graph=True)
-            out = torch.softmax(net(x_adv), 1)
+            maps, logits = _maps_and_logits(net, x_adv, keep, cfg, create_graph=True)  # one forward for both terms
+            out = torch.softmax(logits, 1)
             loss = cfg.expl_weight * explanation_loss(maps, target_map) + cfg.output_weight * (out - p0).pow(2).mean(1)
             loss.sum().backward()  # per-image terms: Adam's elementwise steps keep the images independent
             opt.step()
@@ -341,11 +351,12 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
                 progress(step, cfg.steps)
 
         final = best_x
-        kept_any = torch.tensor(trajectory["label_kept"][1:], device=x.device).any(0)  # any recorded step
-        with torch.no_grad():
-            final_pred = model(final).argmax(1)
-        final_map = _maps(model, final, keep, cfg).detach()
+        kept_any = torch.stack(trajectory["label_kept"][1:]).any(0)  # any recorded step
+        final_map, final_logits = _maps_and_logits(model, final, keep, cfg)
+        final_pred = final_logits.argmax(1)
         le_end = explanation_loss(final_map, target_map)
+        trajectory = {key: values if key == "step" else torch.stack(values).tolist()
+                      for key, values in trajectory.items()}
     attacked = kept_any & (final_pred == keep)
     metrics = _apply_policy({"explanation_loss_end": le_end, "explanation_loss_end_paper": in_paper_units(le_end)},
                             attacked, cfg.unattackable)
