@@ -600,9 +600,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
 
 def _executor(ns: argparse.Namespace):
-    from .jobs import JobStore, LocalExecutor
+    from .executors import make_executor
 
-    return LocalExecutor(JobStore(ns.runs) if ns.runs else None, getattr(ns, "max_concurrent", None))
+    return make_executor(ns.runs, getattr(ns, "executor", None), getattr(ns, "max_concurrent", None))
 
 
 def cmd_jobs_submit(ns: argparse.Namespace) -> int:
@@ -977,6 +977,7 @@ def build_parser(command: str | None = None, choice: str | None = None) -> argpa
     q.set_defaults(func=cmd_sweep_status)
     q = sweeps.add_parser("list", help="the sweeps in the runs directory")
     q.set_defaults(func=cmd_sweep_list)
+    from .cli_ray import register as _ray; _ray(sub)  # noqa: E702 (--executor on jobs/sweep, ray-local)
     return parser
 
 

@@ -529,7 +529,9 @@ class LocalExecutor:
                 gone.append(self.store.get(job.id))
         return gone
 
-    def cancel(self, job_id: str) -> Job:
+    def _mark_cancel(self, job_id: str) -> tuple[Job, bool]:
+        """Cancel a queued job, or flag a running one (the worker stops at its next check); returns the job and
+        whether it is running (shared with the Ray executor, which tells its worker another way)."""
         running = 0
         with self.store.transaction() as db:  # a queued job is cancelled only if no poller claimed it meanwhile
             queued = db.execute("UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued'",
@@ -540,6 +542,10 @@ class LocalExecutor:
         job = self.store.get(job_id)
         if not queued and not running:
             raise ConfigError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+        return job, bool(running)
+
+    def cancel(self, job_id: str) -> Job:
+        job, running = self._mark_cancel(job_id)
         if running and _process_alive(job.pid, job.id):
             try:
                 os.kill(job.pid, signal.SIGTERM)  # the worker's StopFlag: stop at the next batch, save state
@@ -713,8 +719,6 @@ def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: 
 
 def run_worker(job_id: str, store: JobStore | None = None) -> int:
     """The worker entrypoint: run one job to its end and record how it ended."""
-    import traceback
-
     from .training.trainer import StopFlag
 
     store = store or JobStore()
@@ -729,6 +733,17 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
     reporter = _Reporter(store, job)
     flag = StopFlag().install()
     reporter.stop = lambda: flag() or reporter.cancel_requested()
+    code = run_job(store, job, reporter)
+    LocalExecutor(store).start_queued()  # the queue drains without a dashboard
+    return code
+
+
+def run_job(store: JobStore, job: Job, reporter: _Reporter) -> int:
+    """Run one claimed job and record how it ended through ``store`` (the SQLite store in a local worker, a
+    stand-in that forwards to the driver in a Ray worker: anything with get/update/job_dir/root)."""
+    import traceback
+
+    job_id = job.id
     try:
         spec = parse_spec(job.spec)  # inside: a spec this machine cannot run (no CUDA now) fails with its message
         try:
@@ -740,13 +755,11 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
             status = "cancelled" if store.get(job_id).cancel_requested else "interrupted"
         store.update(job_id, status=status, finished=time.time())
         print(f"job {job_id}: {status}", flush=True)
-        code = 0 if status == "done" else 3
+        return 0 if status == "done" else 3
     except Exception as err:  # recorded for the UI; the traceback goes to the job's log
         traceback.print_exc()
         store.update(job_id, status="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
-        code = 1
-    LocalExecutor(store).start_queued()  # the queue drains without a dashboard
-    return code
+        return 1
 
 
 def tail(path: Path, lines: int = 40) -> str:
