@@ -246,3 +246,26 @@ def test_the_training_jobs_page_names_the_cluster_and_lists_ray_jobs(cluster, mo
     assert any("Ray cluster at 127.0.0.1:" in c.value for c in at.caption)
     [table] = [d.value for d in at.dataframe if "kind" in d.value.columns]  # the queue (the sweep tables have none)
     assert {j.id for j in done} <= set(table["id"]) and "✓ done" in set(table["status"])
+
+
+def test_each_job_asks_ray_for_one_cpu_and_a_gpu_only_when_it_can_use_one():
+    from explrobust_core.ray_executor import job_resources
+
+    def train(device):
+        return {"kind": "train", "train": {"device": device}}
+
+    assert job_resources(train("cpu"), cluster_gpus=8) == {"num_cpus": 1, "num_gpus": 0}
+    assert job_resources(train("cuda"), cluster_gpus=8) == {"num_cpus": 1, "num_gpus": 1}
+    assert job_resources(train("cuda:3"), cluster_gpus=8) == {"num_cpus": 1, "num_gpus": 1}
+    assert job_resources(train("auto"), cluster_gpus=2) == {"num_cpus": 1, "num_gpus": 1}
+    assert job_resources(train("auto"), cluster_gpus=0) == {"num_cpus": 1, "num_gpus": 0}
+    assert job_resources(train("mps"), cluster_gpus=2) == {"num_cpus": 1, "num_gpus": 0}
+    assert job_resources({"kind": "evaluate", "device": "cuda"}, cluster_gpus=1)["num_gpus"] == 1
+
+
+def test_an_unknown_executor_is_refused_with_the_choices(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLROBUST_EXECUTOR", "slurm")
+    with pytest.raises(ConfigError, match="EXPLROBUST_EXECUTOR: unknown executor 'slurm'; choose local or ray"):
+        make_executor(tmp_path / "runs")
+    with pytest.raises(ConfigError, match="--executor: unknown executor 'k8s'"):
+        make_executor(tmp_path / "runs", "k8s")
