@@ -444,8 +444,9 @@ class RayExecutor(LocalExecutor):
                 self._gone(job, "Ray no longer knows its worker (the cluster restarted or the node was lost)")
                 ended.append(job.id)
                 continue
-            if job.cancel_requested:
-                self._enforce_cancel(job, actor)
+            if job.cancel_requested and self._enforce_cancel(job, actor):
+                ended.append(job.id)
+                continue
             pending[actor.snapshot.remote()] = job
         if pending:  # an actor still being placed does not answer yet: it is simply asked again next poll
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=2.0)
@@ -485,7 +486,8 @@ class RayExecutor(LocalExecutor):
         else:
             self._end(job, "interrupted", f"{why}; resume continues from the last saved state")
 
-    def _enforce_cancel(self, job: Job, actor) -> None:
+    def _enforce_cancel(self, job: Job, actor) -> bool:
+        """Tell the actor (again) to stop; past the grace period, stop it through Ray. True if it was stopped."""
         asked = float(self.store.setting(f"ray_cancel_at:{job.id}") or 0)
         if not asked:  # flagged by a driver that could not tell the actor (or by hand): the grace starts now
             asked = time.time()
@@ -493,8 +495,9 @@ class RayExecutor(LocalExecutor):
         if time.time() - asked > _cancel_grace_s():
             self._end(job, "cancelled", f"the worker did not stop within {_cancel_grace_s():g} s of the cancel and "
                                         "was stopped by Ray; resume continues from its last saved state")
-            return
+            return True
         actor.cancel.remote()  # again each poll: the first message may have gone to an actor still starting
+        return False
 
     # -- actions
     def cancel(self, job_id: str) -> Job:

@@ -118,20 +118,40 @@ def test_a_tiny_training_job_runs_to_done_with_progress_in_the_store_meanwhile(c
         ex.submit(tiny("ray_progress"))
 
 
-def test_cancel_mid_run_stops_at_a_batch_and_resume_finishes(cluster):
+def test_cancel_from_the_page_stops_at_a_batch_a_stuck_one_is_stopped_by_ray_and_resume_finishes(cluster,
+                                                                                                  monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
     ex, store = cluster, cluster.store
-    job = ex.submit(slow("ray_cancel", epochs=2, images=None))  # all 1,437 digits: a few seconds an epoch
+    job = ex.submit(slow("ray_cancel", epochs=2, images=960))
     wait_for(lambda: store.get(job.id).progress.get("batch", 0) >= 3, poll=ex.reconcile, what="training to start")
-    assert ex.cancel(job.id).cancel_requested
+    # the Training jobs page controls a Ray job like a local one
+    monkeypatch.setenv("EXPLROBUST_EXECUTOR", "ray")
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=300).run()
+    at.switch_page("pages/training.py").run()
+    at.selectbox(key="job-shown").set_value(job.id).run()
+    at.button(key=f"cancel-{job.id}").click().run()
+    assert not at.exception and store.get(job.id).cancel_requested
     stopped = ex.wait(job.id, timeout=120)
-    assert stopped.status == "cancelled", Path(stopped.log_path).read_text()
+    assert stopped.status == "cancelled" and stopped.error is None, Path(stopped.log_path).read_text()
     state = torch.load(store.job_dir(job.id) / "ray_cancel.run" / "state.pt", weights_only=True)
     assert (state["epoch"], state["batch"]) < (2, 0)  # stopped part-way by the trainer, its place saved
     with pytest.raises(ConfigError, match="cancelled"):
         ex.cancel(job.id)
+    # a worker that does not stop within the grace period is stopped by Ray (grace 0: at the next poll)
+    first_pid = stopped.pid
     assert ex.resume(job.id).status == "running"
+    wait_for(lambda: store.get(job.id).pid not in (None, first_pid), poll=ex.reconcile, what="the new worker")
+    monkeypatch.setenv("EXPLROBUST_RAY_CANCEL_GRACE_S", "0")
+    ex.cancel(job.id)
+    ex.reconcile()
+    forced = store.get(job.id)
+    assert forced.status == "cancelled" and "stopped by Ray" in forced.error
+    monkeypatch.setenv("EXPLROBUST_RAY_CANCEL_GRACE_S", "60")
+    ex.resume(job.id)
     done = ex.wait(job.id, timeout=300)
-    assert done.status == "done" and done.attempts == 2, Path(done.log_path).read_text()
+    assert done.status == "done" and done.attempts == 3, Path(done.log_path).read_text()
+    assert [m["epoch"] for m in done.metrics] == [1, 2]
 
 
 def test_a_killed_worker_is_interrupted_and_resume_continues_from_its_state(cluster):
