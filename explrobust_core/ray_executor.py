@@ -63,6 +63,7 @@ FINAL = ("done", "failed", "cancelled", "interrupted")
 _WRITABLE = ("progress", "metrics", "losses", "result", "status", "finished", "error")  # what a worker may report
 _STARTING_GRACE_S = 30  # a claimed job whose actor is not registered yet is being started by another driver
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
+_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 
 
 class RayUnavailable(ConfigError):
@@ -109,6 +110,9 @@ def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
 def _prepare_environment(host: str) -> None:
     """Settings Ray reads from the environment, made before it starts or connects."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports leave the machine
+    # a driver whose cluster is gone would end its own process after 60 s (Ray's default): the dashboard with
+    # it. The executor notices the loss itself (:meth:`RayExecutor._check_cluster`) and disconnects instead.
+    os.environ.setdefault(_RECONNECT_ENV, str(365 * 24 * 3600))
     if host in LOOPBACK:
         # Ray swaps 127.0.0.1 for the machine's routable address unless told this is a one-machine cluster;
         # a loopback cluster must stay on the loopback
@@ -154,6 +158,7 @@ def start_local_cluster(store: JobStore, timeout: float | None = None) -> str:
            "--num-cpus", str(cpus), "--object-store-memory", str(OBJECT_STORE_BYTES), "--include-dashboard", "false",
            "--dashboard-host", "127.0.0.1", "--disable-usage-stats"]
     env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "2"}  # a one-machine cluster: nothing to drain to
+    env.pop(_RECONNECT_ENV, None)  # the driver's setting, not the cluster's
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, close_fds=True)
@@ -285,13 +290,26 @@ class JobRunner:
             job = self.store.get(self.job_id)
             print(f"job {job.id} (attempt {job.attempts}): {job.kind} {job.name}, Ray worker pid {os.getpid()} "
                   f"on {socket.gethostname()}", flush=True)
-            reporter = _Reporter(self.store, job)
+            self._recover_epochs(job)
+            reporter = _Reporter(self.store, self.store.get(self.job_id))
             reporter.stop = reporter.cancel_requested
             try:
                 run_job(self.store, job, reporter)
             except BaseException as err:  # run_job records Exceptions; anything else still ends the job here
                 self.store.update(self.job_id, status="failed", finished=time.time(),
                                   error=f"{type(err).__name__}: {err}")
+
+    def _recover_epochs(self, job: Job) -> None:
+        """Per-epoch metrics come from the run's own record (``metrics.jsonl`` in shared storage): a previous
+        attempt's last epochs may never have reached the driver (its cluster went away before the next poll)."""
+        from .io import read_bounded
+
+        record = self.store.job_dir(job.id) / f"{job.name}.run" / "metrics.jsonl"
+        if job.kind == "train" and record.is_file():
+            rows = [json.loads(line) for line in read_bounded(record, 16 << 20, "training metrics").decode().splitlines()
+                    if line.strip()]
+            if rows:
+                self.store.update(job.id, metrics=rows)
 
     def snapshot(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "writes": self.store.writes()}
@@ -338,9 +356,23 @@ class RayExecutor(LocalExecutor):
 
     # -- connection
     def connect(self) -> str:
+        if self.address is not None:
+            self._check_cluster()
         if self.address is None:
             self.address = connect(self.store)
         return self.address
+
+    def _check_cluster(self) -> None:
+        """A cluster that went away: disconnect (a Ray call now would wait on it) and say so; jobs keep their state
+        in the store, and once a cluster answers again those Ray no longer knows become interrupted."""
+        why = _reachable(*_host_port(self.address), 2.0)
+        if why is None:
+            return
+        lost, self.address = self.address, None
+        self._actors.clear()
+        _import_ray().shutdown()
+        raise RayUnavailable(f"lost the Ray cluster at {lost} ({why}); the jobs keep their last reported state in "
+                             "the store and are reconciled when a cluster answers again")
 
     def describe(self) -> str:
         """One line: which cluster, its size, the parallelism (the page shows it)."""

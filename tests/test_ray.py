@@ -1,6 +1,7 @@
 """The Ray executor on a real one-machine Ray cluster bound to 127.0.0.1: tiny digits trainings run to done,
-are cancelled and resumed, lose their worker and resume, fan out as a sweep; the CLI against a separately
-started head; an unreachable cluster loses no job; the Training jobs page lists a Ray job."""
+are cancelled (from the page too) and resumed, lose their worker and resume, fan out as a sweep; a driver
+restart and a cluster that goes away lose no job; the CLI against a separately started head; an
+unreachable cluster loses no job; the Training jobs page names the cluster and lists Ray jobs."""
 
 from __future__ import annotations
 
@@ -289,3 +290,24 @@ def test_an_unknown_executor_is_refused_with_the_choices(tmp_path, monkeypatch):
         make_executor(tmp_path / "runs")
     with pytest.raises(ConfigError, match="--executor: unknown executor 'k8s'"):
         make_executor(tmp_path / "runs", "k8s")
+
+
+def test_a_cluster_that_goes_away_is_one_message_and_its_jobs_resume_on_the_next(cluster):
+    """Last in the module: it stops the module's cluster (the teardown stops the one started after it)."""
+    from explrobust_core.ray_executor import RayUnavailable, stop_local_cluster
+
+    ex, store = cluster, cluster.store
+    job = ex.submit(slow("ray_orphan", epochs=2))
+    wait_for(lambda: store.get(job.id).metrics, poll=ex.reconcile, what="epoch 1 to end")
+    first_cluster = ex.address
+    assert stop_local_cluster(store)
+    with pytest.raises(RayUnavailable, match=f"lost the Ray cluster at {first_cluster}"):
+        ex.reconcile()
+    assert store.get(job.id).status == "running"  # nothing is lost or guessed while no cluster answers
+    store.update(job.id, started=time.time() - 600)  # older than the grace given to jobs being started
+    ex.reconcile()  # no RAY_ADDRESS: a new local cluster is started, which has never heard of the job
+    assert ex.address != first_cluster
+    assert store.get(job.id).status == "interrupted" and "no longer knows" in store.get(job.id).error
+    ex.resume(job.id)
+    done = ex.wait(job.id, timeout=300)
+    assert done.status == "done" and [m["epoch"] for m in done.metrics] == [1, 2], Path(done.log_path).read_text()
