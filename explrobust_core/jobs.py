@@ -657,13 +657,19 @@ class _Reporter:
 
 
 def register_checkpoint(checkpoint: Path, dataset: str, name: str) -> Path:
-    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites)."""
+    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites: the same files
+    there already are this job's own registration, kept)."""
+    import filecmp
+
     from .zoo import user_zoo_dir
 
     target = user_zoo_dir() / dataset / f"{name}.safetensors"
+    card = checkpoint.with_suffix(".json")
+    if target.exists() and filecmp.cmp(target, checkpoint, shallow=False) and target.with_suffix(".json").exists() \
+            and filecmp.cmp(target.with_suffix(".json"), card, shallow=False):
+        return target  # this job registered it already, and ended before its end was recorded (it is resumed)
     if target.exists():
         raise FileExistsError(f"{target} exists already; the trained checkpoint stays at {checkpoint}")
-    card = checkpoint.with_suffix(".json")
     atomic_write_bytes(target, checkpoint.read_bytes())
     atomic_write_bytes(target.with_suffix(".json"), card.read_bytes())
     return target

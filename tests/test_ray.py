@@ -159,7 +159,7 @@ def test_a_killed_worker_is_interrupted_and_resume_continues_from_its_state(clus
     from explrobust_core.zoo import load_checkpoint
 
     ex, store = cluster, cluster.store
-    job = ex.submit(slow("ray_killed", epochs=4))
+    job = ex.submit(slow("ray_killed", epochs=3))
     wait_for(lambda: (j := store.get(job.id)).progress.get("epoch", 0) >= 2 and j.metrics and j.pid,
              poll=ex.reconcile, what="epoch 2 to start")
     os.kill(store.get(job.id).pid, signal.SIGKILL)  # the Ray worker process, not the driver
@@ -171,7 +171,7 @@ def test_a_killed_worker_is_interrupted_and_resume_continues_from_its_state(clus
     ex.resume(job.id)
     done = ex.wait(job.id, timeout=300)
     assert done.status == "done", Path(done.log_path).read_text()
-    assert done.attempts == 2 and [m["epoch"] for m in done.metrics] == [1, 2, 3, 4]
+    assert done.attempts == 2 and [m["epoch"] for m in done.metrics] == [1, 2, 3]
     load_checkpoint(done.result["zoo_checkpoint"], "cpu")  # the finished checkpoint loads
 
 
@@ -311,3 +311,21 @@ def test_a_cluster_that_goes_away_is_one_message_and_its_jobs_resume_on_the_next
     ex.resume(job.id)
     done = ex.wait(job.id, timeout=300)
     assert done.status == "done" and [m["epoch"] for m in done.metrics] == [1, 2], Path(done.log_path).read_text()
+
+
+def test_registering_a_checkpoint_again_is_kept_only_when_it_is_the_same(tmp_path, monkeypatch):
+    """A Ray job whose end never reached the driver is resumed after it had joined the zoo: the same files are
+    its own registration; another model under that name is still refused."""
+    from explrobust_core.jobs import register_checkpoint
+
+    monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(tmp_path / "zoo"))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "m.safetensors").write_bytes(b"weights")
+    (run / "m.json").write_text('{"name": "m"}')
+    first = register_checkpoint(run / "m.safetensors", "digits", "m")
+    assert register_checkpoint(run / "m.safetensors", "digits", "m") == first
+    (run / "m.safetensors").write_bytes(b"other weights")
+    with pytest.raises(FileExistsError, match="exists already"):
+        register_checkpoint(run / "m.safetensors", "digits", "m")
+    assert first.read_bytes() == b"weights"
