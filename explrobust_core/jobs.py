@@ -657,7 +657,7 @@ class _Reporter:
 
 
 def register_checkpoint(checkpoint: Path, dataset: str, name: str) -> Path:
-    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites: the same files
+    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites: the same weights
     there already are this job's own registration, kept)."""
     import filecmp
 
@@ -665,9 +665,10 @@ def register_checkpoint(checkpoint: Path, dataset: str, name: str) -> Path:
 
     target = user_zoo_dir() / dataset / f"{name}.safetensors"
     card = checkpoint.with_suffix(".json")
-    if target.exists() and filecmp.cmp(target, checkpoint, shallow=False) and target.with_suffix(".json").exists() \
-            and filecmp.cmp(target.with_suffix(".json"), card, shallow=False):
-        return target  # this job registered it already, and ended before its end was recorded (it is resumed)
+    if target.exists() and target.with_suffix(".json").exists() and filecmp.cmp(target, checkpoint, shallow=False):
+        # the same weights: this job registered them already and ended before its end was recorded (it is
+        # resumed); the card written then stays (only its timestamps would differ)
+        return target
     if target.exists():
         raise FileExistsError(f"{target} exists already; the trained checkpoint stays at {checkpoint}")
     atomic_write_bytes(target, checkpoint.read_bytes())
