@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> dict:
     os.environ["EXPLROBUST_RAY_CPUS"] = str(args.ray_cpus)
     os.environ.pop("RAY_ADDRESS", None)  # always the one-machine cluster: the figure is about this machine
     from explrobust_core.jobs import JobStore, LocalExecutor
-    from explrobust_core.ray_executor import RayExecutor, stop_local_cluster
+    from explrobust_core.ray_cluster import stop_local_cluster
+    from explrobust_core.ray_executor import RayExecutor
 
     report = new_report("jobs", {"jobs": args.jobs, "epochs": args.epochs, "ray_cpus": args.ray_cpus})
     os.environ["EXPLROBUST_RUNS"] = str(root / "local")  # the local workers read it from the environment

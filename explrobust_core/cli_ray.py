@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 def cmd_ray_local(ns: argparse.Namespace) -> int:
     from .jobs import JobStore
-    from .ray_executor import _host_port, _is_our_head, _reachable, stop_local_cluster
+    from .ray_cluster import _host_port, _is_our_head, _reachable, stop_local_cluster
 
     store = JobStore(ns.runs)
     address = store.setting("ray_local_address") or ""

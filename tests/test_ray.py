@@ -74,7 +74,7 @@ def cluster(tmp_path_factory):
         finally:
             import ray
 
-            from explrobust_core.ray_executor import stop_local_cluster
+            from explrobust_core.ray_cluster import stop_local_cluster
 
             ray.shutdown()
             stop_local_cluster(store)
@@ -254,8 +254,13 @@ def test_an_unreachable_cluster_is_one_line_and_the_job_stays_queued(tmp_path):
         make_executor(tmp_path / "runs", "local")
 
 
-def test_the_training_jobs_page_names_the_cluster_and_lists_ray_jobs(cluster, monkeypatch):
+def test_the_training_jobs_page_names_the_cluster_and_lists_ray_jobs(cluster, monkeypatch, capsys):
     from streamlit.testing.v1 import AppTest
+
+    from explrobust_core.cli import main
+
+    assert main(["ray-local", "status"]) == 0  # the cluster the executor started for this runs directory
+    assert capsys.readouterr().out.startswith(f"local Ray cluster at {cluster.address} (pid ")
 
     monkeypatch.setenv("EXPLROBUST_EXECUTOR", "ray")
     if not any(j.status == "done" for j in cluster.store.list()):  # run alone, not after the tests above
@@ -314,7 +319,7 @@ def test_registering_a_checkpoint_again_is_kept_only_when_it_is_the_same(tmp_pat
 
 def test_a_cluster_that_goes_away_is_one_message_and_its_jobs_resume_on_the_next(cluster):
     """Last in the module: it stops the module's cluster (the teardown stops the one started after it)."""
-    from explrobust_core.ray_executor import RayUnavailable, stop_local_cluster
+    from explrobust_core.ray_cluster import RayUnavailable, stop_local_cluster
 
     ex, store = cluster, cluster.store
     job = ex.submit(slow("ray_orphan", epochs=2))
