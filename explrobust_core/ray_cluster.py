@@ -70,13 +70,38 @@ def _prepare_environment(host: str) -> None:
             from ray._private import ray_constants
 
             ray_constants.ENABLE_RAY_CLUSTER = False
+    _use_token_if_available()
+
+
+def _token_available() -> bool:
     token = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
-    if "RAY_AUTH_MODE" not in os.environ and (os.environ.get("RAY_AUTH_TOKEN") or Path(token).is_file()):
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(token).is_file()
+
+
+def _use_token_if_available() -> None:
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
         os.environ["RAY_AUTH_MODE"] = "token"  # what `ray start` does with a token at hand: the cluster expects it
         if "ray" in sys.modules:  # Ray caches its config at import: refresh it, as Ray does when it switches
             from ray._raylet import Config
 
             Config.initialize("")
+
+
+def _ensure_token() -> None:
+    """Token authentication for the cluster started here, as ``ray.init()`` gives the local cluster it starts
+    (``ray start`` does not make a token): without one, any user of the machine could run code through the
+    cluster's loopback ports. If no token can be made, the cluster starts without, as ``ray start`` would."""
+    if "RAY_AUTH_MODE" in os.environ or _token_available():
+        return
+    try:
+        subprocess.run([*_ray_command(), "get-auth-token", "--generate"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if token.is_file():
+        token.chmod(0o600)  # Ray writes it readable by everyone; it is a password
+    _use_token_if_available()
 
 
 def _free_port() -> int:
@@ -97,6 +122,7 @@ def start_local_cluster(store: JobStore, timeout: float | None = None) -> str:
     stop (:func:`stop_local_cluster`) and no other Ray on the machine is touched.
     """
     _prepare_environment("127.0.0.1")  # before Ray is imported: it reads these once
+    _ensure_token()
     _import_ray()
     timeout = timeout if timeout is not None else float(os.environ.get("EXPLROBUST_RAY_START_TIMEOUT_S", "90"))
     port = _free_port()
@@ -113,9 +139,11 @@ def start_local_cluster(store: JobStore, timeout: float | None = None) -> str:
                                 start_new_session=True, close_fds=True)
     deadline = time.time() + timeout
     while _reachable("127.0.0.1", port, 1.0) is not None:
-        if proc.poll() is not None or time.time() > deadline:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is not None:
+            raise RayUnavailable(f"could not start a local Ray cluster: `ray start` ended with code {proc.returncode} "
+                                 f"(see {log})")
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGTERM)
             raise RayUnavailable(f"could not start a local Ray cluster within {timeout:.0f} s (see {log})")
         time.sleep(0.3)
     address = f"127.0.0.1:{port}"
