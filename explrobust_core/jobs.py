@@ -12,7 +12,8 @@ A finished training job registers its checkpoint in the user zoo (never the ship
 evaluation job stores its result where the Robustness study page reads it. Cancel asks the worker
 to stop at the next batch (a flag in the store plus SIGTERM); the trainer then leaves a resumable
 state. A worker killed outright is noticed by :meth:`LocalExecutor.reconcile` (its process is gone)
-and reported ``interrupted``; ``resume`` restarts it from the last saved state.
+and reported ``interrupted``; ``resume`` restarts it from the last saved state. The Ray executor
+(:mod:`explrobust_core.ray_executor`) runs the same job code on a cluster behind the same protocol.
 """
 
 from __future__ import annotations
