@@ -6,7 +6,7 @@ Every benchmark script builds one JSON report::
 
 ``rows`` hold everything a script measured (all timings, agreement checks); ``table`` holds one
 uniform entry per comparison (:func:`table_entry`) that ``bench/run_all.py`` turns into the
-Markdown table of README's Performance section. Timings are reported, never asserted on.
+Markdown table of bench/REPORT.md. Timings are reported, never asserted on.
 
 Conventions:
 

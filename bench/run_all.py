@@ -1,7 +1,6 @@
 """Run every benchmark in ``bench/`` on this machine; write a JSON report and a Markdown table.
 
     .venv/bin/python bench/run_all.py                   # full run (~10 min on 2 cores), JSON on stdout
-    .venv/bin/python bench/run_all.py --update-readme   # … and put the table into README's Performance section
     .venv/bin/python bench/run_all.py --quick           # smoke run: every row, tiny sizes, not a measurement
     .venv/bin/python bench/run_all.py --quick --only landscape
 
@@ -12,8 +11,7 @@ stderr) so that imports, thread pools and numba caches do not leak from one into
 * ``bench/results/report.json`` — header (machine, CPU count, versions, date), the summary table with
   the aims marked met or not, and all the reports above; also printed on stdout;
 * ``bench/results/report.md`` — the Markdown table; after a complete full run also ``bench/REPORT.md``
-  (committed), and with ``--update-readme`` README.md between ``<!-- bench:start -->`` and
-  ``<!-- bench:end -->``.
+  (committed; the README links it and summarises it by hand).
 
 ``bench/results/`` is git-ignored. Ratios: "× faster" = peer median / our median (>1: we are faster);
 "× floor" = our median / a floor's median (lower is better). Timings are reported, never asserted
@@ -29,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -41,9 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
-README = C.REPO_ROOT / "README.md"
 REPORT_MD = BENCH_DIR / "REPORT.md"
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 # name → (script, extra arguments of a full run, extra arguments of a --quick run), in run order
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -81,8 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="threads for torch/BLAS/OpenMP in every benchmark (default 1; 0 = the libraries' defaults)")
     p.add_argument("--out-dir", type=Path, default=BENCH_DIR / "results", help="where the reports go (bench/results)")
     p.add_argument("--timeout", type=float, default=900, help="seconds one benchmark may take (default 900)")
-    p.add_argument("--update-readme", action="store_true",
-                   help="after a complete full run, put the table into README.md between the bench markers")
     args = p.parse_args(argv)
     only = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = sorted(set(only) - set(BENCHMARKS))
@@ -90,8 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     args.names = [n for n in BENCHMARKS if not only or n in only]
     args.complete = not args.quick and not only
-    if args.update_readme and not args.complete:
-        p.error("--update-readme needs a complete full run (no --quick, no --only): smoke numbers stay out of README")
     if args.threads < 0:
         p.error("--threads must be 0 (library defaults) or more")
     return args
@@ -229,18 +220,6 @@ def _load(values) -> str:
     return "/".join(f"{x:.1f}" for x in values[:1]) if values else "?"
 
 
-def update_readme(table_md: str, readme: Path = README) -> None:
-    """Replace what stands between the bench markers of ``readme`` with ``table_md``."""
-    text = readme.read_text()
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(text):
-        raise SystemExit(f"{readme.name} has no {START} … {END} markers in its Performance section")
-    new = pattern.sub(lambda _m: f"{START}\n{table_md}{END}", text, count=1)
-    tmp = readme.with_name(f".{readme.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, readme)
-
-
 # --------------------------------------------------------------------------- main
 
 
@@ -275,8 +254,6 @@ def main(argv: list[str] | None = None) -> dict:
         REPORT_MD.write_text("# Benchmarks\n\nWritten by `.venv/bin/python bench/run_all.py` (a complete full run); "
                              "the docstring of each `bench/bench_*.py` says what its rows measure, and "
                              "`bench/results/report.json` holds every timing.\n\n" + md)
-        if args.update_readme:
-            update_readme(md)
     print(json.dumps(report, indent=2, default=str))
     C.log(f"all done in {report['wall_s'] / 60:.1f} min; table in {args.out_dir / 'report.md'}")
     if report["failed"]:

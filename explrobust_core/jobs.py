@@ -12,7 +12,8 @@ A finished training job registers its checkpoint in the user zoo (never the ship
 evaluation job stores its result where the Robustness study page reads it. Cancel asks the worker
 to stop at the next batch (a flag in the store plus SIGTERM); the trainer then leaves a resumable
 state. A worker killed outright is noticed by :meth:`LocalExecutor.reconcile` (its process is gone)
-and reported ``interrupted``; ``resume`` restarts it from the last saved state.
+and reported ``interrupted``; ``resume`` restarts it from the last saved state. The Ray executor
+(:mod:`explrobust_core.ray_executor`) runs the same job code on a cluster behind the same protocol.
 """
 
 from __future__ import annotations
@@ -533,7 +534,9 @@ class LocalExecutor:
                 gone.append(self.store.get(job.id))
         return gone
 
-    def cancel(self, job_id: str) -> Job:
+    def _mark_cancel(self, job_id: str) -> tuple[Job, bool]:
+        """Cancel a queued job, or flag a running one (the worker stops at its next check); returns the job and
+        whether it is running (shared with the Ray executor, which tells its worker another way)."""
         running = 0
         with self.store.transaction() as db:  # a queued job is cancelled only if no poller claimed it meanwhile
             queued = db.execute("UPDATE jobs SET status = 'cancelled', finished = ? WHERE id = ? AND status = 'queued'",
@@ -544,6 +547,10 @@ class LocalExecutor:
         job = self.store.get(job_id)
         if not queued and not running:
             raise ConfigError(f"job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+        return job, bool(running)
+
+    def cancel(self, job_id: str) -> Job:
+        job, running = self._mark_cancel(job_id)
         if running and _process_alive(job.pid, job.id):
             try:
                 os.kill(job.pid, signal.SIGTERM)  # the worker's StopFlag: stop at the next batch, save state
@@ -655,13 +662,20 @@ class _Reporter:
 
 
 def register_checkpoint(checkpoint: Path, dataset: str, name: str) -> Path:
-    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites)."""
+    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites: the same weights
+    there already are this job's own registration, kept)."""
+    import filecmp
+
     from .zoo import user_zoo_dir
 
     target = user_zoo_dir() / dataset / f"{name}.safetensors"
+    card = checkpoint.with_suffix(".json")
+    if target.exists() and target.with_suffix(".json").exists() and filecmp.cmp(target, checkpoint, shallow=False):
+        # the same weights: this job registered them already and ended before its end was recorded (it is
+        # resumed); the card written then stays (only its timestamps would differ)
+        return target
     if target.exists():
         raise FileExistsError(f"{target} exists already; the trained checkpoint stays at {checkpoint}")
-    card = checkpoint.with_suffix(".json")
     atomic_write_bytes(target, checkpoint.read_bytes())
     atomic_write_bytes(target.with_suffix(".json"), card.read_bytes())
     return target
@@ -716,8 +730,6 @@ def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: 
 
 def run_worker(job_id: str, store: JobStore | None = None) -> int:
     """The worker entrypoint: run one job to its end and record how it ended."""
-    import traceback
-
     from .training.trainer import StopFlag
 
     store = store or JobStore()
@@ -732,6 +744,17 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
     reporter = _Reporter(store, job)
     flag = StopFlag().install()
     reporter.stop = lambda: flag() or reporter.cancel_requested()
+    code = run_job(store, job, reporter)
+    LocalExecutor(store).start_queued()  # the queue drains without a dashboard
+    return code
+
+
+def run_job(store: JobStore, job: Job, reporter: _Reporter) -> int:
+    """Run one claimed job and record how it ended through ``store`` (the SQLite store in a local worker, a
+    stand-in that forwards to the driver in a Ray worker: anything with get/update/job_dir/root)."""
+    import traceback
+
+    job_id = job.id
     try:
         spec = parse_spec(job.spec)  # inside: a spec this machine cannot run (no CUDA now) fails with its message
         try:
@@ -743,13 +766,11 @@ def run_worker(job_id: str, store: JobStore | None = None) -> int:
             status = "cancelled" if store.get(job_id).cancel_requested else "interrupted"
         store.update(job_id, status=status, finished=time.time())
         print(f"job {job_id}: {status}", flush=True)
-        code = 0 if status == "done" else 3
+        return 0 if status == "done" else 3
     except Exception as err:  # recorded for the UI; the traceback goes to the job's log
         traceback.print_exc()
         store.update(job_id, status="failed", finished=time.time(), error=f"{type(err).__name__}: {err}")
-        code = 1
-    LocalExecutor(store).start_queued()  # the queue drains without a dashboard
-    return code
+        return 1
 
 
 def tail(path: Path, lines: int = 40) -> str:

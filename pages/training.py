@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from explrobust_core import figures, study, sweep
 from explrobust_core.data import DATASETS, default_budgets
 from explrobust_core.evaluate import PRESETS, deep_merge, make_evaluation_config
+from explrobust_core.executors import describe_executor
 from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, TrainJobSpec, tail
 from explrobust_core.models import ARCHITECTURES
 from explrobust_core.registry import ConfigError, format_validation_error
@@ -27,6 +28,7 @@ ui.page_header(
 
 
 ex = ui.executor()
+st.caption(f"Jobs run on: {describe_executor(ex)}")
 train_tab, eval_tab, sweep_tab = st.tabs(["Train a model", "Evaluate a model", "Sweep"])
 
 
@@ -177,7 +179,10 @@ def job_details(job) -> None:
 
 
 def queue_view() -> None:
-    ex.start_queued()  # also notices workers that died
+    try:
+        ex.start_queued()  # also notices workers that died
+    except (ValueError, ImportError) as err:  # e.g. the Ray cluster is gone: the jobs are still listed
+        st.error(str(err))
     jobs = ex.store.list()
     active = any(j.status in ACTIVE for j in jobs)
     was_active = st.session_state.get("jobs_were_active", False)

@@ -188,23 +188,23 @@ def refresh_checkpoints() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _executor(runs: str):
-    from explrobust_core.jobs import JobStore, LocalExecutor
+def _executor(runs: str, kind: str | None):
+    from explrobust_core.executors import open_executor
 
-    ex = LocalExecutor(JobStore(runs))
-    ex.reconcile()  # on dashboard start: jobs whose worker process is gone become "interrupted"
-    return ex
+    return open_executor(runs, kind)  # reconciled: jobs whose worker is gone are "interrupted" from the start
 
 
 def executor():
-    """This server's job executor; a lost or damaged job store stops the page with how to recover."""
+    """This server's job executor (``$EXPLROBUST_EXECUTOR``); a lost or damaged job store, an unreachable
+    cluster or a missing extra stops the page with the reason."""
+    import os
+
     from explrobust_core.io import runs_dir
-    from explrobust_core.jobs import JobStoreError
 
     try:
-        ex = _executor(str(runs_dir()))
+        ex = _executor(str(runs_dir()), os.environ.get("EXPLROBUST_EXECUTOR"))
         ex.store.check()
-    except JobStoreError as err:
+    except (ValueError, ImportError) as err:  # JobStoreError, ConfigError, MissingExtraError: all say what to do
         st.error(str(err))
         st.stop()
     return ex

@@ -1,4 +1,4 @@
-"""The benchmark harness: report structure, the Markdown table, README markers, one cheap real row.
+"""The benchmark harness: report structure, the Markdown table, one cheap real row.
 
 Never asserts on timings: only that the numbers are there and shaped as documented.
 """
@@ -70,15 +70,6 @@ def test_markdown_table_names_machine_versions_ratio_direction_and_aims(tmp_path
     assert "peer median / our median" in md  # the ratio's direction is spelled out
     assert "**2.00× faster**" in md and "❌ not met" in md  # 2× against the ≥ 10× aim
     assert "skipped: peer not installed" in md and "failed: boom" in md
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n## Performance\n\n{run_all.START}\nold\n{run_all.END}\n\n## Next\n")
-    run_all.update_readme(md, readme)
-    text = readme.read_text()
-    assert "old" not in text and md in text and text.endswith("## Next\n")
-    no_markers = tmp_path / "no_markers.md"
-    no_markers.write_text("# x\n")
-    with pytest.raises(SystemExit, match="markers"):
-        run_all.update_readme(md, no_markers)
 
 
 def test_run_all_quick_runs_one_cheap_benchmark(tmp_path):

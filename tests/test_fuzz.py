@@ -421,6 +421,7 @@ COMMANDS = {
                              "--reference-pairs", "0"], {
         **CHECKPOINT_FLAGS, "--ways": INDICES, "--seeds": INDICES, "--n-pairs": INT, "--n-candidates": INT,
         "--k": INT, "--steps": INT, "--json": OUT_FILE, "--reference": CHECKPOINT}),
+    "ray-local": (["--runs", "{out}/runs", "status"], {"": _choice("status", "stop", "x")}),
     "replicate": (["sep"], {"--dataset": _choice("digits", "mnist5k", "x"), "--json": OUT_FILE,
                             "--markdown": OUT_FILE, "--update-readme": _choice("{out}/a_file", "/dev/null", "{out}/no"),
                             "--compute-missing": None, "--store-dir": OUT_DIR}),

@@ -9,7 +9,7 @@
 ``explrobust explain --method integrated_gradients --help`` (likewise ``--attack``) lists that
 method's own options, generated from its typed config — the same config the dashboard's forms use.
 
-One module per command group (``info``, ``measure``, ``study``, ``train``, ``jobs``, ``replicate``, ``zoo``); each has ``COMMANDS``
+One module per command group (``info``, ``measure``, ``study``, ``train``, ``jobs``, ``ray_local``, ``replicate``, ``zoo``); each has ``COMMANDS``
 (name → help) and ``add_arguments(name, parser, choice)``. Only the command being run gets its arguments (and
 imports what they need), so ``explrobust jobs list`` never imports the attacks.
 """
@@ -23,13 +23,13 @@ from typing import Sequence
 from pydantic import ValidationError
 
 from ..registry import ConfigError, MissingExtraError, format_validation_error
-from . import info, jobs, measure, replicate, study, train, zoo
+from . import info, jobs, measure, ray_local, replicate, study, train, zoo
 from ._args import OneLineParser
 from .info import info_report
 
 __all__ = ["build_parser", "choice_in", "info_report", "main"]
 
-GROUPS = (info, measure, study, train, jobs, replicate, zoo)
+GROUPS = (info, measure, study, train, jobs, ray_local, replicate, zoo)
 
 def build_parser(command: str | None = None, choice: str | None = None) -> argparse.ArgumentParser:
     """The parser. With ``command`` only that sub-command gets its arguments (the others are listed with their

@@ -17,13 +17,15 @@ COMMANDS = {
     "sweep": "train a grid over one or two objective fields as jobs, each point then evaluated",
 }
 RUNS_HELP = "runs directory (default: $EXPLROBUST_RUNS or ~/.explrobust/runs)"
+EXECUTOR_HELP = ("where jobs run: local processes (default) or a Ray cluster ($RAY_ADDRESS, else a local one); "
+                 "default $EXPLROBUST_EXECUTOR")
 
 def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> None:
     p.add_argument("--runs", default=None, help=RUNS_HELP)
-    if name == "jobs":
-        _add_jobs_arguments(p)
-    else:
-        _add_sweep_arguments(p)
+    commands = _add_jobs_arguments(p) if name == "jobs" else _add_sweep_arguments(p)
+    for sub_name, command in commands.choices.items():
+        if sub_name not in ("worker", "rebuild-store"):  # the worker runs where its executor put it
+            command.add_argument("--executor", choices=("local", "ray"), default=None, help=EXECUTOR_HELP)
 
 def _train_flags(extra: list[str]):
     """The `train` command's flags given after a jobs/sweep command, validated as `train` validates them."""
@@ -33,7 +35,7 @@ def _train_flags(extra: list[str]):
     argv = ["train", *extra]
     return train_config(build_parser("train", choice_in(argv)).parse_args(argv))
 
-def _add_jobs_arguments(p: argparse.ArgumentParser) -> None:
+def _add_jobs_arguments(p: argparse.ArgumentParser):
     jobs = p.add_subparsers(dest="jobs_command", required=True)
     q = jobs.add_parser("submit", help="queue a job: a JSON spec file, or the `train` command's flags",
                         usage="explrobust jobs submit [--json] [--max-concurrent N] (SPEC.json | TRAIN FLAGS …)",
@@ -63,8 +65,9 @@ def _add_jobs_arguments(p: argparse.ArgumentParser) -> None:
     q = jobs.add_parser("worker", help="(internal) run one queued job in this process")
     q.add_argument("id")
     q.set_defaults(func=cmd_jobs_worker)
+    return jobs
 
-def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+def _add_sweep_arguments(p: argparse.ArgumentParser):
     sweeps = p.add_subparsers(dest="sweep_command", required=True)
 
     def outputs(q: argparse.ArgumentParser) -> None:
@@ -94,11 +97,12 @@ def _add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     q.set_defaults(func=cmd_sweep_status)
     q = sweeps.add_parser("list", help="the sweeps in the runs directory")
     q.set_defaults(func=cmd_sweep_list)
+    return sweeps
 
 def _executor(ns: argparse.Namespace):
-    from ..jobs import JobStore, LocalExecutor
+    from ..executors import make_executor
 
-    return LocalExecutor(JobStore(ns.runs) if ns.runs else None, getattr(ns, "max_concurrent", None))
+    return make_executor(ns.runs, getattr(ns, "executor", None), getattr(ns, "max_concurrent", None))
 
 def cmd_jobs_submit(ns: argparse.Namespace) -> int:
     from ..jobs import TrainJobSpec, parse_spec
