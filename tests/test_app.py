@@ -31,8 +31,8 @@ def test_browser_renders_overview_zoo_and_explorer(browser_page):
     page.goto(browser_page.url)
     expect(page.get_by_role("heading", name="Explanation methods")).to_be_visible(timeout=90_000)
     browser_page.wait_idle()
-    # six registries and the shipped zoo's table
-    expect(page.get_by_test_id("stDataFrame")).to_have_count(7, timeout=60_000)
+    # seven registries (training objectives included) and the shipped zoo's table
+    expect(page.get_by_test_id("stDataFrame")).to_have_count(8, timeout=60_000)
     expect(page.get_by_role("heading", name="Model zoo")).to_be_visible()
     browser_page.assert_no_exception()
     browser_page.screenshot("overview")
