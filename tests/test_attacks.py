@@ -279,3 +279,36 @@ def test_pgd_keep_final_matches_captum_with_the_same_random_start(mnist_convnet,
     with torch.no_grad():  # the default keeps each image's last misclassified iterate: never weaker
         assert (mnist_convnet(kept_best).argmax(1) != y).sum() >= (pred_o != y).sum()
     assert torch.equal(any_success, mnist_convnet(kept_best).argmax(1) != y)
+
+
+def test_ifia_can_report_the_maps_of_another_method_as_art_does(mnist_convnet, correct):
+    """ART attacks logit-IG maps but scores the attack on IG of the loss (trapezoid rule, 101 points): the
+    reported metrics compare those maps of the clean and the returned adversarial image."""
+    from explrobust_core.evaluate import make_evaluation_config
+    from explrobust_core.explain import attribute
+    from explrobust_core.metrics import attribution_to_map, kendall_tau, topk_intersection
+
+    x, _ = correct
+    x = x[:4]
+    art = make_evaluation_config("art_cifar").ifia
+    opts = dict(eps=0.1, steps=3, step_size=0.02, k=50, eval_k=50, explainer="gradient",
+                report_explainer=art.report_explainer,
+                report_explainer_options={**art.report_explainer_options, "n_steps": 11})
+    r = run_explanation_attack(mnist_convnet, x, "ifia", **opts)
+    with torch.no_grad():
+        keep = mnist_convnet(x).argmax(1)
+
+    def maps(images):
+        return attribution_to_map(attribute(mnist_convnet, images, "integrated_gradients", target=keep,
+                                            config=opts["report_explainer_options"]))
+
+    original, final = maps(x), maps(r.tensors["adversarial"])
+    ok = r.per_image["attacked"]
+    torch.testing.assert_close(r.per_image["kendall_tau"][ok].double(), kendall_tau(original, final)[ok].double(),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.per_image["topk_intersection"][ok].double(),
+                               topk_intersection(original, final, 50)[ok].double(), atol=1e-6, rtol=0)
+    plain = run_explanation_attack(mnist_convnet, x, "ifia", **{k: v for k, v in opts.items()
+                                                                 if not k.startswith("report")})
+    assert torch.equal(plain.tensors["adversarial"], r.tensors["adversarial"])  # the attack itself is unchanged
+    assert not torch.allclose(plain.per_image["kendall_tau"][ok], r.per_image["kendall_tau"][ok])

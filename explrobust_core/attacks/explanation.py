@@ -65,11 +65,19 @@ class IFIAConfig(_ExplainerChoice):
     on_label_flip: Literal["continue", "rollback"] = Field(
         "continue", description="after an iterate changes the prediction: walk on from it (RAR) or step back")
     beta: float = Field(10.0, gt=0, le=1e4, description="softplus β of the view the gradients are taken on")
+    report_explainer: str | None = Field(
+        None, description="explanation method of the reported maps and metrics (ART's evaluation: integrated "
+                          "gradients of the loss); default: the attacked method itself")
+    report_explainer_options: dict[str, Any] = Field(default_factory=dict, description="options of that method")
 
     @model_validator(mode="after")
     def _restarts_need_randomness(self):
         if self.restarts > 1 and not self.random_start and self.objective != "random":
             raise ValueError("restarts > 1 repeat a deterministic run; set random_start or use objective='random'")
+        if self.report_explainer is not None:
+            EXPLAINERS.get(self.report_explainer).make_config(self.report_explainer_options)
+        elif self.report_explainer_options:
+            raise ValueError("report_explainer_options need a report_explainer")
         return self
 
 
@@ -260,6 +268,10 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
         attacked = torch.isfinite(best_score)
         final, final_logits = _maps_and_logits(model, best_x, keep, cfg)
         final_pred = final_logits.argmax(1)
+        if cfg.report_explainer is not None:  # the metrics compare maps of another method (ART's protocol)
+            report = _ExplainerChoice.model_construct(explainer=cfg.report_explainer,
+                                                      explainer_options=cfg.report_explainer_options)
+            original, final = _maps(model, x, keep, report), _maps(model, best_x, keep, report)
     metrics = _apply_policy({
         "topk_intersection": topk_intersection(original, final, cfg.eval_k),
         "kendall_tau": kendall_tau(original, final),
