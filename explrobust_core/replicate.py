@@ -282,12 +282,20 @@ def claim_landscape(curvature: dict[str, Any] | None, rows: list[dict[str, Any]]
 # --------------------------------------------------------------------------- stored inputs
 
 
-def _stored(dataset: str, filename: str, shipped_root: Path, runs: str | os.PathLike | None) -> dict | None:
+def stored_files(dataset: str, runs: str | os.PathLike | None = None,
+                 shipped_root: str | os.PathLike | None = None) -> list[Path]:
+    """Where the curvature and Way-stability results are looked for, the runs directory first (for cache keys)."""
     from .io import runs_dir
+    from .zoo import shipped_zoo_dir
 
-    for folder in (Path(runs if runs is not None else runs_dir()) / "replicate" / dataset, shipped_root / dataset):
-        path = folder / filename
-        if path.is_file():
+    shipped = Path(shipped_root) if shipped_root is not None else shipped_zoo_dir()
+    folders = (Path(runs if runs is not None else runs_dir()) / "replicate" / dataset, shipped / dataset)
+    return [folder / name for name in (CURVATURE_FILE, WAY_STABILITY_FILE) for folder in folders]
+
+
+def _stored(dataset: str, filename: str, shipped_root: Path, runs: str | os.PathLike | None) -> dict | None:
+    for path in stored_files(dataset, runs, shipped_root):
+        if path.name == filename and path.is_file():
             return json.loads(path.read_text(encoding="utf-8"))
     return None
 

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from explrobust_core import study
+from explrobust_core import replicate, study
 from explrobust_core.figures import robustness_scatter_figure
 from pages import study_views, ui
 
@@ -226,7 +226,8 @@ if rows:
         show_results()
     except Exception as err:  # noqa: BLE001 — e.g. a hand-edited result file with odd values
         st.error(f"Could not show the study for this protocol: {err}")
-study_views.show_claims(dataset, RUNS, stamp())
+study_views.show_claims(dataset, RUNS, (stamp(), tuple((str(p), p.stat().st_mtime_ns) for p in
+                                                       replicate.stored_files(dataset, RUNS) if p.is_file())))
 
 for problem in data.problems:
     st.warning(problem)
