@@ -102,7 +102,7 @@ def claim_at_raises_le(rows: list[dict[str, Any]], tables: dict[str, dict]) -> C
     trained = [r for r in rows if r["method"] in _ADV_TRAINED and r["model"] in tables]
     if not natural or not trained:
         return c
-    base = natural[0]["model"]
+    base = next((r for r in natural if r["name"] == "natural"), natural[0])["model"]  # the shipped one first
     ratios = {}
     for r in trained:
         pairs = common_pairs({k: tables[k] for k in (base, r["model"])})
@@ -254,8 +254,11 @@ def claim_landscape(curvature: dict[str, Any] | None, rows: list[dict[str, Any]]
         c.ours = "not stored: run `explrobust replicate sep --compute-missing`"
         return c
     per_model = curvature.get("models", {})
-    natural = next((r["name"] for r in rows if r["method"] == "Normal" and r["name"] in per_model), None)
-    at = next((r["name"] for r in rows if r["method"] == "MAT" and r["name"] in per_model), None)
+    def pick(method: str, shipped_name: str) -> str | None:  # the shipped model first, then any of its kind
+        names = [r["name"] for r in rows if r["method"] == method and r["name"] in per_model]
+        return shipped_name if shipped_name in names else next(iter(names), None)
+
+    natural, at = pick("Normal", "natural"), pick("MAT", "pgd_at")
     if natural is None or at is None:
         return c
     out = {f"{loss}_{measure}": ratio_of_means(per_model[at][f"{loss}_{measure}"], per_model[natural][f"{loss}_{measure}"])
