@@ -33,7 +33,6 @@ from .data import ImageDataset, spread_indices
 from .registry import Config
 from .results import Result
 
-WAYS = {1: "random pairs", 2: "random pairs of different classes", 3: "clustering prototypes (the SEP paper)"}
 REFERENCE_SEED = 1_000_003  # the reference draw never coincides with a seed of the study
 
 
