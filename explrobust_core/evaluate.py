@@ -8,6 +8,7 @@ CIFAR evaluation (§3.2, §4.5).
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Literal
 
@@ -17,6 +18,7 @@ from torch import nn
 
 from .attacks.classification import PGDConfig, run_classification_attack
 from .attacks.explanation import IFIAConfig, TargetedConfig, attack_summary, run_explanation_attack
+from .batching import cpu_batch_cap, map_batches
 from .data import ImageDataset, spread_indices
 from .models import eval_mode
 from .registry import Config, ConfigError, format_validation_error
@@ -128,13 +130,13 @@ def _chunks(n: int, size: int):
 
 def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], batch_size: int,
                 device) -> tuple[torch.Tensor, torch.Tensor]:
-    preds, labels = [], []
+    def predict(start: int, stop: int):
+        x, y = dataset.batch(indices[start:stop])
+        return model(x.to(device)).argmax(1).cpu(), y
+
     with eval_mode(model), torch.no_grad():
-        for rows in _chunks(len(indices), batch_size):
-            x, y = dataset.batch([indices[r] for r in rows])
-            preds.append(model(x.to(device)).argmax(1).cpu())
-            labels.append(y)
-    return torch.cat(preds), torch.cat(labels)
+        parts = map_batches(predict, len(indices), batch_size)  # a batch that runs out of GPU memory is halved
+    return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
 
 
 def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[str, Any]):
@@ -185,18 +187,23 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     report = progress or (lambda stage, fraction: None)
     n = min(cfg.n_images, len(dataset))
     indices = spread_indices(len(dataset), n) if cfg.subset == "spread" else list(range(n))
-    pred, labels = predictions(model, dataset, indices, cfg.batch_size, device)
+    # on the CPU a batch is capped by the model's size (an out-of-memory there is the OS's, not torch's, and
+    # cannot be caught); on a GPU a batch that runs out of memory is halved (map_batches)
+    batch_size = cfg.batch_size if device.type == "cuda" else min(
+        cfg.batch_size, cpu_batch_cap(model, math.prod(dataset.info.input_shape)))
+    pred, labels = predictions(model, dataset, indices, batch_size, device)
     correct = pred == labels
     summary: dict[str, Any] = {"n_images": n, "clean_accuracy": float(correct.float().mean())}
     report("clean accuracy", 1.0)
 
     curve = []
     for i, eps in enumerate(cfg.eps_list):
-        still_correct = 0
-        for rows in _chunks(n, cfg.batch_size):
-            x, y = dataset.batch([indices[r] for r in rows])
+        def attacked(start: int, stop: int, eps: float = eps) -> int:
+            x, y = dataset.batch(indices[start:stop])
             r = run_classification_attack(model, x.to(device), y.to(device), "pgd", cfg.pgd, eps=eps)
-            still_correct += int((r.per_image["adv_pred"] == r.per_image["label"]).sum())
+            return int((r.per_image["adv_pred"] == r.per_image["label"]).sum())
+
+        still_correct = sum(map_batches(attacked, n, batch_size))  # halves a batch that runs out of memory
         curve.append({"eps": eps, "accuracy": still_correct / n})
         report("PGD accuracy", (i + 1) / len(cfg.eps_list))
     summary["pgd_accuracy"] = curve
