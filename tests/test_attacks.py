@@ -312,3 +312,27 @@ def test_ifia_can_report_the_maps_of_another_method_as_art_does(mnist_convnet, c
                                                                  if not k.startswith("report")})
     assert torch.equal(plain.tensors["adversarial"], r.tensors["adversarial"])  # the attack itself is unchanged
     assert not torch.allclose(plain.per_image["kendall_tau"][ok], r.per_image["kendall_tau"][ok])
+
+
+def test_a_registered_targeted_attack_gets_its_targets_everywhere(mnist_convnet, correct, monkeypatch):
+    """An attack tagged as needing targets receives them from run_explanation_attack (and the Attack lab's
+    one-image helper and the CLI ask needs_targets), by its registry entry alone: no branch names it."""
+    from explrobust_core.attacks import explanation as E
+    from explrobust_core.attacks.one_image import needs_targets
+
+    seen = {}
+
+    def toy(model, images, cfg, labels=None, target_images=None, progress=None):
+        seen["targets"] = target_images
+        return E.targeted(model, images, cfg, labels=labels, target_images=target_images, progress=progress)
+
+    monkeypatch.setattr(E.EXPLANATION_ATTACKS, "_entries", dict(E.EXPLANATION_ATTACKS._entries))
+    E.EXPLANATION_ATTACKS.register("toy_targeted", config=E.TargetedConfig, tags=(E.NEEDS_TARGETS,),
+                                   summary="a toy")(toy)
+    x, _ = correct
+    r = run_explanation_attack(mnist_convnet, x[:2], "toy_targeted", config={"steps": 1}, target_images=x[2:4])
+    assert seen["targets"] is not None and torch.equal(seen["targets"], x[2:4]) and "n_attacked" in r.summary
+    assert needs_targets("toy_targeted") and not needs_targets("ifia")
+    assert "toy_targeted" in E.targeted_attacks()
+    with pytest.raises(ValueError, match="untargeted"):
+        run_explanation_attack(mnist_convnet, x[:2], "ifia", target_images=x[2:4])

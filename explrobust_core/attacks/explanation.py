@@ -112,6 +112,18 @@ class TargetedConfig(_ExplainerChoice):
 
 
 EXPLANATION_ATTACKS: Registry[Callable[..., Result]] = Registry("explanation attack")
+# the tag of an attack that drives maps toward target images (its function takes ``target_images``)
+NEEDS_TARGETS = "needs:targets"
+
+
+def needs_targets(name: str) -> bool:
+    """Whether explanation attack ``name`` attacks toward target images."""
+    return NEEDS_TARGETS in EXPLANATION_ATTACKS.get(name).tags
+
+
+def targeted_attacks() -> list[str]:
+    """The registered explanation attacks that take target images."""
+    return [n for n in EXPLANATION_ATTACKS.names() if needs_targets(n)]
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -294,7 +306,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
 # --------------------------------------------------------------------------- targeted (Dombrowski)
 
 
-@EXPLANATION_ATTACKS.register("targeted", config=TargetedConfig,
+@EXPLANATION_ATTACKS.register("targeted", config=TargetedConfig, tags=(NEEDS_TARGETS,),
                               summary="Targeted (Dombrowski): map toward a target image's map, output kept")
 def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels: torch.Tensor | None = None,
              target_images: torch.Tensor | None = None, progress: Progress | None = None) -> Result:
@@ -410,8 +422,9 @@ def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "
     cfg = entry.make_config({**values, **options})
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
-    if name == "targeted":
+    if NEEDS_TARGETS in entry.tags:
         return entry.obj(model, images, cfg, labels=labels, target_images=target_images, progress=progress)
     if target_images is not None:
-        raise ValueError(f"attack {name!r} is untargeted; use 'targeted' to attack toward target images")
+        raise ValueError(f"attack {name!r} is untargeted; use one of {', '.join(targeted_attacks())} to attack "
+                         "toward target images")
     return entry.obj(model, images, cfg, labels=labels, progress=progress)

@@ -7,18 +7,15 @@ every recorded step, the images and the maps.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from torch import nn
 
-from .explanation import EXPLANATION_ATTACKS, Progress, run_explanation_attack
+from .explanation import Progress, needs_targets, run_explanation_attack
 
 
-def needs_targets(attack: str) -> bool:
-    """Whether explanation attack ``attack`` drives maps toward target images (its function takes them)."""
-    return "target_images" in inspect.signature(EXPLANATION_ATTACKS.get(attack).obj).parameters
+
 
 
 def attack_image(model: nn.Module, image: torch.Tensor, attack: str, config: dict[str, Any],

@@ -138,7 +138,7 @@ def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     return 0
 
 def cmd_attack_explanation(ns: argparse.Namespace) -> int:
-    from ..attacks.explanation import EXPLANATION_ATTACKS, run_explanation_attack
+    from ..attacks.explanation import EXPLANATION_ATTACKS, needs_targets, run_explanation_attack, targeted_attacks
     from ..figures import attack_panels_figure, save_figure
 
     check_outputs(ns, directories=("out",))
@@ -148,14 +148,15 @@ def cmd_attack_explanation(ns: argparse.Namespace) -> int:
     attack = ns.attack or ("targeted" if ns.target_indices else "ifia")
     targets = None
     if ns.target_indices:
-        if attack != "targeted":
-            raise ValueError(f"--target-indices goes with the targeted attack, not {attack!r}")
+        if not needs_targets(attack):
+            raise ValueError(f"--target-indices goes with a targeted attack ({', '.join(targeted_attacks())}), "
+                             f"not {attack!r}")
         tidx = ns.target_indices * len(indices) if len(ns.target_indices) == 1 else ns.target_indices
         if len(tidx) != len(indices):
             raise ValueError(f"give one target index, or one per victim ({len(indices)}), got {len(tidx)}")
         targets = dataset.batch(tidx)[0].to(device)
-    elif attack == "targeted":
-        raise ValueError("the targeted attack needs --target-indices (the images whose maps to imitate)")
+    elif needs_targets(attack):
+        raise ValueError(f"the {attack} attack needs --target-indices (the images whose maps to imitate)")
     cfg = EXPLANATION_ATTACKS.get(attack).make_config(config_values(ns))
     result = run_explanation_attack(model, x, attack, config=cfg, target_images=targets)
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
