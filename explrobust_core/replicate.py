@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .study import (PAPER_MNIST_TABLE, Collection, collect, model_rows, pair_table, protocols, records_for,
-                    spearman_rho)
+                    spearman_over_models)
 
 PAPER = ("Are Classification Robustness and Explanation Robustness Really Strongly Correlated? "
          "An Analysis Through Input Loss Landscape (arXiv 2403.06013)")
@@ -132,7 +132,7 @@ def claim_trades_monotone(rows: list[dict[str, Any]]) -> Claim:
     beta = np.array([r["sweep_beta"] for r in sweep])
     acc = np.array([r["pgd_accuracy"] for r in sweep])
     le = np.array([r["le_end"] for r in sweep])
-    rho_acc, rho_le = float(spearman_rho(beta, acc)), float(spearman_rho(beta, le))
+    rho_acc, rho_le = float(spearman_over_models(beta, acc)), float(spearman_over_models(beta, le))
     c.numbers = {"beta": beta.tolist(), "pgd_accuracy": acc.tolist(), "le_end": le.tolist(),
                  "rho_beta_accuracy": rho_acc, "rho_beta_le_end": rho_le}
     c.ours = (f"β {', '.join(f'{b:g}' for b in beta)}: PGD acc {', '.join(f'{100 * a:.1f}' for a in acc)} % "
@@ -176,8 +176,8 @@ def claim_end_driven_by_start(rows: list[dict[str, Any]]) -> Claim:
     paper = [r for r in PAPER_MNIST_TABLE]
     ps, pe = (np.array([r[k] for r in paper]) for k in ("L_e start ×1e-7", "L_e end ×1e-7"))
     c = Claim("d", "L_e end is driven by L_e start: models whose maps start far apart end far apart.",
-              f"from the paper's MNIST table (8 models): ρ(end, start) = {float(spearman_rho(pe, ps)):.2f}, "
-              f"ρ(end, end/start) = {float(spearman_rho(pe, pe / ps)):.2f}",
+              f"from the paper's MNIST table (8 models): ρ(end, start) = {float(spearman_over_models(pe, ps)):.2f}, "
+              f"ρ(end, end/start) = {float(spearman_over_models(pe, pe / ps)):.2f}",
               rule="Spearman ρ over models of L_e end with L_e start and with end/start; reproduced when "
                    "ρ(end, start) is higher and its bootstrap interval excludes 0")
     if len(ok) < 3:

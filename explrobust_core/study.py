@@ -117,7 +117,7 @@ def describe_protocol(config: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class Measure:
+class ExplanationMeasure:
     key: str
     label: str
     summary_key: str  # the key in summary["explanation"] (or "a/b" for a ratio of two means)
@@ -125,23 +125,23 @@ class Measure:
     help: str
 
 
-EXPLANATION_MEASURES: dict[str, Measure] = {m.key: m for m in [
-    Measure("le_end", "L_e end ×10⁻⁷", "explanation_loss_end_paper", True,
+EXPLANATION_MEASURES: dict[str, ExplanationMeasure] = {m.key: m for m in [
+    ExplanationMeasure("le_end", "L_e end ×10⁻⁷", "explanation_loss_end_paper", True,
             "explanation loss to the target's map after the targeted attack (the paper's measure; higher = the "
             "attack got less close = more robust)"),
-    Measure("le_start", "L_e start ×10⁻⁷", "explanation_loss_start_paper", True,
+    ExplanationMeasure("le_start", "L_e start ×10⁻⁷", "explanation_loss_start_paper", True,
             "explanation loss to the target's map before the attack (how far apart the two maps start)"),
-    Measure("le_retained", "L_e end / L_e start", "explanation_loss_end_paper/explanation_loss_start_paper", True,
+    ExplanationMeasure("le_retained", "L_e end / L_e start", "explanation_loss_end_paper/explanation_loss_start_paper", True,
             "mean L_e end over mean L_e start: the fraction of the starting distance the attack left (removes the "
             "effect of the starting distance the paper warns about)"),
-    Measure("topk", "top-k intersection", "topk_intersection", True,
+    ExplanationMeasure("topk", "top-k intersection", "topk_intersection", True,
             "share of the original top-k pixels still in the top-k after the untargeted attack"),
-    Measure("kendall", "Kendall τ", "kendall_tau", True, "rank correlation of the maps before and after the attack"),
-    Measure("spearman", "Spearman ρ of maps", "spearman_rho", True,
+    ExplanationMeasure("kendall", "Kendall τ", "kendall_tau", True, "rank correlation of the maps before and after the attack"),
+    ExplanationMeasure("spearman", "Spearman ρ of maps", "spearman_rho", True,
             "rank correlation of the maps before and after the attack"),
-    Measure("com_shift", "centre-of-mass shift (px)", "center_of_mass_shift", False,
+    ExplanationMeasure("com_shift", "centre-of-mass shift (px)", "center_of_mass_shift", False,
             "how far the map's centre of mass moved (lower = more robust)"),
-    Measure("ifia_le", "map change L_e", "explanation_loss", False,
+    ExplanationMeasure("ifia_le", "map change L_e", "explanation_loss", False,
             "explanation loss between the original and the attacked map (lower = more robust)"),
 ]}
 
@@ -442,13 +442,13 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.clip(r, -1.0, 1.0)
 
 
-def spearman_rho(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def spearman_over_models(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Spearman ρ along the last axis: Pearson r of the average ranks."""
     return pearson_r(average_ranks(x), average_ranks(y))
 
 
 _CORRELATIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "pearson": pearson_r, "spearman": spearman_rho}
+    "pearson": pearson_r, "spearman": spearman_over_models}
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:

@@ -54,11 +54,11 @@ def test_pearson_and_spearman_match_scipy(n, scale):
         if np.ptp(yy) == 0:
             continue
         assert study.pearson_r(x, yy) == pytest.approx(scipy.stats.pearsonr(x, yy).statistic, abs=1e-12)
-        assert study.spearman_rho(x, yy) == pytest.approx(scipy.stats.spearmanr(x, yy).statistic, abs=1e-12)
+        assert study.spearman_over_models(x, yy) == pytest.approx(scipy.stats.spearmanr(x, yy).statistic, abs=1e-12)
     # along the last axis of a batch
     xs, ys = rng.normal(size=(7, n)), rng.normal(size=(7, n))
     expected = [scipy.stats.spearmanr(a, b).statistic for a, b in zip(xs, ys)]
-    np.testing.assert_allclose(study.spearman_rho(xs, ys), expected, atol=1e-12)
+    np.testing.assert_allclose(study.spearman_over_models(xs, ys), expected, atol=1e-12)
     np.testing.assert_allclose(study.average_ranks(np.round(ys, 1)), scipy.stats.rankdata(np.round(ys, 1), axis=1))
 
 
