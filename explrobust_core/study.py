@@ -19,6 +19,7 @@ for up to 8 models). With a zoo of ten models these intervals are wide; they are
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -509,6 +510,13 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _per_image_of(path: str, mtime_ns: int) -> dict[str, Any]:
+    """A result file's per-image table, read once per version of the file (the page asks on every rerun, for
+    the common pairs and the two-level interval)."""
+    return _read_json(Path(path)).get("per_image") or {}
+
+
 def pair_table(path: str | os.PathLike | None, measure: str) -> dict[tuple[int, int], float] | None:
     """``{(victim, target): value}`` of a per-pair measure in a stored result file (its per-image table; the
     target is -1 for an untargeted attack), the pairs whose prediction the attack kept. None for a card (a
@@ -517,7 +525,7 @@ def pair_table(path: str | os.PathLike | None, measure: str) -> dict[tuple[int, 
     if path is None or "/" in spec or not str(path).endswith(".json"):
         return None
     try:
-        p = _read_json(Path(path)).get("per_image") or {}
+        p = _per_image_of(str(path), Path(path).stat().st_mtime_ns)
     except (OSError, ValueError):
         return None
     values, victims = p.get(spec), p.get("index")

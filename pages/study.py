@@ -46,7 +46,8 @@ def stamp() -> tuple:
 
 
 try:
-    data = collect(stamp(), RUNS)
+    files_stamp = stamp()
+    data = collect(files_stamp, RUNS)
 except Exception as err:  # noqa: BLE001 — a broken file must be a message, not a traceback
     st.error(f"Could not read the stored evaluations: {err}")
     st.stop()
@@ -226,7 +227,7 @@ if rows:
         show_results()
     except Exception as err:  # noqa: BLE001 — e.g. a hand-edited result file with odd values
         st.error(f"Could not show the study for this protocol: {err}")
-study_views.show_claims(dataset, RUNS, (stamp(), tuple((str(p), p.stat().st_mtime_ns) for p in
+study_views.show_claims(dataset, RUNS, (files_stamp, tuple((str(p), p.stat().st_mtime_ns) for p in
                                                        replicate.stored_files(dataset, RUNS) if p.is_file())))
 
 for problem in data.problems:
