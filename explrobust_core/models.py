@@ -20,6 +20,7 @@ from pydantic import Field
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from . import kernels
 from .registry import Config, Registry
 
 ARCHITECTURES: Registry[Callable[..., nn.Module]] = Registry("architecture")
@@ -370,7 +371,7 @@ def build_model(
 
 
 def _smooth_relu(x: torch.Tensor, beta: float) -> torch.Tensor:
-    return F.softplus(x, beta=beta)
+    return kernels.smooth_relu(x, beta)  # F.softplus(x, beta=beta) with a cheaper double backward
 
 
 def _smooth_hardtanh(x: torch.Tensor, lo: float, hi: float, beta: float) -> torch.Tensor:
@@ -406,10 +407,12 @@ class _SoftplusMode(TorchFunctionMode):
         if func is F.leaky_relu:
             slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
             return slope * args[0] + (1 - slope) * _smooth_relu(args[0], self.beta)
+        if func is F.max_pool2d:  # the CPU's fast channels-last kernel, same values and indices
+            return kernels.max_pool2d(*args, **kwargs)
         return func(*args, **kwargs)
 
 
-_RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+_RELU_FUNCS = kernels.RELU_FUNCS
 
 
 class SoftplusView(nn.Module):

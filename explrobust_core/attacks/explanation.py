@@ -20,7 +20,8 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ..cancellation import raise_if_cancelled
-from ..explain import EXPLAINERS, attribute, attribute_with_logits
+from ..explain import EXPLAINERS, attribute_with_logits
+from ..kernels import fast_kernels
 from ..metrics import (attribution_to_map, center_of_mass, center_of_mass_shift, explanation_loss, in_paper_units,
                        kendall_tau, spearman_rho, topk_intersection)
 from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, softplus_view
@@ -137,7 +138,11 @@ def attack_view(model: nn.Module, sample: torch.Tensor, beta: float) -> tuple[nn
 
 
 def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice, create_graph: bool = False):
-    attr = attribute(net, x, cfg.explainer, target=labels, create_graph=create_graph, config=cfg.explainer_options)
+    # the explainer itself: ``labels`` are already one class index per image, and attribute()'s target checks
+    # read them back to the host, a synchronisation on every step of the loops below
+    entry = EXPLAINERS.get(cfg.explainer)
+    with fast_kernels(weight_gradients=False):  # attacks differentiate the input only
+        attr = entry.obj(net, x, labels, entry.make_config(cfg.explainer_options), create_graph)
     return attribution_to_map(attr)
 
 
@@ -145,8 +150,9 @@ def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg:
                      create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps and logits from one forward pass where the explainer allows it (gradient, gradient × input):
     the label check of a candidate then costs nothing extra."""
-    attr, logits = attribute_with_logits(net, x, cfg.explainer, labels, create_graph=create_graph,
-                                         config=cfg.explainer_options)
+    with fast_kernels(weight_gradients=False):  # attacks differentiate the input only
+        attr, logits = attribute_with_logits(net, x, cfg.explainer, labels, create_graph=create_graph,
+                                             config=cfg.explainer_options)
     maps = attribution_to_map(attr)
     return (maps, logits) if create_graph else (maps.detach(), logits.detach())
 

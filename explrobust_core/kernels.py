@@ -1,0 +1,246 @@
+"""Faster autograd paths for ReLU, Softplus(β), 2-D max pooling and convolutions, equal to torch's up to rounding.
+
+The explanation attacks and SEP differentiate *through* an input gradient (double backprop). Profiles
+of those steps on the CPU (bench/profile_attack.py, bench/REPORT.md) showed four avoidable costs:
+
+* **max pooling on the CPU**: torch's NCHW CPU kernel is about ten times slower than its channels-last
+  kernel (one thread, 64×32×28×28: ~8 ms against ~0.7 ms). :class:`_ChannelsLastMaxPool2d` pools a
+  channels-last copy (same values, same indices — the first maximum of each window) and hands the
+  result back in the caller's layout; its backward is torch's own ``max_pool2d_with_indices_backward``.
+* **zeros sent through the forward graph**: torch defines the derivative of ReLU's and max pooling's
+  backward with respect to the forward tensor as a tensor of zeros (ReLU'' = 0), which a double
+  backward then propagates through the whole forward graph — every convolution's backward run again
+  on zeros. Here those backwards read the forward tensor *detached*, so nothing flows there.
+* **Softplus(β)'s double backward**: torch's recomputes σ(βx) and several full-size temporaries;
+  :class:`_SmoothReLU` evaluates σ(βx) once and its second derivative β·σ(1 − σ) in one fused op.
+* **a weight gradient nobody asked for**: torch's double backward of a convolution also convolves for the
+  weights; attacks, which differentiate the input only, use :class:`_InputOnlyConv2d` (``weight_gradients=False``).
+
+:class:`FastKernels` applies them to any model through ``__torch_function__`` (so it also catches
+``F.relu`` called directly); :class:`~explrobust_core.models.SoftplusView` uses the smooth ReLU and the pooling.
+The channels-last pooling is used only for large CPU tensors (on a GPU torch's kernels are kept); the
+others hold on any device. tests/test_kernels.py checks them against torch's kernels: identical pooled
+values and indices, identical ReLU-network gradients, Softplus and convolution derivatives to rounding
+(Softplus' slope σ(βx) differs from torch's by at most e⁻²⁰ ≈ 2e-9, where βx > 20 and torch takes exactly 1;
+in float32 both round to 1 there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+from torch.nn.modules.utils import _pair
+from torch.overrides import TorchFunctionMode
+
+RELU_FUNCS = frozenset({F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_})
+# the out-of-place ones: an in-place ReLU is left to torch (the caller may read the tensor it overwrote)
+_OUT_OF_PLACE_RELU = frozenset({F.relu, torch.relu, torch.Tensor.relu})
+
+
+class _ReLU(torch.autograd.Function):
+    """max(x, 0) whose backward reads the output detached: ReLU'' = 0, so a double backward stops here."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.relu(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        # torch's own rule (gradient where the output is positive); differentiable in ``grad`` only
+        return torch.ops.aten.threshold_backward(grad, y.detach(), 0)
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    return _ReLU.apply(x)
+
+
+class _SigmoidGate(torch.autograd.Function):
+    """``grad · s`` with s = σ(βx): Softplus(β)'s first derivative applied to ``grad``, differentiable in
+    ``grad`` and in ``x`` (d s / dx = β·s·(1 − s)). Third derivatives are not needed anywhere."""
+
+    @staticmethod
+    def forward(ctx, grad, x, s, beta):
+        ctx.save_for_backward(grad, s)
+        ctx.beta = beta
+        return grad * s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg):
+        grad, s = ctx.saved_tensors
+        d_grad = gg * s if ctx.needs_input_grad[0] else None
+        d_x = torch.ops.aten.sigmoid_backward(gg * grad, s) * ctx.beta if ctx.needs_input_grad[1] else None
+        return d_grad, d_x, None, None
+
+
+class _SmoothReLU(torch.autograd.Function):
+    """Softplus(β) (torch's forward, threshold 20) with the cheaper first and second derivatives above.
+
+    Above the threshold torch's softplus is the identity; σ(βx) there is 1 − O(e⁻²⁰), which rounds to 1
+    in float32, so the derivatives agree there too (to 2e-9 in float64)."""
+
+    @staticmethod
+    def forward(ctx, x, beta):
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return F.softplus(x, beta=beta)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = torch.sigmoid(x.detach() * ctx.beta)
+        return _SigmoidGate.apply(grad, x, s, ctx.beta), None
+
+
+def smooth_relu(x: torch.Tensor, beta: float) -> torch.Tensor:
+    """Softplus(β)(x) = log(1 + exp(βx)) / β with a cheap double backward."""
+    return _SmoothReLU.apply(x, float(beta))
+
+
+class _ChannelsLastMaxPool2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride, padding, dilation, ceil_mode):
+        out, indices = torch.ops.aten.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), kernel_size,
+                                                     stride, padding, dilation, ceil_mode)
+        indices = indices.contiguous()
+        ctx.save_for_backward(x, indices)
+        ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
+        return out.contiguous(memory_format=torch.contiguous_format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, indices = ctx.saved_tensors
+        # differentiable in ``grad`` (a gather by the indices); the input only gives the shape
+        return (torch.ops.aten.max_pool2d_with_indices_backward(grad, x.detach(), *ctx.args, indices),
+                None, None, None, None, None)
+
+
+# below this many input elements (a few small images) the two layout copies and the Python-level autograd
+# node cost more than torch's NCHW kernel saves; the result is the same either way
+_POOL_MIN_ELEMENTS = 1 << 16
+
+
+def _pool_args(args: tuple, kwargs: dict) -> tuple[Any, ...] | None:
+    """``F.max_pool2d``'s arguments as lists for the aten op, or None when they ask for something else
+    (returned indices) or when the input is not a 4-D CPU floating-point batch."""
+    names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    bound = dict(zip(names, args), **kwargs)
+    x = bound["input"]
+    if (bound.get("return_indices") or not isinstance(x, torch.Tensor) or x.dim() != 4 or x.device.type != "cpu"
+            or not x.is_floating_point() or x.numel() < _POOL_MIN_ELEMENTS):
+        return None
+    kernel = list(_pair(bound["kernel_size"]))
+    stride = bound.get("stride")
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else list(_pair(stride))
+    return (x, kernel, stride, list(_pair(bound.get("padding", 0))), list(_pair(bound.get("dilation", 1))),
+            bool(bound.get("ceil_mode", False)))
+
+
+def max_pool2d(*args, **kwargs) -> torch.Tensor:
+    """``F.max_pool2d`` through the channels-last kernel where that applies (see :func:`_pool_args`)."""
+    pool = _pool_args(args, kwargs)
+    if pool is None:
+        return F.max_pool2d(*args, **kwargs)
+    return _ChannelsLastMaxPool2d.apply(*pool)
+
+
+class _InputOnlyConv2d(torch.autograd.Function):
+    """``F.conv2d`` with constant weights whose backward is a transposed convolution of the gradient.
+
+    Differentiating torch's convolution backward a second time (``_convolution_double_backward``) also
+    convolves for the *weights'* gradient even when nothing asks for it — one wasted convolution per layer
+    and double backward (profiled on torch 2.14). Here the weights never carry a graph, so an explanation
+    attack's double backward convolves only what reaches the input."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        ctx.input_shape = x.shape
+        ctx.save_for_backward(weight)
+        ctx.args = (stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.args
+        kernel = weight.shape[-2:]
+        # the rows/columns the forward's stride skipped at the far edge, so the result has the input's size
+        extra = [ctx.input_shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                                           + dilation[i] * (kernel[i] - 1) + 1) for i in range(2)]
+        return (F.conv_transpose2d(grad, weight, None, stride, padding, extra, groups, dilation),
+                None, None, None, None, None, None)
+
+
+def _input_only_conv2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+    bound = dict(zip(names, args), **kwargs)
+    padding = bound.get("padding", 0)
+    if isinstance(padding, str) or bound["input"].dim() != 4:  # 'same'/'valid' and unbatched inputs: torch's op
+        return None
+    bias = bound.get("bias")
+    return _InputOnlyConv2d.apply(bound["input"], bound["weight"].detach(), None if bias is None else bias.detach(),
+                                  _pair(bound.get("stride", 1)), _pair(padding), _pair(bound.get("dilation", 1)),
+                                  bound.get("groups", 1))
+
+
+class FastKernels(TorchFunctionMode):
+    """While active: ReLU and ``F.max_pool2d`` take the paths above (any model, any module layout).
+
+    ``with FastKernels(): ...`` around a forward (and the backward passes that follow it) gives the
+    same numbers as without, faster where double backprop or CPU pooling dominates.
+
+    ``weight_gradients=False`` (explanation attacks: only the input is differentiated) also makes the
+    weights of ``F.conv2d`` and ``F.linear`` constants: no gradient reaches the parameters (nor their
+    ``.grad``), and convolutions take :class:`_InputOnlyConv2d`.
+    """
+
+    def __init__(self, weight_gradients: bool = True):
+        super().__init__()
+        self.weight_gradients = weight_gradients
+        self._tokens: list = []
+
+    def __enter__(self):
+        self._tokens.append(_ACTIVE.set(self))
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _ACTIVE.reset(self._tokens.pop())
+        return super().__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _OUT_OF_PLACE_RELU and not kwargs.get("inplace", args[1] if len(args) > 1 else False):
+            return relu(args[0])
+        if func is F.max_pool2d:
+            return max_pool2d(*args, **kwargs)
+        if not self.weight_gradients:
+            if func is F.conv2d:
+                out = _input_only_conv2d(args, kwargs)
+                if out is not None:
+                    return out
+            elif func is F.linear:
+                bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
+                bias = bound.get("bias")
+                return F.linear(bound["input"], bound["weight"].detach(), None if bias is None else bias.detach())
+        return func(*args, **kwargs)
+
+
+_ACTIVE: ContextVar[FastKernels | None] = ContextVar("explrobust_fast_kernels", default=None)
+
+
+def fast_kernels(weight_gradients: bool = True) -> FastKernels | contextlib.nullcontext:
+    """A :class:`FastKernels` context, or a no-op one inside an active context that already does as much:
+    every active mode adds a Python call to each torch operation, which small batches notice.
+    (``weight_gradients=True`` asks for nothing; inside an attack's ``False`` the weights stay constant.)"""
+    outer = _ACTIVE.get()
+    if outer is not None and (weight_gradients or not outer.weight_gradients):
+        return contextlib.nullcontext()
+    return FastKernels(weight_gradients)
