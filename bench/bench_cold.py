@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     C.add_common_args(p)
     args = p.parse_args(argv)
+    if args.clock == "cpu":
+        p.error("--clock cpu times this process only, and this benchmark's work runs in other processes")
     return C.resolve_defaults(args, {"repeats": (1, 3)}, p)
 
 

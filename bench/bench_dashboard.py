@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     C.add_common_args(p)
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for one cold start (default 180)")
     args = p.parse_args(argv)
+    if args.clock == "cpu":
+        p.error("--clock cpu times this process only, and this benchmark's work runs in other processes")
     return C.resolve_defaults(args, {"repeats": (1, 3)}, p)
 
 
