@@ -118,7 +118,7 @@ def _weighted_gradient_sum(
     n = x.shape[0]
     per_chunk = max(1, internal_batch_size // max(n, 1))
     total = torch.zeros_like(x)
-    with torch.enable_grad(), fast_kernels():
+    with torch.enable_grad(), fast_kernels(first_order_input=None if create_graph else x):
         for start in range(0, n_points, per_chunk):
             points, multiplier = make_points(slice(start, min(n_points, start + per_chunk)))
             k = points.shape[0]
@@ -193,7 +193,7 @@ def gradient(model, x, target, cfg: GradientConfig, create_graph: bool) -> torch
 def _gradient_and_logits(model, x, target, cfg: GradientConfig, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """∂score/∂x and the logits of the same forward pass (with the graph when ``create_graph``)."""
     x = _prepare_input(x, create_graph)
-    with torch.enable_grad(), fast_kernels():
+    with torch.enable_grad(), fast_kernels(first_order_input=None if create_graph else x):
         inp = x if create_graph else x.detach().requires_grad_(True)
         logits = model(inp)
         (g,) = torch.autograd.grad(_score(logits, target, cfg.score).sum(), inp, create_graph=create_graph)

@@ -171,12 +171,18 @@ class _InputOnlyConv2d(torch.autograd.Function):
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.args
-        kernel = weight.shape[-2:]
-        # the rows/columns the forward's stride skipped at the far edge, so the result has the input's size
-        extra = [ctx.input_shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
-                                           + dilation[i] * (kernel[i] - 1) + 1) for i in range(2)]
-        return (F.conv_transpose2d(grad, weight, None, stride, padding, extra, groups, dilation),
-                None, None, None, None, None, None)
+        if grad.requires_grad:  # a double backward follows: a transposed convolution, whose own backward is lean
+            kernel = weight.shape[-2:]
+            # the rows/columns the forward's stride skipped at the far edge, so the result has the input's size
+            extra = [ctx.input_shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                                               + dilation[i] * (kernel[i] - 1) + 1) for i in range(2)]
+            grad_input = F.conv_transpose2d(grad, weight, None, stride, padding, extra, groups, dilation)
+        else:  # first order only: torch's input-gradient kernel, faster on small batches (the input: its shape)
+            shape_only = grad.new_empty(1).expand(ctx.input_shape)
+            grad_input = torch.ops.aten.convolution_backward(grad, shape_only, weight, None, list(stride),
+                                                             list(padding), list(dilation), False, [0, 0], groups,
+                                                             [True, False, False])[0]
+        return grad_input, None, None, None, None, None, None
 
 
 def _input_only_conv2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -202,10 +208,22 @@ class FastKernels(TorchFunctionMode):
     ``.grad``), and convolutions take :class:`_InputOnlyConv2d`.
     """
 
-    def __init__(self, weight_gradients: bool = True):
+    def __init__(self, weight_gradients: bool = True, activations: Any = None):
         super().__init__()
         self.weight_gradients = weight_gradients
+        # an object whose ``replace(func, args, kwargs)`` swaps activation functions (the Softplus view's),
+        # returning NotImplemented for the rest: one mode does both, one Python call per torch operation
+        self.activations = activations
         self._tokens: list = []
+
+    @contextlib.contextmanager
+    def replacing_activations(self, activations: Any):
+        """Within: ``activations`` replace this mode's (the Softplus view inside an attack's context)."""
+        before, self.activations = self.activations, activations
+        try:
+            yield self
+        finally:
+            self.activations = before
 
     def __enter__(self):
         self._tokens.append(_ACTIVE.set(self))
@@ -217,6 +235,10 @@ class FastKernels(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if self.activations is not None:
+            out = self.activations.replace(func, args, kwargs)
+            if out is not NotImplemented:
+                return out
         if func in _OUT_OF_PLACE_RELU and not kwargs.get("inplace", args[1] if len(args) > 1 else False):
             return relu(args[0])
         if func is F.max_pool2d:
@@ -236,11 +258,25 @@ class FastKernels(TorchFunctionMode):
 _ACTIVE: ContextVar[FastKernels | None] = ContextVar("explrobust_fast_kernels", default=None)
 
 
-def fast_kernels(weight_gradients: bool = True) -> FastKernels | contextlib.nullcontext:
+def active() -> FastKernels | None:
+    """The innermost active :class:`FastKernels` context of this thread/task, if any."""
+    return _ACTIVE.get()
+
+
+# inputs of first-order passes below this many elements (a few small images) get no mode: at first order every
+# path above is bitwise torch's own, and the mode's Python calls on each operation cost more than they save
+_SMALL_INPUT_ELEMENTS = 1 << 12
+
+
+def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor | None = None
+                 ) -> FastKernels | contextlib.nullcontext:
     """A :class:`FastKernels` context, or a no-op one inside an active context that already does as much:
     every active mode adds a Python call to each torch operation, which small batches notice.
-    (``weight_gradients=True`` asks for nothing; inside an attack's ``False`` the weights stay constant.)"""
+    (``weight_gradients=True`` asks for nothing; inside an attack's ``False`` the weights stay constant.)
+    ``first_order_input``: the input of a pass that is differentiated once only; a small one gets no mode."""
     outer = _ACTIVE.get()
     if outer is not None and (weight_gradients or not outer.weight_gradients):
+        return contextlib.nullcontext()
+    if first_order_input is not None and first_order_input.numel() < _SMALL_INPUT_ELEMENTS:
         return contextlib.nullcontext()
     return FastKernels(weight_gradients)

@@ -383,19 +383,17 @@ def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any) -> Any:
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
-class _SoftplusMode(TorchFunctionMode):
-    """Routes ReLU-family calls to smooth Softplus(β) versions while active.
+class _SoftplusActivations:
+    """Routes ReLU-family calls to smooth Softplus(β) versions (inside a :class:`kernels.FastKernels` mode).
 
     Intercepting at the function level (not by swapping modules) makes it work for any model,
     including ones that call ``F.relu`` or ``x.relu()`` directly, and leaves the parameters alone.
     """
 
     def __init__(self, beta: float):
-        super().__init__()
         self.beta = beta
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+    def replace(self, func, args: tuple, kwargs: dict):
         if func in _RELU_FUNCS:
             return _smooth_relu(args[0], self.beta)
         if func is F.relu6:
@@ -407,9 +405,16 @@ class _SoftplusMode(TorchFunctionMode):
         if func is F.leaky_relu:
             slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
             return slope * args[0] + (1 - slope) * _smooth_relu(args[0], self.beta)
-        if func is F.max_pool2d:  # the CPU's fast channels-last kernel, same values and indices
-            return kernels.max_pool2d(*args, **kwargs)
-        return func(*args, **kwargs)
+        return NotImplemented
+
+
+def _softplus_mode(beta: float):
+    """The view's smooth activations, in the active FastKernels context when there is one (an attack's: one
+    mode instead of two on every operation), else in a mode of their own (with the fast CPU pooling)."""
+    outer = kernels.active()
+    if outer is not None and outer.activations is None:
+        return outer.replacing_activations(_SoftplusActivations(beta))
+    return kernels.FastKernels(activations=_SoftplusActivations(beta))
 
 
 _RELU_FUNCS = kernels.RELU_FUNCS
@@ -440,11 +445,11 @@ class SoftplusView(nn.Module):
         self._beta = float(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with _SoftplusMode(self._beta):
+        with _softplus_mode(self._beta):
             return self.model(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        with _SoftplusMode(self._beta):
+        with _softplus_mode(self._beta):
             return self.model.embed(x)
 
 

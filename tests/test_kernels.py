@@ -194,3 +194,12 @@ def test_nested_contexts_push_a_mode_only_when_they_add_something():
         with fast_kernels(weight_gradients=False) as inner:  # stricter: pushed
             assert isinstance(inner, FastKernels) and not inner.weight_gradients
         assert F.linear(torch.randn(2, 3), w).requires_grad  # back to the outer mode's rules
+
+
+def test_small_first_order_passes_get_no_mode():
+    from explrobust_core.kernels import fast_kernels
+
+    with fast_kernels(first_order_input=torch.zeros(2, 1, 8, 8)) as small:  # bitwise the same either way
+        assert not isinstance(small, FastKernels)
+    with fast_kernels(first_order_input=torch.zeros(64, 1, 28, 28)) as large:
+        assert isinstance(large, FastKernels)

@@ -141,7 +141,7 @@ def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _Explainer
     # the explainer itself: ``labels`` are already one class index per image, and attribute()'s target checks
     # read them back to the host, a synchronisation on every step of the loops below
     entry = EXPLAINERS.get(cfg.explainer)
-    with fast_kernels(weight_gradients=False):  # attacks differentiate the input only
+    with fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x):  # input only
         attr = entry.obj(net, x, labels, entry.make_config(cfg.explainer_options), create_graph)
     return attribution_to_map(attr)
 
@@ -150,7 +150,7 @@ def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg:
                      create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps and logits from one forward pass where the explainer allows it (gradient, gradient × input):
     the label check of a candidate then costs nothing extra."""
-    with fast_kernels(weight_gradients=False):  # attacks differentiate the input only
+    with fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x):  # input only
         attr, logits = attribute_with_logits(net, x, cfg.explainer, labels, create_graph=create_graph,
                                              config=cfg.explainer_options)
     maps = attribution_to_map(attr)
