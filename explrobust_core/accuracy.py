@@ -77,13 +77,12 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         (0.0, 3)
     """
     entry = CLASSIFICATION_ATTACKS.get(attack)
-    base = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
     grid = [float(e) for e in eps_grid]
     for eps in grid:  # a clear message before anything runs
         if eps < 0:
             raise ValueError(f"ε must be ≥ 0, got {eps:g}")
         if eps > 0:
-            entry.make_config({**base, "eps": eps})
+            entry.resolve(config, eps=eps)
     device = next(model.parameters()).device
     starts = range(0, images.shape[0], batch_size)
     chunks = [(images[s:s + batch_size].to(device), labels[s:s + batch_size].to(device)) for s in starts]
@@ -107,7 +106,7 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
                 preds.append(clean_pred[start:start + len(y)])
                 adversarial.append(x[:keep].cpu())
             else:
-                r = run_classification_attack(model, x, y, attack, config={**base, "eps": eps})
+                r = run_classification_attack(model, x, y, attack, config, eps=eps)
                 preds.append(r.per_image["adv_pred"].cpu())
                 adversarial.append(r.tensors["adversarial"][:keep].cpu())
             tick()

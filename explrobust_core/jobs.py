@@ -35,6 +35,7 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Protocol
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .cancellation import Cancelled, cancellable
+from .errors import ExplrobustError
 from .io import atomic_write_bytes, check_name, runs_dir
 from .registry import Config, ConfigError, format_validation_error
 from .training.trainer import TrainConfig
@@ -146,14 +147,14 @@ def spec_name(spec: TrainJobSpec | EvaluateJobSpec) -> str:
 # --------------------------------------------------------------------------- store
 
 
-class JobNotFound(KeyError, ValueError):
+class JobNotFound(KeyError, ValueError, ExplrobustError):
     """No job with this id (a ValueError too, so the CLI prints it as one line)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "no such job"
 
 
-class JobStoreError(ValueError):
+class JobStoreError(ValueError, ExplrobustError):
     """The job store is unreadable (corrupt, truncated) or lost while job folders remain; the message says
     how to recover (a ValueError, so the CLI prints it as one line and the pages as an error box)."""
 

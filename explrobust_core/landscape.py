@@ -31,7 +31,7 @@ from torch import nn
 from .explain import EXPLAINERS, attribute
 from .metrics import attribution_to_map, explanation_loss
 from .models import eval_mode, softplus_view
-from .registry import Config
+from .registry import Config, resolve_config
 from .results import Result
 
 LossName = Literal["ce", "explanation_change", "explanation_target"]
@@ -207,8 +207,7 @@ def input_landscape(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         >>> len(r.extra["axis"])
         21
     """
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = LandscapeConfig(**{**values, **options})
+    cfg = resolve_config(LandscapeConfig, config, **options)
     if "explanation_target" in cfg.losses and (target_images is None or target_images.shape != images.shape):
         raise ValueError("the explanation_target loss needs one target image per image")
     started = time.perf_counter()
@@ -406,12 +405,11 @@ def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     from .attacks.classification import pgd_perturb
     from .attacks.explanation import run_explanation_attack
 
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    base = LandscapeConfig(**{**values, **options})
+    base = resolve_config(LandscapeConfig, config, **options)
     if not dims or any(d not in (1, 2) for d in dims):
         raise ValueError(f"dims must be a non-empty subset of (1, 2), got {dims}")
-    cfgs = {d: LandscapeConfig(**{**base.model_dump(), "dims": d,
-                                  "points": base.points if d == 1 or points_2d is None else points_2d}) for d in dims}
+    cfgs = {d: resolve_config(LandscapeConfig, base, dims=d,
+                              points=base.points if d == 1 or points_2d is None else points_2d) for d in dims}
     if not 0 < attack_eps <= 1:
         raise ValueError(f"attack_eps must be in (0, 1], got {attack_eps}")
     started = time.perf_counter()

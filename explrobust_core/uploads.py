@@ -25,13 +25,14 @@ import torch
 from pydantic import ValidationError
 
 from .data import DATASETS, known_info
+from .errors import ExplrobustError
 from .io import check_name
 from .registry import ConfigError, format_validation_error
 from .zoo import (CARD_MAX_BYTES, FOREIGN_SUFFIXES, CheckpointError, CheckpointPaths, ModelCard, card_from_json_text,
                   import_state, list_checkpoints, read_card, shipped_zoo_dir, state_dict_from_bytes, user_zoo_dir)
 
 
-class UploadError(ValueError):
+class UploadError(ValueError, ExplrobustError):
     """An upload that cannot be used; the message says why in plain words."""
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .device import resolve_device
+from .errors import ExplrobustError
 from .io import atomic_write_bytes, atomic_write_json, check_name, library_versions, read_bounded, sha256_file
 from .models import ARCHITECTURES, ImageClassifier, WrappedClassifier, build_model
 from .registry import ConfigError, format_validation_error
@@ -52,7 +53,7 @@ _Number = Annotated[float, Strict()]  # an int or a float; never a bool or a num
 NORM_MIN, NORM_MAX = 1e-6, 1e6  # the normalisation a card may state (float32 keeps (x − mean) / std finite)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, ExplrobustError):
     """A checkpoint or card that cannot be used; the message names the file and the problem."""
 
 

@@ -88,7 +88,7 @@ with st.form("attack_lab_form"):
 def attack_config() -> dict:
     fields = EXPLAINERS.get(explainer).config.model_fields
     options = {name: int(samples) for name in ("n_steps", "n_samples") if name in fields}
-    cfg = entry.make_config({**values, "explainer": explainer, "explainer_options": options})  # a clear message
+    cfg = entry.resolve(values, explainer=explainer, explainer_options=options)  # a clear message
     height, width = data.info.input_shape[-2:]
     for name in ("k", "eval_k"):
         if getattr(cfg, name, 0) > height * width:

@@ -418,8 +418,7 @@ def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "
         >>> r.summary["n_attacked"]  # doctest: +SKIP
     """
     entry = EXPLANATION_ATTACKS.get(name)
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config({**values, **options})
+    cfg = entry.resolve(config, **options)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
     if NEEDS_TARGETS in entry.tags:

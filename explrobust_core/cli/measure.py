@@ -118,7 +118,7 @@ def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     entry = CLASSIFICATION_ATTACKS.get(ns.attack)
     cfg = entry.make_config(config_values(ns))
     for eps in ns.eps_list or ():  # every ε of the curve is validated before anything runs
-        entry.make_config({**cfg.model_dump(), "eps": eps})
+        entry.resolve(cfg, eps=eps)
     result = run_classification_attack(model, x, y, ns.attack, cfg)
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
     result.per_image = {"index": indices, **result.per_image}
