@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
+from .models import device_of
 from .registry import Config
 
 NEEDS = "needs:"  # an entry tag naming the optional package an attack imports (e.g. needs:pyautoattack)
@@ -83,7 +84,7 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
             raise ValueError(f"ε must be ≥ 0, got {eps:g}")
         if eps > 0:
             entry.resolve(config, eps=eps)
-    device = next(model.parameters()).device
+    device = device_of(model)
     starts = range(0, images.shape[0], batch_size)
     chunks = [(images[s:s + batch_size].to(device), labels[s:s + batch_size].to(device)) for s in starts]
     total, done = len(grid) * len(chunks) + (len(chunks) if flip_iterations else 0), 0

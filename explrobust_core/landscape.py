@@ -30,7 +30,7 @@ from torch import nn
 
 from .explain import EXPLAINERS, attribute
 from .metrics import attribution_to_map, explanation_loss
-from .models import eval_mode, softplus_view
+from .models import device_of, eval_mode, softplus_view
 from .registry import Config, resolve_config
 from .results import Result
 
@@ -465,7 +465,7 @@ def landscape_of_images(model: nn.Module, data, first: int, count: int, config: 
         raise ValueError(f"the split has {len(data)} images; images {first}…{first + count - 1} do not all exist")
     if target is not None and not 0 <= target < len(data):
         raise ValueError(f"target image {target} does not exist ({len(data)} images)")
-    device = next(model.parameters()).device
+    device = device_of(model)
     x, y = (t.to(device) for t in data.batch(range(first, first + count)))
     targets = data.batch([target] * count)[0].to(device) if target is not None else None
     report = landscape_report(model, x, y, config, target_images=targets, **report_options)

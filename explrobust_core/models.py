@@ -143,7 +143,7 @@ def wrap(module: nn.Module, *, mean: Sequence[float], std: Sequence[float], inpu
     if n_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
     model = WrappedClassifier(Normalize(mean, std), module, head)
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = device_of(module)
     model = model.to(device).eval()
     with torch.no_grad():
         out = model(torch.full((1, *shape), 0.5, device=device))
@@ -462,6 +462,63 @@ def beta_schedule(start: float, end: float, steps: int) -> list[float]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device a model computes on: that of its first parameter (else its first buffer; else the CPU).
+
+    Args:
+        model: any module.
+
+    Returns:
+        A ``torch.device``; inputs moved there meet the model's weights.
+
+    Example:
+        >>> device_of(nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict(model: nn.Module, images: torch.Tensor | Any, batch_size: int = 256, *,
+            indices: Sequence[int] | None = None) -> torch.Tensor:
+    """The predicted class of every image, in batches on the model's device, without gradients, in eval mode.
+
+    A batch that runs out of accelerator memory is halved and retried (:func:`~explrobust_core.batching.map_batches`).
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits.
+        images: an image tensor ``(N, C, H, W)`` (on any device), or a dataset (``len`` and ``batch(indices)``).
+        batch_size: images per forward pass (the first try; see above).
+        indices: the images to classify (default: all of them, in order).
+
+    Returns:
+        A CPU ``LongTensor`` ``(N,)`` (``(len(indices),)``) of class indices.
+
+    Example:
+        >>> pred = predict(model, x, batch_size=4)
+        >>> pred.shape == y.shape, pred.dtype
+        (True, torch.int64)
+    """
+    from .batching import map_batches
+
+    device = device_of(model)
+    chosen = list(range(len(images))) if indices is None else list(indices)
+    if isinstance(images, torch.Tensor):  # a tensor is sliced (no copy) unless indices pick its images
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return images[start:stop] if indices is None else images[chosen[start:stop]]
+    else:
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return images.batch(chosen[start:stop])[0]
+
+    def classify(start: int, stop: int) -> torch.Tensor:
+        return model(batch(start, stop).to(device)).argmax(1).cpu()
+
+    with eval_mode(model), torch.no_grad():
+        parts = map_batches(classify, len(chosen), batch_size)
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 class eval_mode:

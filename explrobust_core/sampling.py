@@ -67,9 +67,9 @@ def reference_features(model: nn.Module, images: torch.Tensor, *, source: Litera
                        explainer: str = "gradient", batch_size: int = 256) -> torch.Tensor:
     """Per-image feature vectors ``(N, D)`` for clustering: penultimate activations or flattened maps."""
     from .explain import explanation_maps
-    from .models import eval_mode
+    from .models import device_of, eval_mode
 
-    device = next(model.parameters()).device
+    device = device_of(model)
     parts = []
     with eval_mode(model):
         for start in range(0, images.shape[0], batch_size):

@@ -3,7 +3,8 @@
 import streamlit as st
 import torch
 
-from explrobust_core.browse import explain_images, filter_indices, predicted_labels
+from explrobust_core.browse import explain_images, filter_indices
+from explrobust_core.models import predict
 from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import overlay_rgb
 from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
@@ -59,7 +60,7 @@ with st.expander("Upload your own image", expanded=st.session_state.get("explore
 @st.cache_data(show_spinner="Classifying…")
 def predictions(model_name: str, split: str) -> torch.Tensor:
     model, _ = ui.load_model(str(entries[model_name].path))
-    return predicted_labels(model, data)
+    return predict(model, data, 512)
 
 
 labels = ui.labels(data)

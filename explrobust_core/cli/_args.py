@@ -141,11 +141,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 def load_checkpoint_and_data(ns: argparse.Namespace):
     """Checkpoint, card, the split of its dataset, and the model's device."""
+    from ..models import device_of
     from ..zoo import dataset_for_card, load_checkpoint
 
     model, card = load_checkpoint(ns.checkpoint, ns.device)
     dataset = dataset_for_card(card, ns.split)  # with the card's dataset options (an image folder's root, size)
-    return model, card, dataset, next(model.parameters()).device
+    return model, card, dataset, device_of(model)
 
 def pick_images(ns: argparse.Namespace, dataset, device):
     from ..data import spread_indices
