@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -261,13 +261,18 @@ class WideResNetConfig(Config):
     widen_factor: int = Field(10, ge=1, le=20, description="width multiplier k (WRN-28-10, WRN-40-2, …)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout between the two convs of a block")
 
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_four(cls, depth: int) -> int:  # refused with the config's other checks, before any building
+        if (depth - 4) % 6:
+            raise ValueError(f"wideresnet depth must be 6n+4 (e.g. 16, 28, 40), got {depth}")
+        return depth
+
 
 @ARCHITECTURES.register("wideresnet", config=WideResNetConfig, summary="WideResNet(depth, width): WRN-28-10, WRN-40-2, …")
 def wideresnet(cfg: WideResNetConfig, in_channels: int, height: int, width: int, num_classes: int):
     """WideResNet (Zagoruyko & Komodakis): conv3×3(C→16), three groups of (depth−4)/6 pre-activation
     blocks with widths 16k, 32k, 64k (strides 1, 2, 2), BN-ReLU, global average pool, FC."""
-    if (cfg.depth - 4) % 6:
-        raise ValueError(f"wideresnet depth must be 6n+4 (e.g. 16, 28, 40), got {cfg.depth}")
     n, k = (cfg.depth - 4) // 6, cfg.widen_factor
     layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)]
     cin = 16
