@@ -19,6 +19,7 @@ Conventions (see DESIGN.md, "Conventions"):
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
@@ -29,6 +30,9 @@ from .registry import Config, Registry  # entries without options get NoConfig (
 __all__ = [
     "EXPLANATION_LOSS_UNIT",
     "COMPARISONS",
+    "MetricInfo",
+    "metric_label",
+    "higher_is_robust",
     "TopKConfig",
     "attribution_to_map",
     "explanation_loss",
@@ -179,8 +183,32 @@ class TopKConfig(Config):
     k: int = Field(100, ge=1, le=1_000_000, description="Number of top pixels compared (RAR: 100; Flower 1000).")
 
 
+# the direction of a metric, as a tag: compared with the original map, an attacked map that stays similar
+# means a robust explanation, so a similarity is "higher is more robust" and a distance "lower is more robust"
 _SIM = "similarity"  # higher = more similar
 _DIST = "distance"  # higher = more different
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a comparison metric's entry carries besides its function (``Entry.meta``)."""
+
+    label: str  # its name in tables, figures and the study
+
+
+def metric_label(name: str) -> str:
+    """The short human name of comparison metric ``name``."""
+    meta = COMPARISONS.get(name).meta
+    return meta.label if isinstance(meta, MetricInfo) else name
+
+
+def higher_is_robust(name: str) -> bool:
+    """Whether a higher value of metric ``name`` between an original and an attacked map means a more robust
+    explanation (a similarity), or a lower one (a distance). The one place the direction is decided: its tag."""
+    tags = COMPARISONS.get(name).tags
+    if (_SIM in tags) == (_DIST in tags):
+        raise ValueError(f"comparison metric {name!r} must be tagged either {_SIM!r} or {_DIST!r}")
+    return _SIM in tags
 
 
 @COMPARISONS.register(
@@ -188,6 +216,7 @@ _DIST = "distance"  # higher = more different
     config=TopKConfig,
     summary="Share of the k most important pixels common to both maps (RAR's 'IN'), in [0, 1].",
     tags=(_SIM, "rank"),
+    meta=MetricInfo('top-k intersection'),
 )
 def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
     """``|top-k(a) ∩ top-k(b)| / k`` per image, in [0, 1] (RAR's "IN").
@@ -349,6 +378,7 @@ def _strict_inversions_torch(values: Tensor, bits: int) -> Tensor:
     "kendall_tau",
     summary="Kendall's tau-b over all pixels, ties handled as scipy.stats.kendalltau (RAR's 'CO').",
     tags=(_SIM, "rank", "correlation"),
+    meta=MetricInfo('Kendall τ'),
 )
 def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_ELEMENTS) -> Tensor:
     """Kendall's τ-b per image, equal to ``scipy.stats.kendalltau`` (variant 'b').
@@ -404,6 +434,7 @@ def average_ranks(v: Tensor) -> Tensor:
     "spearman_rho",
     summary="Spearman's rho over all pixels (Pearson on average ranks), as scipy.stats.spearmanr.",
     tags=(_SIM, "rank", "correlation"),
+    meta=MetricInfo('Spearman ρ of maps'),
 )
 def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
@@ -417,6 +448,7 @@ def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
     "pearson",
     summary="Pearson correlation over all pixels, in [-1, 1].",
     tags=(_SIM, "correlation", "differentiable"),
+    meta=MetricInfo('Pearson r of maps'),
 )
 def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Pearson correlation per image over the flattened maps. NaN where a map is constant
@@ -430,6 +462,7 @@ def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
     "cosine_similarity",
     summary="Cosine of the angle between the flattened maps, in [-1, 1].",
     tags=(_SIM, "differentiable"),
+    meta=MetricInfo('cosine similarity'),
 )
 def cosine_similarity(map_a: Tensor, map_b: Tensor) -> Tensor:
     """``<a, b> / (‖a‖ ‖b‖)`` per image over the flattened maps. NaN where a map is all zero
@@ -449,6 +482,7 @@ COMPARISONS.add(
     mse,
     summary="Mean squared difference over pixels (on sum-normalised maps: the SEP explanation loss).",
     tags=(_DIST, "differentiable"),
+    meta=MetricInfo('mean squared difference'),
 )
 
 
@@ -474,6 +508,7 @@ def center_of_mass(map_: Tensor) -> Tensor:
     "center_of_mass_shift",
     summary="Euclidean distance in pixels between the two maps' centres of mass.",
     tags=(_DIST, "differentiable"),
+    meta=MetricInfo('centre-of-mass shift (px)'),
 )
 def center_of_mass_shift(map_a: Tensor, map_b: Tensor) -> Tensor:
     """``‖com(a) − com(b)‖₂`` in pixels per image (see :func:`center_of_mass`; NaN if a map is
@@ -494,6 +529,7 @@ def _ssim_window(h: int, w: int) -> int:
     "ssim",
     summary="Structural similarity of the two maps, each scaled to max 1, averaged over pixels.",
     tags=(_SIM, "differentiable"),
+    meta=MetricInfo('SSIM'),
 )
 def ssim(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Mean SSIM per image via ``kornia.metrics.ssim``.

@@ -91,6 +91,9 @@ class Entry(Generic[T]):
     config: type[Config]
     summary: str
     tags: frozenset[str] = field(default_factory=frozenset)
+    # what the registry's users need besides the object, in one place (e.g. an explanation attack's summary
+    # columns, labels and directions; a comparison metric's label); each registry documents its own type
+    meta: Any = None
 
     def make_config(self, values: dict[str, Any] | Config | None = None) -> Config:
         """Validate ``values`` (a dict, a config of this entry, or None for defaults); :meth:`resolve` without
@@ -146,21 +149,28 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
-        self, name: str, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = ()
+        self, name: str, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = (),
+        meta: Any = None,
     ) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            self.add(name, obj, config=config, summary=summary, tags=tags)
+            self.add(name, obj, config=config, summary=summary, tags=tags, meta=meta)
             return obj
 
         return decorator
 
     def add(
-        self, name: str, obj: T, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = ()
+        self, name: str, obj: T, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = (),
+        meta: Any = None,
     ) -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         doc = summary or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-        self._entries[name] = Entry(name, obj, config, doc, frozenset(tags))
+        self._entries[name] = Entry(name, obj, config, doc, frozenset(tags), meta)
+
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (tests that register a toy entry clean up with it)."""
+        self.get(name)  # the same message for an unknown name
+        del self._entries[name]
 
     def get(self, name: str) -> Entry[T]:
         try:

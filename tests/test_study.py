@@ -311,7 +311,7 @@ def test_runs_dir_default(monkeypatch):
 def test_quick_and_rerun_configs_are_runnable():
     cfg = json.loads((SHIPPED / "mnist5k" / "natural.eval.json").read_text())["config"]
     quick = study.quick_config("mnist5k", cfg, shipped_root=SHIPPED)
-    assert quick.n_images <= 200 and quick.targeted.steps <= 50 and quick.eps_list == cfg["eps_list"]
+    assert quick.n_images <= 200 and quick.attack_config().steps <= 50 and quick.eps_list == cfg["eps_list"]
     assert Path(quick.pairs_file).is_file()
     assert study.protocol_id(quick.model_dump(mode="json")) == study.protocol_id(
         study.quick_config("mnist5k", cfg, shipped_root=SHIPPED).model_dump(mode="json"))
