@@ -48,27 +48,48 @@ def filter_indices(labels: torch.Tensor, classes: Sequence[int] = (), correct: t
     return interleave_by_label(keep.nonzero().squeeze(1).tolist(), labels)
 
 
-def predicted_labels(model: nn.Module, data, batch_size: int = 512) -> torch.Tensor:
+def _softmax_in_batches(model: nn.Module, data, batch_size: int | None, progress=None) -> torch.Tensor:
+    """Class probabilities ``(N, K)`` on the CPU of ``data`` (a dataset with ``batch`` and ``len``, or an image
+    tensor), in batches on the model's device: capped on the CPU by the model's size, halved on an accelerator
+    that runs out of memory."""
+    from .batching import map_batches, start_batch_size
+
+    device = next(model.parameters()).device
+    tensor = isinstance(data, torch.Tensor)
+    total = data.shape[0] if tensor else len(data)
+    if total == 0:
+        return torch.zeros(0, 0)
+    shape = data.shape[1:] if tensor else data.info.input_shape
+    size = batch_size or start_batch_size(model, int(torch.Size(shape).numel()), items=total)
+
+    def probabilities(start: int, stop: int) -> torch.Tensor:
+        x = data[start:stop] if tensor else data.batch(range(start, stop))[0]
+        out = torch.softmax(model(x.to(device)), 1).cpu()
+        if progress is not None:
+            progress(stop, total)
+        return out
+
+    with torch.no_grad():
+        return torch.cat(map_batches(probabilities, total, size))
+
+
+def predicted_labels(model: nn.Module, data, batch_size: int | None = None, progress=None) -> torch.Tensor:
     """The model's predicted class ``(N,)`` (on CPU) for every image of ``data`` — a dataset with ``batch`` and
-    ``len``, or an image tensor ``(N, C, H, W)`` — in batches on the model's device."""
-    device = next(model.parameters()).device
+    ``len``, or an image tensor ``(N, C, H, W)`` — in memory-bounded batches on the model's device;
+    ``progress(done, total)`` after each batch."""
     total = data.shape[0] if isinstance(data, torch.Tensor) else len(data)
-    out = []
-    with torch.no_grad():
-        for start in range(0, total, batch_size):
-            stop = min(total, start + batch_size)
-            x = data[start:stop] if isinstance(data, torch.Tensor) else data.batch(range(start, stop))[0]
-            out.append(model(x.to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return _softmax_in_batches(model, data, batch_size, progress).argmax(1)
 
 
-def explain_images(model: nn.Module, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU (captum's
-    display methods hook the model while they run: hold the model's lock around a shared one)."""
-    from .explain import explanation_maps
+def explain_images(model: nn.Module, images: torch.Tensor, method: str,
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU, in
+    memory-bounded batches; ``progress(done, total)`` counts the images explained (captum's display methods
+    hook the model while they run: hold the model's lock around a shared one)."""
+    from .explain import explanation_maps_in_batches
 
-    device = next(model.parameters()).device
-    x = images.to(device)
-    with torch.no_grad():
-        probs = torch.softmax(model(x), 1).cpu()
-    return probs, explanation_maps(model, x, method, target="predicted").detach().cpu()
+    probs = _softmax_in_batches(model, images, None)
+    maps = explanation_maps_in_batches(model, images, method, target=probs.argmax(1), progress=progress)
+    return probs, maps
