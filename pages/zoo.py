@@ -78,7 +78,7 @@ with st.expander("Upload a checkpoint", expanded=False):
         "come from the dataset (or from a card JSON, e.g. one written by `explrobust train`). Layouts *robustbench*, "
         "*trades*, *madrylab*: a published model, named in *Published architecture* (wrn-28-10, wrn-34-10, "
         "wrn-34-20, wrn-70-16, preact-resnet18, resnet18); *torchvision*, *timm*: the library's model name there "
-        "(e.g. resnet18). It goes to your own zoo, "
+        "(e.g. resnet18); for an image folder give its data root and input size. It goes to your own zoo, "
         f"`{user_zoo_dir()}`, never into the shipped one."
     )
     with st.form("upload_checkpoint"):
