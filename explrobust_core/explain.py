@@ -503,19 +503,11 @@ def inputs_per_image(method: str, config: dict | Config | None = None) -> int:
     return int(getattr(cfg, "n_steps", None) or getattr(cfg, "n_samples", None) or 1)
 
 
-def explanation_maps_in_batches(
-    model: nn.Module,
-    images: torch.Tensor,
-    method: str = "gradient",
-    *,
-    target: Target = "predicted",
-    labels: torch.Tensor | None = None,
-    normalize: str = "sum",
-    batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    config: dict | Config | None = None,
-    **options,
-) -> torch.Tensor:
+def explanation_maps_in_batches(model: nn.Module, images: torch.Tensor, method: str = "gradient", *,
+                                target: Target = "predicted", labels: torch.Tensor | None = None,
+                                normalize: str = "sum", batch_size: int | None = None,
+                                progress: Callable[[int, int], None] | None = None,
+                                config: dict | Config | None = None, **options) -> torch.Tensor:
     """:func:`explanation_maps` of many images, ``(N, H, W)`` on the CPU, in batches that fit the memory.
 
     The images may live on the CPU; each batch moves to the model's device. ``batch_size`` (images) defaults
