@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .models import device_of
+from .models import class_probabilities
 
 
 def interleave_by_label(indices: Sequence[int], labels: torch.Tensor) -> list[int]:
@@ -50,13 +50,13 @@ def filter_indices(labels: torch.Tensor, classes: Sequence[int] = (), correct: t
     return interleave_by_label(keep.nonzero().squeeze(1).tolist(), labels)
 
 
-def explain_images(model: nn.Module, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU (captum's
-    display methods hook the model while they run: hold the model's lock around a shared one)."""
-    from .explain import explanation_maps
+def explain_images(model: nn.Module, images: torch.Tensor, method: str,
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU, in
+    memory-bounded batches; ``progress(done, total)`` counts the images explained (captum's display methods
+    hook the model while they run: hold the model's lock around a shared one)."""
+    from .explain import explanation_maps_in_batches
 
-    device = device_of(model)
-    x = images.to(device)
-    with torch.no_grad():
-        probs = torch.softmax(model(x), 1).cpu()
-    return probs, explanation_maps(model, x, method, target="predicted").detach().cpu()
+    probs = class_probabilities(model, images)
+    maps = explanation_maps_in_batches(model, images, method, target=probs.argmax(1), progress=progress)
+    return probs, maps

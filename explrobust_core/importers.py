@@ -265,9 +265,11 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
 
 
 def import_upload(data: bytes, filename: str, *, layout: str, arch: str, dataset: str, name: str,
-                  mean: str = "", std: str = "", notes: str = "", overwrite: bool = False, zoo_dir=None):
+                  mean: str = "", std: str = "", notes: str = "", overwrite: bool = False, zoo_dir=None,
+                  data_root: str = "", input_size: int | None = None):
     """The Model zoo page's import: the form's texts parsed, then :func:`import_bytes`. For the
-    torchvision/timm layouts ``arch`` is the library's model name."""
+    torchvision/timm layouts ``arch`` is the library's model name; ``data_root`` is the dataset's folder
+    (an image folder's, recorded on the card), ``input_size`` the side images are read at (as the CLI's)."""
     from .uploads import CHECKPOINT_MAX_BYTES, UploadError
 
     if not isinstance(data, (bytes, bytearray)) or not data:
@@ -281,5 +283,10 @@ def import_upload(data: bytes, filename: str, *, layout: str, arch: str, dataset
         mean_, std_ = parse_floats(mean, "mean"), parse_floats(std, "std")
     except ValueError as err:
         raise UploadError(str(err)) from None
+    root = (data_root or "").strip()
+    if root and dataset in DATASETS and "root" not in DATASETS.get(dataset).config.model_fields:
+        raise UploadError(f"{dataset} is embedded and reads no data root; leave the data root empty")
     return import_bytes(bytes(data), filename, layout=layout, arch=arch or None, dataset=dataset, name=name.strip(),
-                        mean=mean_, std=std_, notes=notes or "", overwrite=overwrite, zoo_dir=zoo_dir)
+                        mean=mean_, std=std_, notes=notes or "", overwrite=overwrite, zoo_dir=zoo_dir,
+                        dataset_config={"root": root} if root else None,
+                        input_size=None if input_size is None else int(input_size))

@@ -487,43 +487,78 @@ def device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def predict(model: nn.Module, images: torch.Tensor | Any, batch_size: int = 256, *,
-            indices: Sequence[int] | None = None) -> torch.Tensor:
-    """The predicted class of every image, in batches on the model's device, without gradients, in eval mode.
+def class_probabilities(model: nn.Module, images: torch.Tensor | Any, batch_size: int | None = None, *,
+                        indices: Sequence[int] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Softmax class probabilities (see :func:`_per_image_outputs`), a CPU float tensor ``(N, K)``.
+
+    Example:
+        >>> probs = class_probabilities(model, x, batch_size=4)
+        >>> probs.shape[0] == x.shape[0], bool(torch.allclose(probs.sum(1), torch.ones(len(x))))
+        (True, True)
+    """
+    return _per_image_outputs(model, images, lambda logits: torch.softmax(logits, 1), batch_size,
+                              indices=indices, progress=progress)
+
+
+def _per_image_outputs(model: nn.Module, images: torch.Tensor | Any, of_logits: Callable[[torch.Tensor], torch.Tensor],
+                       batch_size: int | None = None, *, indices: Sequence[int] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """``of_logits(logits)`` of every image, in batches on the model's device, without gradients, in eval mode.
 
     A batch that runs out of accelerator memory is halved and retried (:func:`~explrobust_core.batching.map_batches`).
 
     Args:
         model: pixels in ``[0, 1]`` → logits.
-        images: an image tensor ``(N, C, H, W)`` (on any device), or a dataset (``len`` and ``batch(indices)``).
-        batch_size: images per forward pass (the first try; see above).
+        images: an image tensor ``(N, C, H, W)`` (on any device), or a dataset (``len``, ``info`` and ``batch(indices)``).
+        batch_size: images per forward pass on the first try (default: on the CPU a cap from the model's size, on an
+            accelerator a generous start; :func:`~explrobust_core.batching.start_batch_size`).
         indices: the images to classify (default: all of them, in order).
+        progress: ``progress(done, total)`` after each batch.
 
     Returns:
-        A CPU ``LongTensor`` ``(N,)`` (``(len(indices),)``) of class indices.
+        ``of_logits``' outputs joined on the CPU, one row per image (``len(indices)`` rows); ``(0, 0)`` for no images.
+    """
+    from .batching import map_batches, start_batch_size
+
+    device = device_of(model)
+    chosen = list(range(len(images))) if indices is None else list(indices)
+    if not chosen:
+        return torch.zeros(0, 0)
+    if isinstance(images, torch.Tensor):  # a tensor is sliced (no copy) unless indices pick its images
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return images[start:stop] if indices is None else images[chosen[start:stop]]
+        numel = images[0].numel()
+    else:
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return images.batch(chosen[start:stop])[0]
+        info = getattr(images, "info", None)  # datasets know their input shape; anything else shows one image
+        numel = int(torch.Size(info.input_shape).numel()) if info is not None else batch(0, 1)[0].numel()
+
+    def classify(start: int, stop: int) -> torch.Tensor:
+        out = of_logits(model(batch(start, stop).to(device))).cpu()
+        if progress is not None:
+            progress(stop, len(chosen))
+        return out
+
+    size = batch_size or start_batch_size(model, numel, items=len(chosen))
+    with eval_mode(model), torch.no_grad():
+        return torch.cat(map_batches(classify, len(chosen), size))
+
+
+def predict(model: nn.Module, images: torch.Tensor | Any, batch_size: int | None = None, *,
+            indices: Sequence[int] | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The predicted class of every image (the logits' arg-max; see :func:`_per_image_outputs`), a CPU
+    ``LongTensor`` ``(N,)``.
 
     Example:
         >>> pred = predict(model, x, batch_size=4)
         >>> pred.shape == y.shape, pred.dtype
         (True, torch.int64)
     """
-    from .batching import map_batches
-
-    device = device_of(model)
-    chosen = list(range(len(images))) if indices is None else list(indices)
-    if isinstance(images, torch.Tensor):  # a tensor is sliced (no copy) unless indices pick its images
-        def batch(start: int, stop: int) -> torch.Tensor:
-            return images[start:stop] if indices is None else images[chosen[start:stop]]
-    else:
-        def batch(start: int, stop: int) -> torch.Tensor:
-            return images.batch(chosen[start:stop])[0]
-
-    def classify(start: int, stop: int) -> torch.Tensor:
-        return model(batch(start, stop).to(device)).argmax(1).cpu()
-
-    with eval_mode(model), torch.no_grad():
-        parts = map_batches(classify, len(chosen), batch_size)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    pred = _per_image_outputs(model, images, lambda logits: logits.argmax(1), batch_size,
+                              indices=indices, progress=progress)
+    return pred if pred.ndim == 1 else torch.zeros(0, dtype=torch.long)
 
 
 class eval_mode:
