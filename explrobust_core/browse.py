@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .models import class_probabilities
+
 
 def interleave_by_label(indices: Sequence[int], labels: torch.Tensor) -> list[int]:
     """``indices`` reordered so that classes take turns: the first of each class (in class order), then the
@@ -48,41 +50,6 @@ def filter_indices(labels: torch.Tensor, classes: Sequence[int] = (), correct: t
     return interleave_by_label(keep.nonzero().squeeze(1).tolist(), labels)
 
 
-def _softmax_in_batches(model: nn.Module, data, batch_size: int | None, progress=None) -> torch.Tensor:
-    """Class probabilities ``(N, K)`` on the CPU of ``data`` (a dataset with ``batch`` and ``len``, or an image
-    tensor), in batches on the model's device: capped on the CPU by the model's size, halved on an accelerator
-    that runs out of memory."""
-    from .batching import map_batches, start_batch_size
-
-    device = next(model.parameters()).device
-    tensor = isinstance(data, torch.Tensor)
-    total = data.shape[0] if tensor else len(data)
-    if total == 0:
-        return torch.zeros(0, 0)
-    shape = data.shape[1:] if tensor else data.info.input_shape
-    size = batch_size or start_batch_size(model, int(torch.Size(shape).numel()), items=total)
-
-    def probabilities(start: int, stop: int) -> torch.Tensor:
-        x = data[start:stop] if tensor else data.batch(range(start, stop))[0]
-        out = torch.softmax(model(x.to(device)), 1).cpu()
-        if progress is not None:
-            progress(stop, total)
-        return out
-
-    with torch.no_grad():
-        return torch.cat(map_batches(probabilities, total, size))
-
-
-def predicted_labels(model: nn.Module, data, batch_size: int | None = None, progress=None) -> torch.Tensor:
-    """The model's predicted class ``(N,)`` (on CPU) for every image of ``data`` — a dataset with ``batch`` and
-    ``len``, or an image tensor ``(N, C, H, W)`` — in memory-bounded batches on the model's device;
-    ``progress(done, total)`` after each batch."""
-    total = data.shape[0] if isinstance(data, torch.Tensor) else len(data)
-    if total == 0:
-        return torch.zeros(0, dtype=torch.long)
-    return _softmax_in_batches(model, data, batch_size, progress).argmax(1)
-
-
 def explain_images(model: nn.Module, images: torch.Tensor, method: str,
                    progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU, in
@@ -90,6 +57,6 @@ def explain_images(model: nn.Module, images: torch.Tensor, method: str,
     hook the model while they run: hold the model's lock around a shared one)."""
     from .explain import explanation_maps_in_batches
 
-    probs = _softmax_in_batches(model, images, None)
+    probs = class_probabilities(model, images)
     maps = explanation_maps_in_batches(model, images, method, target=probs.argmax(1), progress=progress)
     return probs, maps

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .browse import predicted_labels
 from .embedding import cluster_view
 from .explain import explanation_maps_in_batches
 from .metrics import explanation_loss
+from .models import predict
 from .sampling import PairSet, cluster_explanation_loss, reference_features, sample_pairs, way3_pairs, way3_pairset
 
 COLOUR_BY = {"cluster": "k-means cluster", "label": "true label", "correct": "correctness"}
@@ -116,7 +116,7 @@ def cluster_pairs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         1.0
     """
     features = reference_features(model, images, source=source, explainer=explainer)
-    pred = predicted_labels(model, images)
+    pred = predict(model, images, 512)
     clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
     if way == 3:
         pairs = way3_pairset(clusters, dataset=dataset, split=split, seed=seed, reference=reference,

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from .errors import ExplrobustError
 from .registry import Config, Registry
 
 Target = Literal["true", "predicted"] | int | Sequence[int] | torch.Tensor
@@ -42,7 +43,7 @@ class ExplainerFn(Protocol):
 EXPLAINERS: Registry[ExplainerFn] = Registry("explanation method")
 
 
-class NotDifferentiableError(ValueError):
+class NotDifferentiableError(ValueError, ExplrobustError):
     """A display-only method was asked for a differentiable result."""
 
 
@@ -439,8 +440,7 @@ def attribute(
         raise NotDifferentiableError(
             f"{method!r} is display-only (captum) and cannot be differentiated; use one of "
             f"{', '.join(EXPLAINERS.names('differentiable'))}")
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config({**values, **options})
+    cfg = entry.resolve(config, **options)
     t = resolve_target(model, inputs, target, labels)
     return entry.obj(model, inputs, t, cfg, create_graph)
 
@@ -459,8 +459,7 @@ def attribute_with_logits(model: nn.Module, inputs: torch.Tensor, method: str, t
     methods get one extra forward pass, under ``no_grad`` unless ``create_graph``.
     """
     entry = EXPLAINERS.get(method)
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config(values)
+    cfg = entry.resolve(config)
     if method in _WITH_LOGITS:
         if inputs.ndim != 4:
             raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")

@@ -69,13 +69,13 @@ def reference_features(model: nn.Module, images: torch.Tensor, *, source: Litera
     memory-bounded batches (``batch_size`` images; default: what the model's size allows)."""
     from .batching import map_batches, start_batch_size
     from .explain import explanation_maps_in_batches
-    from .models import eval_mode
+    from .models import device_of, eval_mode
 
     if source != "penultimate":
         with eval_mode(model):
             return explanation_maps_in_batches(model, images, explainer, target="predicted",
                                                batch_size=batch_size).flatten(1)
-    device = next(model.parameters()).device
+    device = device_of(model)
 
     def embed(start: int, stop: int) -> torch.Tensor:
         return model.embed(images[start:stop].to(device)).flatten(1).cpu()

@@ -5,7 +5,8 @@ from pathlib import Path
 import streamlit as st
 import torch
 
-from explrobust_core.browse import explain_images, filter_indices, predicted_labels
+from explrobust_core.browse import explain_images, filter_indices
+from explrobust_core.models import predict
 from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import overlay_rgb
 from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
@@ -68,7 +69,7 @@ def progress_bar(text: str):
 def predictions(model_name: str, split: str) -> torch.Tensor:
     model, _ = ui.load_model(str(entries[model_name].path))
     report, done = progress_bar(f"{model_name}: classifying the {split} split")
-    labels = predicted_labels(model, data, progress=report)
+    labels = predict(model, data, progress=report)
     done()
     return labels
 
