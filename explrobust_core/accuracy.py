@@ -17,7 +17,7 @@ from torch import nn
 
 from .attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
 from .batching import map_batches
-from .models import eval_mode
+from .models import device_of, eval_mode
 from .registry import Config
 
 NEEDS = "needs:"  # an entry tag naming the optional package an attack imports (e.g. needs:pyautoattack)
@@ -100,14 +100,13 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
         (0.0, 3)
     """
     entry = CLASSIFICATION_ATTACKS.get(attack)
-    base = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
     grid = [float(e) for e in eps_grid]
     for eps in grid:  # a clear message before anything runs
         if eps < 0:
             raise ValueError(f"ε must be ≥ 0, got {eps:g}")
         if eps > 0:
-            entry.make_config({**base, "eps": eps})
-    device = next(model.parameters()).device
+            entry.resolve(config, eps=eps)
+    device = device_of(model)
     n, y_all = len(images), labels.cpu()
     total, done = len(grid) * math.ceil(n / max(batch_size, 1)) + (math.ceil(n / batch_size) if flip_iterations else 0), 0
 
@@ -134,7 +133,7 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
             if eps == 0:  # no attack: the clean predictions (and the clean images as examples)
                 pred, adversarial = clean_pred[start:stop], images[start:min(stop, start + keep)].cpu()
             else:
-                r = run_classification_attack(model, *on_device(start, stop), attack, config={**base, "eps": eps})
+                r = run_classification_attack(model, *on_device(start, stop), attack, config, eps=eps)
                 pred, adversarial = r.per_image["adv_pred"].cpu(), r.tensors["adversarial"][:keep].cpu()
             tick()
             return pred, adversarial

@@ -21,7 +21,7 @@ from .attacks.classification import CLASSIFICATION_ATTACKS, PGDConfig
 from .attacks.explanation import EXPLANATION_ATTACKS, attack_summary, needs_targets, run_explanation_attack
 from .batching import cpu_batch_cap, map_batches
 from .data import ImageDataset, spread_indices
-from .models import eval_mode
+from .models import device_of, predict
 from .registry import Config, ConfigError, format_validation_error
 from .results import Result, concat_per_image
 from .sampling import way2_pairs
@@ -253,15 +253,10 @@ def _chunks(n: int, size: int):
         yield range(start, min(n, start + size))
 
 
-def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], batch_size: int,
-                device) -> tuple[torch.Tensor, torch.Tensor]:
-    def predict(start: int, stop: int):
-        x, y = dataset.batch(indices[start:stop])
-        return model(x.to(device)).argmax(1).cpu(), y
-
-    with eval_mode(model), torch.no_grad():
-        parts = map_batches(predict, len(indices), batch_size)  # a batch that runs out of GPU memory is halved
-    return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
+def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], batch_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's predictions (:func:`~explrobust_core.models.predict`) and the true labels of ``indices``."""
+    return predict(model, dataset, batch_size, indices=indices), dataset.all_labels()[torch.as_tensor(indices, dtype=torch.long)]
 
 
 def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[str, Any]):
@@ -273,13 +268,8 @@ def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[s
         raise ValueError(f"pair file {cfg.pairs_file} is for {stored.dataset}/{stored.split}, "
                          f"not {dataset.info.name}/{cfg.split}")
     victims = stored.victims[: cfg.n_explanation_images]
-    pred, labels = [], []
-    with eval_mode(model), torch.no_grad():
-        for idx in _chunks(len(victims), cfg.batch_size):
-            x, y = dataset.batch([victims[i] for i in idx])
-            pred.append(model(x.to(device)).argmax(1).cpu())
-            labels.append(y)
-    ok = (torch.cat(pred) == torch.cat(labels)).tolist()
+    pred, labels = predictions(model, dataset, victims, cfg.batch_size)
+    ok = (pred == labels).tolist()
     summary["explanation_skipped_misclassified"] = ok.count(False)
     summary["pairs"] = {"file": cfg.pairs_file, "way": stored.way, "seed": stored.seed, "reference": stored.reference}
     kept = [p for p, good in zip(stored.pairs[: cfg.n_explanation_images], ok) if good]
@@ -308,7 +298,7 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     """
     cfg = config if isinstance(config, EvaluationConfig) else make_evaluation_config(**(config or {}))
     started = time.perf_counter()
-    device = next(model.parameters()).device
+    device = device_of(model)
     report = progress or (lambda stage, fraction: None)
     n = min(cfg.n_images, len(dataset))
     indices = spread_indices(len(dataset), n) if cfg.subset == "spread" else list(range(n))
@@ -316,7 +306,7 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     # cannot be caught); on a GPU a batch that runs out of memory is halved (map_batches)
     batch_size = cfg.batch_size if device.type == "cuda" else min(
         cfg.batch_size, cpu_batch_cap(model, math.prod(dataset.info.input_shape)))
-    pred, labels = predictions(model, dataset, indices, batch_size, device)
+    pred, labels = predictions(model, dataset, indices, batch_size)
     correct = pred == labels
     summary: dict[str, Any] = {"n_images": n, "clean_accuracy": float(correct.float().mean())}
     report("clean accuracy", 1.0)

@@ -48,6 +48,7 @@ __all__ = [
     "center_of_mass_shift",
     "ssim",
     "compare_maps",
+    "sensitivity",
     "max_sensitivity",
     "avg_sensitivity",
     "local_lipschitz",
@@ -418,8 +419,9 @@ def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_EL
     return torch.cat(parts).to(_out_dtype(map_a))
 
 
-def _average_ranks(v: Tensor) -> Tensor:
-    """1-based ranks of each row of ``(N, P)``, ties given their average rank (scipy's 'average')."""
+def average_ranks(v: Tensor) -> Tensor:
+    """1-based ranks of each row of ``(N, P)``, ties given their average rank (scipy's 'average'); the one
+    ranking of the project (the study's Spearman over models uses it too)."""
     sorted_v = torch.sort(v, dim=1).values
     v = v.contiguous()
     lo = torch.searchsorted(sorted_v, v, right=False)  # number of values < v
@@ -438,7 +440,7 @@ def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
     equal to ``scipy.stats.spearmanr``. NaN where a map is constant, as scipy."""
     a, b = _flat_pair(map_a, map_b, "spearman_rho")
-    rho = _pearson_rows(_average_ranks(a.detach()), _average_ranks(b.detach()))
+    rho = _pearson_rows(average_ranks(a.detach()), average_ranks(b.detach()))
     return rho.to(_out_dtype(map_a))
 
 
@@ -620,14 +622,15 @@ def _stability_core(
     *,
     sampler: _Sampler,
     n_samples: int,
-    perturbations: Tensor | None,
-    targets: Tensor | None,
-    batch_size: int,
-    generator: torch.Generator | None,
-    seed: int | None,
-    clamp: tuple[float, float] | None,
+    perturbations: Tensor | None = None,
+    targets: Tensor | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    clamp: tuple[float, float] | None = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Explain x and its N×S perturbations in chunks of ``batch_size`` rows.
+    """Explain x and its N×S perturbations in chunks of ``batch_size`` rows (the sampling options of
+    :func:`sensitivity` and :func:`local_lipschitz`, with their defaults).
 
     Rows are image-major (row ``i·S + s`` is sample s of image i). Perturbed inputs are
     ``clamp(x + δ)``. Returns, in the accumulation dtype, ``diff (N, S) = ‖e(x') − e(x)‖₂``,
@@ -687,10 +690,35 @@ def _stability_core(
     return diff.view(n_img, n_samples), step.view(n_img, n_samples), ref
 
 
-def _sensitivity(explain_fn, x, radius, n_samples, reduce, *, relative, **kw) -> Tensor:
+def sensitivity(
+    explain_fn: ExplainFn,
+    x: Tensor,
+    radius: float = 0.02,
+    n_samples: int = 10,
+    *,
+    reduce: Literal["max", "mean"] = "max",
+    relative: bool = True,
+    **sampling: Any,
+) -> Tensor:
+    """Max-sensitivity per image, ``max_s ‖e(x + δ_s) − e(x)‖_F / ‖e(x)‖_F``, ``(N,)`` (``reduce="mean"``: the
+    average sensitivity, the mean over the samples).
+
+    δ_s uniform in the L∞ ball of ``radius``; perturbed inputs clamped to ``clamp`` ([0, 1]; None
+    to skip). ``relative=True`` divides by ‖e(x)‖_F (Quantus' default normalisation; NaN where
+    e(x) is all zero); ``relative=False`` is captum's absolute ``sensitivity_max``.
+
+    ``explain_fn(x)`` returns an attribution or a map ``(N, ...)``. The keyword sampling options (here and in
+    :func:`local_lipschitz`): ``targets`` (N,): ``explain_fn`` is called as ``explain_fn(x_chunk, targets_chunk)``
+    with the targets repeated per sample; ``batch_size`` (64): the N×S perturbed inputs are explained in chunks
+    of it; ``perturbations`` ``(N, S, *x.shape[1:])`` replaces the random δ (and ``n_samples``); ``generator``
+    or ``seed`` (a CPU generator, so the same on every device; else torch's global RNG): the draws are made
+    per chunk, so results are reproducible for a fixed seed and ``batch_size``; ``clamp`` ((0, 1)).
+    """
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     if radius < 0:
         raise ValueError("radius must be ≥ 0")
-    diff, _, ref = _stability_core(explain_fn, x, sampler=_uniform_linf(radius), n_samples=n_samples, **kw)
+    diff, _, ref = _stability_core(explain_fn, x, sampler=_uniform_linf(radius), n_samples=n_samples, **sampling)
     if relative:
         undefined = (ref == 0)[:, None].expand_as(diff)
         diff = _safe_div(diff, ref[:, None].expand_as(diff), undefined)
@@ -698,59 +726,14 @@ def _sensitivity(explain_fn, x, radius, n_samples, reduce, *, relative, **kw) ->
     return out.to(_out_dtype(x))
 
 
-def max_sensitivity(
-    explain_fn: ExplainFn,
-    x: Tensor,
-    radius: float = 0.02,
-    n_samples: int = 10,
-    *,
-    relative: bool = True,
-    perturbations: Tensor | None = None,
-    targets: Tensor | None = None,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
-) -> Tensor:
-    """Max-sensitivity per image: ``max_s ‖e(x + δ_s) − e(x)‖_F / ‖e(x)‖_F``, ``(N,)``.
-
-    δ_s uniform in the L∞ ball of ``radius``; perturbed inputs clamped to ``clamp`` ([0, 1]; None
-    to skip). ``relative=True`` divides by ‖e(x)‖_F (Quantus' default normalisation; NaN where
-    e(x) is all zero); ``relative=False`` is captum's absolute ``sensitivity_max``.
-
-    ``explain_fn(x)`` returns an attribution or a map ``(N, ...)``; with ``targets`` (N,) it is
-    called as ``explain_fn(x_chunk, targets_chunk)`` with the targets repeated per sample. The
-    N×S perturbed inputs are explained in chunks of ``batch_size``. ``perturbations``
-    ``(N, S, *x.shape[1:])`` replaces the random δ (and ``n_samples``). Randomness comes from
-    ``generator`` or ``seed`` (a CPU generator, so the same on every device) or else torch's
-    global RNG; the draws are made per chunk, so results are reproducible for a fixed seed and
-    ``batch_size``.
-    """
-    return _sensitivity(
-        explain_fn, x, radius, n_samples, "max", relative=relative, perturbations=perturbations,
-        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
-    )
+def max_sensitivity(explain_fn: ExplainFn, x: Tensor, radius: float = 0.02, n_samples: int = 10, **options) -> Tensor:
+    """Max-sensitivity per image: :func:`sensitivity` (whose keyword options it takes) with the maximum over samples."""
+    return sensitivity(explain_fn, x, radius, n_samples, reduce="max", **options)
 
 
-def avg_sensitivity(
-    explain_fn: ExplainFn,
-    x: Tensor,
-    radius: float = 0.02,
-    n_samples: int = 10,
-    *,
-    relative: bool = True,
-    perturbations: Tensor | None = None,
-    targets: Tensor | None = None,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
-) -> Tensor:
-    """Average sensitivity per image: :func:`max_sensitivity` with the mean over samples."""
-    return _sensitivity(
-        explain_fn, x, radius, n_samples, "mean", relative=relative, perturbations=perturbations,
-        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
-    )
+def avg_sensitivity(explain_fn: ExplainFn, x: Tensor, radius: float = 0.02, n_samples: int = 10, **options) -> Tensor:
+    """Average sensitivity per image: :func:`sensitivity` (whose keyword options it takes) with the mean over samples."""
+    return sensitivity(explain_fn, x, radius, n_samples, reduce="mean", **options)
 
 
 def local_lipschitz(
@@ -758,27 +741,18 @@ def local_lipschitz(
     x: Tensor,
     std: float = 0.1,
     n_samples: int = 10,
-    *,
-    perturbations: Tensor | None = None,
-    targets: Tensor | None = None,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
+    **sampling: Any,
 ) -> Tensor:
     """Local Lipschitz estimate per image: ``max_s ‖e(x) − e(x')‖₂ / ‖x − x'‖₂``, ``(N,)``
     (Alvarez-Melis & Jaakkola, 2018), with ``x' = clamp(x + δ_s)``, δ_s ~ N(0, std²).
 
     The denominator is the *effective* step ‖x' − x‖₂ after clamping; samples whose effective
-    step is 0 are skipped (NaN only if every sample is). Other arguments as
-    :func:`max_sensitivity`.
+    step is 0 are skipped (NaN only if every sample is). The keyword sampling options (``targets``,
+    ``batch_size``, ``perturbations``, ``generator``, ``seed``, ``clamp``) as :func:`sensitivity`'s.
     """
     if std < 0:
         raise ValueError("std must be ≥ 0")
-    diff, step, _ = _stability_core(
-        explain_fn, x, sampler=_gaussian(std), n_samples=n_samples, perturbations=perturbations,
-        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
-    )
+    diff, step, _ = _stability_core(explain_fn, x, sampler=_gaussian(std), n_samples=n_samples, **sampling)
     ratio = _safe_div(diff, step, step == 0)
     # max over the defined samples; all undefined → NaN
     best = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("-inf")), ratio).amax(dim=1)

@@ -419,14 +419,6 @@ def split_rows(rows: list[dict[str, Any]], min_clean_accuracy: float = 0.0,
 # --------------------------------------------------------------------------- statistics
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks along the last axis, ties getting their average rank (as scipy.stats.rankdata)."""
-    a = np.asarray(values, dtype=np.float64)
-    less = (a[..., None, :] < a[..., :, None]).sum(-1)
-    equal = (a[..., None, :] == a[..., :, None]).sum(-1)
-    return less + (equal + 1) / 2.0
-
-
 def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r along the last axis; NaN where either side is constant."""
     x = np.asarray(x, dtype=np.float64)
@@ -444,8 +436,17 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def spearman_over_models(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman ρ along the last axis: Pearson r of the average ranks."""
-    return pearson_r(average_ranks(x), average_ranks(y))
+    """Spearman ρ along the last axis: Pearson r of the average ranks (:func:`~explrobust_core.metrics.average_ranks`,
+    in float64)."""
+    import torch
+
+    from .metrics import average_ranks
+
+    def ranks(values: np.ndarray) -> np.ndarray:
+        a = np.asarray(values, dtype=np.float64)
+        return average_ranks(torch.tensor(a.reshape(-1, a.shape[-1]))).numpy().reshape(a.shape)
+
+    return pearson_r(ranks(x), ranks(y))
 
 
 _CORRELATIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

@@ -81,8 +81,8 @@ with st.form("attack_lab_form"):
 def attack_config() -> dict:
     fields = EXPLAINERS.get(explainer).config.model_fields
     options = {name: int(samples) for name in ("n_steps", "n_samples") if name in fields}
-    chosen = {"explainer": explainer, "explainer_options": options}
-    cfg = entry.make_config({**values, **{k: v for k, v in chosen.items() if k in entry.config.model_fields}})
+    chosen = {"explainer": explainer, "explainer_options": options}  # only the fields this attack has
+    cfg = entry.resolve(values, **{k: v for k, v in chosen.items() if k in entry.config.model_fields})
     height, width = data.info.input_shape[-2:]
     for name in ("k", "eval_k"):
         if getattr(cfg, name, 0) > height * width:

@@ -122,7 +122,7 @@ def test_rank_correlations_nan_cases_and_single_pixel():
 
 def test_average_ranks_match_scipy_rankdata():
     v = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0, 0.0, 0.0, 5.0]])
-    np.testing.assert_allclose(M._average_ranks(v)[0].numpy(), scipy.stats.rankdata(v[0].numpy()))
+    np.testing.assert_allclose(M.average_ranks(v)[0].numpy(), scipy.stats.rankdata(v[0].numpy()))
 
 
 # --------------------------------------------------------------------------------------------

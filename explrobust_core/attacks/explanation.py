@@ -550,10 +550,16 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
 def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "ifia", *,
                            config: dict | Config | None = None, labels: torch.Tensor | None = None,
                            target_images: torch.Tensor | None = None, progress: Progress | None = None,
-                           **options) -> Result:
-    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``).
+                           batch_size: int | None = None, **options) -> Result:
+    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``), in batches that
+    fit the memory.
 
-    ``progress(done, total)``, if given, is called after every step of the attack (for progress bars).
+    ``progress(done, total)``, if given, is called after every step of the attack (for progress bars); when the
+    images run in several batches, ``total`` is images × steps and ``done`` counts image-steps.
+    ``batch_size`` (images per run of the attack) defaults on the CPU to a cap from the model's size and the
+    explainer's cost (:func:`batching.start_batch_size`) and on an accelerator to all images; a batch that runs
+    out of accelerator memory is halved and retried (:func:`batching.map_batches`). Deterministic attacks give
+    the same results for any batching; random starts and directions are drawn per batch.
 
     Args:
         model: pixels in ``[0, 1]`` → logits; images ``(N, C, H, W)``; name: ``ifia`` or ``targeted``.
@@ -568,13 +574,75 @@ def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "
         >>> r.summary["n_attacked"]  # doctest: +SKIP
     """
     entry = EXPLANATION_ATTACKS.get(name)
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config({**values, **options})
+    cfg = entry.resolve(config, **options)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
-    if NEEDS_TARGETS in entry.tags:
-        return entry.obj(model, images, cfg, labels=labels, target_images=target_images, progress=progress)
-    if target_images is not None:
+    targets_needed = NEEDS_TARGETS in entry.tags
+    if not targets_needed and target_images is not None:
         raise ValueError(f"attack {name!r} is untargeted; use one of {', '.join(targeted_attacks())} to attack "
                          "toward target images")
-    return entry.obj(model, images, cfg, labels=labels, progress=progress)
+
+    def attack(x, y, targets, report):
+        if targets_needed:
+            return entry.obj(model, x, cfg, labels=y, target_images=targets, progress=report)
+        return entry.obj(model, x, cfg, labels=y, progress=report)
+
+    if target_images is not None and target_images.shape != images.shape:
+        raise ValueError("the targeted attack needs one target image per victim image, of the same shape")
+    if images.shape[0] == 0:
+        return attack(images, labels, target_images, progress)
+    size = batch_size or _attack_batch_size(model, images, cfg)
+    return _attack_in_batches(attack, images, labels, target_images, size, progress, cfg)
+
+
+def _attack_batch_size(model: nn.Module, images: torch.Tensor, cfg: Config) -> int:
+    """All images on an accelerator (halved there if they do not fit); on the CPU the model's cap divided by
+    the explainer's inputs per image, twice: an attack step keeps the graph of the map's own backward pass."""
+    from ..batching import start_batch_size
+    from ..explain import inputs_per_image
+
+    if next(model.parameters()).device.type != "cpu":
+        return images.shape[0]
+    explainer = getattr(cfg, "explainer", "gradient")
+    cost = 2 * inputs_per_image(explainer, getattr(cfg, "explainer_options", None))
+    return start_batch_size(model, images[0].numel(), cost, images.shape[0])
+
+
+def _attack_in_batches(attack, images, labels, target_images, size: int, progress: Progress | None,
+                       cfg: Config) -> Result:
+    """``attack`` over ``[start, stop)`` batches of the images, joined into one result; a single batch's result
+    is the attack's own. Progress counts steps in one batch, image-steps in several, and never moves backwards
+    when a batch is retried smaller."""
+    from ..batching import map_batches
+    from ..results import concat_per_image
+
+    started, n, shown = time.perf_counter(), images.shape[0], [0.0]
+
+    def run(start: int, stop: int) -> Result:
+        def report(done: int, total: int) -> None:
+            whole = (done, total) if stop - start == n else (start * total + (stop - start) * done, n * total)
+            if progress is not None and whole[0] / max(whole[1], 1) > shown[0]:
+                shown[0] = whole[0] / max(whole[1], 1)
+                progress(*whole)
+
+        return attack(images[start:stop], None if labels is None else labels[start:stop],
+                      None if target_images is None else target_images[start:stop], report)
+
+    parts = map_batches(run, n, size)
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    per_image = concat_per_image(parts)
+    kind = first.kind.rsplit("/", 1)[-1]
+    summarised = kind in EXPLANATION_ATTACKS.names() and attack_info(kind).summarised
+    summary = attack_summary(kind, per_image, getattr(cfg, "seed", 0)) if summarised else first.summary
+    trajectory = first.extra.get("trajectory")
+    extra = dict(first.extra)
+    if trajectory is not None:  # per step: one list over all images
+        extra["trajectory"] = {key: values if key == "step" else
+                               [[v for part in parts for v in part.extra["trajectory"][key][i]]
+                                for i in range(len(values))] for key, values in trajectory.items()}
+    tensors = {key: None if value is None else torch.cat([part.tensors[key] for part in parts])
+               for key, value in first.tensors.items()}
+    return Result(kind=first.kind, config=first.config, per_image=per_image, summary=summary, extra=extra,
+                  tensors=tensors, seconds=time.perf_counter() - started)

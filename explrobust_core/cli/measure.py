@@ -93,10 +93,9 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
 def cmd_explain(ns: argparse.Namespace) -> int:
     import torch
 
-    from ..explain import EXPLAINERS, attribute, resolve_target
+    from ..explain import EXPLAINERS, explanation_maps_in_batches, resolve_target
     from ..figures import explanation_figure, save_figure
     from ..io import atomic_write_json, library_versions
-    from ..metrics import attribution_to_map
 
     started = time.perf_counter()
     check_outputs(ns, directories=("out",))
@@ -106,7 +105,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         probs = torch.softmax(model(images), dim=1)
     cfg = EXPLAINERS.get(ns.method).make_config(config_values(ns))
     targets = resolve_target(model, images, ns.target, labels)
-    maps = attribution_to_map(attribute(model, images, ns.method, target=targets, config=cfg), normalize=ns.normalize)
+    maps = explanation_maps_in_batches(model, images, ns.method, target=targets, config=cfg, normalize=ns.normalize)
     out = Path(ns.out)
     rows = []
     for i, idx in enumerate(ns.indices):
@@ -136,7 +135,7 @@ def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     entry = CLASSIFICATION_ATTACKS.get(ns.attack)
     cfg = entry.make_config(config_values(ns))
     for eps in ns.eps_list or ():  # every ε of the curve is validated before anything runs
-        entry.make_config({**cfg.model_dump(), "eps": eps})
+        entry.resolve(cfg, eps=eps)
     result = run_classification_attack(model, x, y, ns.attack, cfg)
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
     result.per_image = {"index": indices, **result.per_image}
