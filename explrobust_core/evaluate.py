@@ -88,7 +88,8 @@ class EvaluationConfig(Config):
         data = dict(data)
         # the same for the accuracy curve's attack, except PGD, whose settings are the pgd field
         curve_attack = data.get("classification_attack", "pgd")
-        curve_blocks = {name: data.pop(name) for name in CLASSIFICATION_ATTACKS.names() if name != "pgd" and name in data}
+        curve_blocks = {name: data.pop(name) for name in CLASSIFICATION_ATTACKS.names()
+                        if name != "pgd" and name in data}
         for name, block in curve_blocks.items():
             if name != curve_attack:
                 _validated(name, block, CLASSIFICATION_ATTACKS)
@@ -143,6 +144,19 @@ class EvaluationConfig(Config):
         if attack is None:  # the name was refused: its own error says why
             return v
         return {} if attack == "none" else _validated(attack, v).model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _settings_fit_their_attacks(self):
+        """Run again after an assignment (``cfg.explanation_attack = "targeted"``): the settings held must be the
+        newly chosen attack's (else the error names the fields that do not fit)."""
+        for attack, name, registry, plain in (
+                (self.explanation_attack, "explanation_attack_config", EXPLANATION_ATTACKS, "none"),
+                (self.classification_attack, "classification_attack_config", CLASSIFICATION_ATTACKS, "pgd")):
+            settings = getattr(self, name)
+            resolved = {} if attack == plain else _validated(attack, settings, registry).model_dump(mode="json")
+            if resolved != settings:
+                self.__dict__[name] = resolved  # not by assignment, which would validate again
+        return self
 
     @model_serializer(mode="wrap")
     def _stored_under_the_attack_name(self, handler):

@@ -97,6 +97,20 @@ def test_stored_configs_with_both_attack_blocks_still_load():
         make_evaluation_config(targeted={"steps": 0})
 
 
+def test_assigning_another_attack_checks_the_settings_held():
+    from pydantic import ValidationError
+
+    from explrobust_core.attacks.explanation import TargetedConfig
+
+    cfg = make_evaluation_config()
+    cfg.explanation_attack = "none"
+    assert cfg.explanation_attack_config == {} and cfg.attack_config() is None
+    cfg.explanation_attack = "targeted"  # from no settings: the targeted attack's defaults
+    assert cfg.attack_config() == TargetedConfig()
+    with pytest.raises(ValidationError, match="targeted.k"):
+        make_evaluation_config().explanation_attack = "targeted"  # IFIA's settings do not fit it
+
+
 def test_the_evaluation_curve_is_pgd_per_batch(mnist_convnet, mnist_test):
     """evaluate's PGD accuracy is accuracy_vs_eps over the same batches: the same numbers as attacking each
     batch of batch_size images with run_classification_attack (the loop evaluate ran before)."""

@@ -78,7 +78,8 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
         # the attack and its settings from the registry: --explanation-attack NAME, and --NAME-FIELD per attack
         p.add_argument("--explanation-attack", dest="cfg__explanation_attack", default=argparse.SUPPRESS,
                        choices=[*EXPLANATION_ATTACKS.names(), "none"],
-                       help=f"explanation attack to run (default: {EvaluationConfig.model_fields['explanation_attack'].default})")
+                       help="explanation attack to run (default: "
+                            f"{EvaluationConfig.model_fields['explanation_attack'].default})")
         for entry in EXPLANATION_ATTACKS:
             add_config_arguments(p, entry.config, f"evaluation: {entry.name} ({entry.summary})", (entry.name,))
         # the accuracy curve's attack: PGD (--pgd-* above) or another registered one (refused when not installed)
