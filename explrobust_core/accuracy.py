@@ -72,8 +72,9 @@ class AccuracyCurve:
         return [{"eps": e, "accuracy": a} for e, a in zip(self.eps, self.accuracy)]
 
 
-def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labels: torch.Tensor, eps_grid: Sequence[float],
-                    attack: str = "pgd", config: dict | Config | None = None, *, batch_size: int = 256,
+def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labels: torch.Tensor,
+                    eps_grid: Sequence[float], attack: str = "pgd", config: dict | Config | None = None, *,
+                    batch_size: int = 256,
                     keep: int = 0, flip_iterations: int | None = None, flip_config: dict | None = None,
                     progress: Callable[[int, int], None] | None = None) -> AccuracyCurve:
     """Attack ``images`` with classification attack ``attack`` at every ε of ``eps_grid``.
@@ -108,7 +109,8 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
             entry.resolve(config, eps=eps)
     device = device_of(model)
     n, y_all = len(images), labels.cpu()
-    total, done = len(grid) * math.ceil(n / max(batch_size, 1)) + (math.ceil(n / batch_size) if flip_iterations else 0), 0
+    batches = math.ceil(n / max(batch_size, 1))
+    total, done = len(grid) * batches + (batches if flip_iterations else 0), 0
 
     def tick() -> None:
         nonlocal done

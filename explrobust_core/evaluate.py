@@ -16,8 +16,8 @@ import torch
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 from torch import nn
 
-from .accuracy import DatasetImages, accuracy_vs_eps
-from .attacks.classification import PGDConfig
+from .accuracy import NEEDS, DatasetImages, accuracy_vs_eps, attack_installed
+from .attacks.classification import CLASSIFICATION_ATTACKS, PGDConfig
 from .attacks.explanation import EXPLANATION_ATTACKS, attack_summary, needs_targets, run_explanation_attack
 from .batching import cpu_batch_cap, map_batches
 from .data import ImageDataset, spread_indices
@@ -37,9 +37,9 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _validated(attack: str, settings: Any) -> Config:
+def _validated(attack: str, settings: Any, registry=EXPLANATION_ATTACKS) -> Config:
     """Attack ``attack``'s config from ``settings``; errors name the fields as ``attack.field``."""
-    config = EXPLANATION_ATTACKS.get(attack).config
+    config = registry.get(attack).config
     try:
         return config.model_validate(settings)
     except ValidationError as err:
@@ -58,6 +58,13 @@ class EvaluationConfig(Config):
                                   description="PGD accuracy at each ε (pixel units)")
     pgd: PGDConfig = Field(default_factory=lambda: PGDConfig(eps=0.3, steps=40, step_size=0.01),
                            description="PGD settings; its ε is replaced by each value of eps_list")
+    classification_attack: str = Field(
+        "pgd", description="attack of the accuracy-against-ε curve (summary key pgd_accuracy whichever it is): pgd "
+                           "(settings: pgd) or another registered one, e.g. autoattack when its optional extra "
+                           "is installed (settings under its name)")
+    classification_attack_config: dict[str, Any] = Field(
+        default_factory=dict, description="settings of a classification attack other than pgd, validated by its "
+                                          "config; its ε is replaced by each value of eps_list")
     explanation_attack: str = Field(DEFAULT_ATTACK, description="explanation attack to run (a registered one, "
                                                                 "or 'none')")
     n_explanation_images: int = Field(100, ge=1, le=100_000,
@@ -78,8 +85,20 @@ class EvaluationConfig(Config):
         registered attacks' blocks are validated, then dropped (stored configs carry them: they did not run)."""
         if not isinstance(data, dict):
             return data
-        attack = data.get("explanation_attack", DEFAULT_ATTACK)
         data = dict(data)
+        # the same for the accuracy curve's attack, except PGD, whose settings are the pgd field
+        curve_attack = data.get("classification_attack", "pgd")
+        curve_blocks = {name: data.pop(name) for name in CLASSIFICATION_ATTACKS.names()
+                        if name != "pgd" and name in data}
+        for name, block in curve_blocks.items():
+            if name != curve_attack:
+                _validated(name, block, CLASSIFICATION_ATTACKS)
+        if curve_attack in curve_blocks or "classification_attack_config" not in data:
+            chosen = curve_blocks.get(curve_attack) or {}
+            if not isinstance(chosen, dict):
+                raise ValueError(f"the settings of {curve_attack!r} must be a JSON object")
+            data["classification_attack_config"] = deep_merge(chosen, data.get("classification_attack_config") or {})
+        attack = data.get("explanation_attack", DEFAULT_ATTACK)
         blocks = {name: data.pop(name) for name in EXPLANATION_ATTACKS.names() if name in data}
         for name, block in blocks.items():
             if name != attack:
@@ -91,6 +110,24 @@ class EvaluationConfig(Config):
                 raise ValueError(f"the settings of {attack!r} must be a JSON object")
             data["explanation_attack_config"] = deep_merge(chosen, given or {})
         return data
+
+    @field_validator("classification_attack")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        CLASSIFICATION_ATTACKS.get(v)  # an unknown name: the message lists the registered ones
+        if not attack_installed(v):
+            missing = [t.removeprefix(NEEDS) for t in CLASSIFICATION_ATTACKS.get(v).tags if t.startswith(NEEDS)]
+            raise ValueError(f"the {v} attack is not installed here: it needs the optional package "
+                             f"{', '.join(missing)} (pip install 'explrobust[{v}]')")
+        return v
+
+    @field_validator("classification_attack_config")
+    @classmethod
+    def _resolved_by_its_config(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        attack = info.data.get("classification_attack")
+        if attack is None or attack == "pgd":  # refused already, or PGD (whose settings are the pgd field)
+            return {}
+        return _validated(attack, v, CLASSIFICATION_ATTACKS).model_dump(mode="json")
 
     @field_validator("explanation_attack")
     @classmethod
@@ -108,14 +145,33 @@ class EvaluationConfig(Config):
             return v
         return {} if attack == "none" else _validated(attack, v).model_dump(mode="json")
 
+    @model_validator(mode="after")
+    def _settings_fit_their_attacks(self):
+        """Run again after an assignment (``cfg.explanation_attack = "targeted"``): the settings held must be the
+        newly chosen attack's (else the error names the fields that do not fit)."""
+        for attack, name, registry, plain in (
+                (self.explanation_attack, "explanation_attack_config", EXPLANATION_ATTACKS, "none"),
+                (self.classification_attack, "classification_attack_config", CLASSIFICATION_ATTACKS, "pgd")):
+            settings = getattr(self, name)
+            resolved = {} if attack == plain else _validated(attack, settings, registry).model_dump(mode="json")
+            if resolved != settings:
+                self.__dict__[name] = resolved  # not by assignment, which would validate again
+        return self
+
     @model_serializer(mode="wrap")
     def _stored_under_the_attack_name(self, handler):
         """Stored as before this field existed (``{"explanation_attack": "ifia", "ifia": {…}}``), so stored
         evaluations, job specs and protocol ids read the same."""
         data = handler(self)
         settings = data.pop("explanation_attack_config", {})
-        if isinstance(data, dict) and self.explanation_attack != "none":
+        if self.explanation_attack != "none":
             data[self.explanation_attack] = settings
+        # PGD's curve is stored as before the option existed (so its protocol ids stay); another attack by name
+        curve_settings = data.pop("classification_attack_config", {})
+        if data.pop("classification_attack", "pgd") != "pgd":
+            data["classification_attack"] = self.classification_attack
+            data[self.classification_attack] = curve_settings
+            data.pop("pgd", None)  # unused: not part of the protocol
         return data
 
     def attack_config(self) -> Config | None:
@@ -163,6 +219,19 @@ PRESETS["sep_mnist"] = {
     "targeted": {"explainer": "gradient_x_input", "explainer_options": {"space": "model"}, "steps": 200,
                  "record_every": 50},
 }
+
+
+# RAR's MNIST protocol with AutoAttack (standard suite, L∞) instead of PGD-40 for the accuracy curve: a stronger
+# classification-robustness number, offered when the optional extra is installed (available_presets)
+PRESETS["autoattack_mnist"] = {**{k: v for k, v in PRESETS["rar_mnist"].items() if k != "pgd"},
+                               "classification_attack": "autoattack",
+                               "autoattack": {"eps": 0.3, "norm": "Linf", "version": "standard"}}
+
+
+def available_presets() -> list[str]:
+    """The presets whose attacks can run here (AutoAttack's need its optional extra), sorted."""
+    return sorted(name for name, values in PRESETS.items()
+                  if attack_installed(values.get("classification_attack", "pgd")))
 
 
 def make_evaluation_config(preset: str | None = None, **overrides) -> EvaluationConfig:
@@ -257,10 +326,14 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     report("clean accuracy", 1.0)
 
     # the one accuracy-against-ε implementation, over the same batches, loaded from the dataset batch by batch
-    pgd = {k: v for k, v in cfg.pgd.model_dump().items() if k != "eps"}
-    curve = accuracy_vs_eps(model, DatasetImages(dataset, indices), labels, cfg.eps_list, "pgd", pgd,
-                            batch_size=batch_size, progress=lambda done, total: report("PGD accuracy", done / total))
+    curve_attack = cfg.classification_attack
+    settings = cfg.pgd.model_dump() if curve_attack == "pgd" else cfg.classification_attack_config
+    curve = accuracy_vs_eps(model, DatasetImages(dataset, indices), labels, cfg.eps_list, curve_attack,
+                            {k: v for k, v in settings.items() if k != "eps"}, batch_size=batch_size,
+                            progress=lambda done, total: report("PGD accuracy", done / total))
     summary["pgd_accuracy"] = curve.rows(exact=True)
+    if curve_attack != "pgd":
+        summary["classification_attack"] = curve_attack  # the curve keeps its key; this says what made it
 
     per_image: dict[str, Any] = {}
     if cfg.explanation_attack != "none":

@@ -114,9 +114,10 @@ def describe_protocol(config: dict[str, Any]) -> str:
     from .attacks.explanation import describe_attack
 
     eps = ", ".join(f"{e:g}" for e in config.get("eps_list", []))
-    pgd = config.get("pgd", {})
-    parts = [f"{config.get('n_images', '?')} {config.get('split', 'test')} images",
-             f"PGD {pgd.get('steps', '?')} steps at ε ∈ {{{eps}}}"]
+    curve_attack = config.get("classification_attack", "pgd")
+    curve = (f"PGD {config.get('pgd', {}).get('steps', '?')} steps" if curve_attack == "pgd" else
+             f"{curve_attack} ({(config.get(curve_attack) or {}).get('version', 'default')})")
+    parts = [f"{config.get('n_images', '?')} {config.get('split', 'test')} images", f"{curve} at ε ∈ {{{eps}}}"]
     attack, settings = attack_of(config)
     parts.append("no explanation attack" if attack == "none" else describe_attack(attack, settings, config))
     return "; ".join(parts)

@@ -97,6 +97,20 @@ def test_stored_configs_with_both_attack_blocks_still_load():
         make_evaluation_config(targeted={"steps": 0})
 
 
+def test_assigning_another_attack_checks_the_settings_held():
+    from pydantic import ValidationError
+
+    from explrobust_core.attacks.explanation import TargetedConfig
+
+    cfg = make_evaluation_config()
+    cfg.explanation_attack = "none"
+    assert cfg.explanation_attack_config == {} and cfg.attack_config() is None
+    cfg.explanation_attack = "targeted"  # from no settings: the targeted attack's defaults
+    assert cfg.attack_config() == TargetedConfig()
+    with pytest.raises(ValidationError, match="targeted.k"):
+        make_evaluation_config().explanation_attack = "targeted"  # IFIA's settings do not fit it
+
+
 def test_the_evaluation_curve_is_pgd_per_batch(mnist_convnet, mnist_test):
     """evaluate's PGD accuracy is accuracy_vs_eps over the same batches: the same numbers as attacking each
     batch of batch_size images with run_classification_attack (the loop evaluate ran before)."""
@@ -114,3 +128,39 @@ def test_the_evaluation_curve_is_pgd_per_batch(mnist_convnet, mnist_test):
             r = run_classification_attack(mnist_convnet, x, y, "pgd", cfg.pgd, eps=eps)
             kept += int((r.per_image["adv_pred"] == y).sum())
         assert row == {"eps": eps, "accuracy": kept / 60}
+
+
+def test_autoattack_makes_the_curve_when_installed_and_is_refused_clearly_when_not(digits_test, monkeypatch):
+    import sys
+
+    from explrobust_core.attacks.classification import run_classification_attack
+    from explrobust_core.data import spread_indices
+    from explrobust_core.evaluate import EvaluationConfig, available_presets
+    from explrobust_core.models import build_model
+
+    # an untrained model: AutoAttack attacks only the few images it gets right, so this stays fast (a trained
+    # one takes minutes on the CPU); the check is that evaluate's curve is AutoAttack's with these settings
+    torch.manual_seed(0)
+    info = digits_test.info
+    model = build_model("convnet", input_shape=info.input_shape, num_classes=10, mean=info.mean, std=info.std).eval()
+
+    assert "autoattack_mnist" in available_presets()  # the dev set installs the extra
+    preset = make_evaluation_config("autoattack_mnist")
+    assert preset.classification_attack == "autoattack" and preset.attack_config() == make_evaluation_config(
+        "rar_mnist").attack_config()  # RAR's MNIST protocol, with AutoAttack for the curve
+    aa = {"version": "custom", "attacks": ["apgd-ce"], "seed": 3}
+    cfg = make_evaluation_config(n_images=24, batch_size=24, eps_list=[0.1], explanation_attack="none",
+                                 classification_attack="autoattack", autoattack=aa)
+    stored = cfg.model_dump(mode="json")
+    assert stored["autoattack"]["attacks"] == ["apgd-ce"] and "pgd" not in stored and EvaluationConfig(**stored) == cfg
+    r = evaluate_model(model, digits_test, cfg)
+    assert r.summary["classification_attack"] == "autoattack"
+    x, y = digits_test.batch(spread_indices(len(digits_test), 24))
+    direct = run_classification_attack(model, x, y, "autoattack", {**aa, "eps": 0.1})
+    assert 0 < int((direct.per_image["clean_pred"] == y).sum())  # something to attack
+    assert r.summary["pgd_accuracy"] == [{"eps": 0.1, "accuracy": int((direct.per_image["adv_pred"] == y).sum()) / 24}]
+
+    monkeypatch.setitem(sys.modules, "pyautoattack", None)  # as if it were not installed
+    assert "autoattack_mnist" not in available_presets()
+    with pytest.raises(ConfigError, match=r"not installed.*explrobust\[autoattack\]"):
+        make_evaluation_config("autoattack_mnist")

@@ -106,10 +106,8 @@ class TargetedConfig(_ExplainerChoice):
         Written into the config, so every stored result says which space it used."""
         if not isinstance(data, dict):
             return data
-        explainer = data.get("explainer", "gradient")
         options = data.get("explainer_options") or {}
-        if (isinstance(explainer, str) and explainer in EXPLAINERS and isinstance(options, dict) and "space" not in options
-                and "space" in EXPLAINERS.get(explainer).config.model_fields):
+        if isinstance(options, dict) and "space" not in options and _has_space_option(data):
             data = {**data, "explainer_options": {**options, "space": "model"}}
         return data
 
@@ -413,8 +411,10 @@ def _describe_targeted(t: dict[str, Any], evaluation: dict[str, Any]) -> str:
 
 
 def _has_space_option(settings: dict[str, Any]) -> bool:
+    """Whether the settings' explainer has a ``space`` option (pixel or the model's input space)."""
     explainer = settings.get("explainer", "gradient")
-    return explainer in EXPLAINERS and "space" in EXPLAINERS.get(explainer).config.model_fields
+    return (isinstance(explainer, str) and explainer in EXPLAINERS
+            and "space" in EXPLAINERS.get(explainer).config.model_fields)
 
 
 def _pixel_space_before_the_option(t: dict[str, Any]) -> dict[str, Any]:

@@ -63,22 +63,32 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
             add_config_arguments(p, EXPLANATION_ATTACKS.get(choice).config, f"options of {choice}")
         p.set_defaults(func=cmd_attack_explanation)
     else:
+        from ..attacks.classification import CLASSIFICATION_ATTACKS
         from ..attacks.explanation import EXPLANATION_ATTACKS
-        from ..evaluate import PRESETS, EvaluationConfig
+        from ..evaluate import EvaluationConfig, available_presets
 
-        p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                       help="a paper protocol (RAR per dataset, ART CIFAR)")
+        p.add_argument("--preset", choices=available_presets(), default=None,
+                       help="a paper protocol (RAR per dataset, ART CIFAR, SEP MNIST; AutoAttack's when installed)")
         p.add_argument("--json", default=None, help="write the result here")
         p.add_argument("--csv", default=None, help="write the per-image explanation table here")
         p.add_argument("--write-card", action="store_true", help="store the summary in the checkpoint's model card")
         add_config_arguments(p, EvaluationConfig, "evaluation",
-                             skip=("split", "explanation_attack", "explanation_attack_config"))
+                             skip=("split", "explanation_attack", "explanation_attack_config", "classification_attack",
+                                   "classification_attack_config"))
         # the attack and its settings from the registry: --explanation-attack NAME, and --NAME-FIELD per attack
         p.add_argument("--explanation-attack", dest="cfg__explanation_attack", default=argparse.SUPPRESS,
                        choices=[*EXPLANATION_ATTACKS.names(), "none"],
-                       help=f"explanation attack to run (default: {EvaluationConfig.model_fields['explanation_attack'].default})")
+                       help="explanation attack to run (default: "
+                            f"{EvaluationConfig.model_fields['explanation_attack'].default})")
         for entry in EXPLANATION_ATTACKS:
             add_config_arguments(p, entry.config, f"evaluation: {entry.name} ({entry.summary})", (entry.name,))
+        # the accuracy curve's attack: PGD (--pgd-* above) or another registered one (refused when not installed)
+        p.add_argument("--classification-attack", dest="cfg__classification_attack", default=argparse.SUPPRESS,
+                       choices=CLASSIFICATION_ATTACKS.names(), help="attack of the accuracy-against-ε curve "
+                                                                    "(default: pgd; autoattack needs its extra)")
+        for entry in CLASSIFICATION_ATTACKS:
+            if entry.name != "pgd":
+                add_config_arguments(p, entry.config, f"evaluation: {entry.name} ({entry.summary})", (entry.name,))
         p.set_defaults(func=cmd_evaluate)
 
 def cmd_explain(ns: argparse.Namespace) -> int:
