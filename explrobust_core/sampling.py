@@ -64,22 +64,25 @@ def way2_pairs(labels, n_pairs: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def reference_features(model: nn.Module, images: torch.Tensor, *, source: Literal["penultimate", "maps"] = "penultimate",
-                       explainer: str = "gradient", batch_size: int = 256) -> torch.Tensor:
-    """Per-image feature vectors ``(N, D)`` for clustering: penultimate activations or flattened maps."""
-    from .explain import explanation_maps
-    from .models import eval_mode
+                       explainer: str = "gradient", batch_size: int | None = None) -> torch.Tensor:
+    """Per-image feature vectors ``(N, D)`` for clustering: penultimate activations or flattened maps, in
+    memory-bounded batches (``batch_size`` images; default: what the model's size allows)."""
+    from .batching import map_batches, start_batch_size
+    from .explain import explanation_maps_in_batches
+    from .models import device_of, eval_mode
 
-    device = next(model.parameters()).device
-    parts = []
-    with eval_mode(model):
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device)
-            if source == "penultimate":
-                with torch.no_grad():
-                    parts.append(model.embed(x).flatten(1).cpu())
-            else:
-                parts.append(explanation_maps(model, x, explainer, target="predicted").flatten(1).cpu())
-    return torch.cat(parts)
+    if source != "penultimate":
+        with eval_mode(model):
+            return explanation_maps_in_batches(model, images, explainer, target="predicted",
+                                               batch_size=batch_size).flatten(1)
+    device = device_of(model)
+
+    def embed(start: int, stop: int) -> torch.Tensor:
+        return model.embed(images[start:stop].to(device)).flatten(1).cpu()
+
+    size = batch_size or start_batch_size(model, images[0].numel(), items=images.shape[0])
+    with eval_mode(model), torch.no_grad():
+        return torch.cat(map_batches(embed, images.shape[0], size))
 
 
 def reduce_dims(features: torch.Tensor | np.ndarray, max_dims: int = 50, seed: int = 0) -> np.ndarray:

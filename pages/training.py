@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from explrobust_core import figures, study, sweep
 from explrobust_core.data import DATASETS, default_budgets
-from explrobust_core.evaluate import PRESETS, deep_merge, make_evaluation_config
+from explrobust_core.evaluate import available_presets, deep_merge, make_evaluation_config
 from explrobust_core.executors import describe_executor
 from explrobust_core.jobs import ACTIVE, EvaluateJobSpec, TrainJobSpec, tail
 from explrobust_core.models import ARCHITECTURES
@@ -80,7 +80,7 @@ with eval_tab:
     names = list(ui.checkpoints())
     with st.form("eval-form"):
         model = st.selectbox("Model", names)
-        preset = st.selectbox("Protocol", ["quick"] + sorted(PRESETS),
+        preset = st.selectbox("Protocol", ["quick"] + available_presets(),
                               help="quick: the Robustness study page's quick protocol (its results fill the same "
                                    "column there); the others are the papers' protocols")
         go = st.form_submit_button("Start evaluation")
@@ -101,7 +101,7 @@ with sweep_tab:
     s_objective = top[0].selectbox("Objective", OBJECTIVES.names(), index=OBJECTIVES.names().index("sep"), key="sw-obj")
     fields = list(OBJECTIVES.get(s_objective).config.model_fields)
     s_dataset = top[1].selectbox("Dataset", DATASETS.names(), index=DATASETS.names().index("mnist5k"), key="sw-data")
-    s_preset = top[2].selectbox("Protocol", ["quick"] + sorted(PRESETS), key="sw-protocol")
+    s_preset = top[2].selectbox("Protocol", ["quick"] + available_presets(), key="sw-protocol")
     with st.form("sweep-form"):
         cols = st.columns(2)
         s_name = cols[0].text_input("Sweep name", "my_sweep", key="sweep-name")
