@@ -189,8 +189,11 @@ if 2 in state["dims"]:
     A, B = np.meshgrid(axis, axis, indexing="ij")
     table = pd.DataFrame({"a": A.ravel(), "b": B.ravel(),
                           **{f"{name} {loss}": g.ravel() for name, gs in grids.items() for loss, g in gs.items()}})
-    ui.show_figure(landscape_2d_figure(axis, grids, labels, ends, log_colour=log, title=f"{what}; a: {xlabel}"),
-                   "landscape_2d", table)
+    # on screen the contours (the 3-D view is interactive, below); the files also draw each surface in 3-D
+    ui.show_figure(landscape_2d_figure(axis, grids, labels, ends, log_colour=log, surface=False,
+                                       title=f"{what}; a: {xlabel}"), "landscape_2d", table,
+                   export=lambda a=axis, g=grids, e=ends: landscape_2d_figure(a, g, labels, e, log_colour=log,
+                                                                              title=f"{what}; a: {xlabel}"))
 
     @st.fragment  # its widgets rerun only this part, not the figures above
     def surface_3d() -> None:

@@ -73,11 +73,16 @@ def export_all(page: str) -> None:
 DISPLAY_DPI = 150  # on screen (Streamlit's default, 200, draws and sends ~1.8× the pixels); downloads: 300
 
 
-def show_figure(fig, stem: str, data=None) -> None:
-    """Show a matplotlib figure and its download buttons."""
+def show_figure(fig, stem: str, data=None, export=None) -> None:
+    """Show a matplotlib figure and its download buttons (of ``export``, a function building a richer figure
+    for the files only when one is downloaded, when given; else of ``fig``)."""
     import io
 
     buf = io.BytesIO()  # what st.pyplot does, at DISPLAY_DPI
     fig.savefig(buf, format="png", dpi=DISPLAY_DPI, bbox_inches="tight")
     st.image(buf.getvalue(), width="stretch")
-    downloads(stem, fig, data)
+    if export is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    downloads(stem, export or fig, data)
