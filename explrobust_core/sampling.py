@@ -82,6 +82,36 @@ def reference_features(model: nn.Module, images: torch.Tensor, *, source: Litera
     return torch.cat(parts)
 
 
+def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
+                                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Penultimate features ``(N, D)`` (as :func:`reference_features` gives them) and predicted classes ``(N,)``,
+    both on CPU, from one forward pass per batch: the features are the input of the model's classification layer,
+    caught on the way to the logits. ``None`` for a model that names no such layer (ask both functions then)."""
+    from .models import ImageClassifier, WrappedClassifier, eval_mode
+
+    if isinstance(model, ImageClassifier):
+        head = model.head
+    elif isinstance(model, WrappedClassifier) and model.head_name is not None:
+        head = model.net.get_submodule(model.head_name)
+    else:
+        return None
+    device = next(model.parameters()).device
+    features, preds, caught = [], [], []
+    handle = head.register_forward_pre_hook(lambda _module, inputs: caught.append(inputs[0]))
+    try:
+        with eval_mode(model), torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                caught.clear()
+                logits = model(images[start:start + batch_size].to(device))
+                features.append(caught[-1].flatten(1).cpu())
+                preds.append(logits.argmax(1).cpu())
+    finally:
+        handle.remove()
+    if not features:
+        return None
+    return torch.cat(features), torch.cat(preds)
+
+
 def reduce_dims(features: torch.Tensor | np.ndarray, max_dims: int = 50, seed: int = 0) -> np.ndarray:
     """PCA to at most ``max_dims`` dimensions (the identity for narrower features)."""
     from sklearn.decomposition import PCA

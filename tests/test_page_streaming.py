@@ -124,3 +124,21 @@ def test_a_download_figure_given_as_a_function_is_built_only_when_asked():
     assert built == []
     png = st.session_state[EXPORTS]["lazy_figure.png"]()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and built == [1]
+
+
+def test_penultimate_features_and_predictions_come_from_one_pass(mnist_convnet, mnist_test):
+    from explrobust_core.browse import predicted_labels
+    from explrobust_core.models import wrap
+    from explrobust_core.sampling import penultimate_and_predictions, reference_features
+
+    x, _ = mnist_test.batch(range(300))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    wrapped = wrap(net, mean=[0.1307], std=[0.3081], input_shape=(1, 28, 28), classes=10)
+    for model in (mnist_convnet, wrapped):
+        features, pred = penultimate_and_predictions(model, x, batch_size=128)
+        torch.testing.assert_close(features, reference_features(model, x, batch_size=128), rtol=1e-6, atol=1e-6)
+        assert torch.equal(pred, predicted_labels(model, x, batch_size=128))
+    no_head = wrap(torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten()), mean=[0.1307], std=[0.3081],
+                   input_shape=(1, 28, 28), classes=10)
+    assert penultimate_and_predictions(no_head, x) is None  # no linear layer: the caller asks both functions
