@@ -11,7 +11,8 @@ loaded by the submodules that need it)::
     maps = explanation_maps(model, x, "gradient")
     result = run_explanation_attack(model, x, "ifia", config={"steps": 20})
 
-``help(explrobust_core.<name>)`` shows each function's arguments, return value and an example.
+``help(explrobust_core.<name>)`` shows each function's arguments, return value and an example. Every error the
+package raises on purpose (a bad config, an unknown name, a refused checkpoint) is an :class:`ExplrobustError`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ _EXPORTS = {
     "sample_pairs": "sampling",
     "train": "training.trainer",
     "TrainConfig": "training.trainer",
+    "ExplrobustError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ are :meth:`AccuracyCurve.rows`). ε = 0 is the clean accuracy (no attack runs th
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from .attacks.classification import CLASSIFICATION_ATTACKS, minimal_flip_eps, run_classification_attack
+from .batching import map_batches
+from .models import device_of, eval_mode
 from .registry import Config
 
 NEEDS = "needs:"  # an entry tag naming the optional package an attack imports (e.g. needs:pyautoattack)
@@ -32,6 +35,20 @@ def installed_attacks() -> list[str]:
     return [name for name in CLASSIFICATION_ATTACKS.names() if attack_installed(name)]
 
 
+class DatasetImages:
+    """Images ``indices`` of ``dataset`` as :func:`accuracy_vs_eps` takes them, read a batch at a time when sliced:
+    an evaluation of many (or large) images holds one batch in memory, not all of them."""
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.dataset.batch(self.indices[rows])[0]
+
+
 @dataclass
 class AccuracyCurve:
     """Accuracy at each ε, with per-image predictions and the first few adversarial examples per ε."""
@@ -46,12 +63,17 @@ class AccuracyCurve:
     example_conf: list[list[float]] = field(default_factory=list)  # their top softmax probability
     min_eps: list[float] | None = None  # per image: the smallest flipping ε found by PGD bisection (inf: none)
 
-    def rows(self) -> list[dict[str, float]]:
-        """``[{"eps": ε, "accuracy": a}, …]``, the shape evaluation reports store."""
+    def rows(self, exact: bool = False) -> list[dict[str, float]]:
+        """``[{"eps": ε, "accuracy": a}, …]``, the shape evaluation reports store; ``exact``: each accuracy as
+        correct / n in double precision (as evaluation reports always stored it) rather than a float32 mean."""
+        if exact:
+            n = len(self.labels)
+            return [{"eps": e, "accuracy": sum(p == t for p, t in zip(pred, self.labels)) / n if n else float("nan")}
+                    for e, pred in zip(self.eps, self.adv_pred)]
         return [{"eps": e, "accuracy": a} for e, a in zip(self.eps, self.accuracy)]
 
 
-def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps_grid: Sequence[float],
+def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labels: torch.Tensor, eps_grid: Sequence[float],
                     attack: str = "pgd", config: dict | Config | None = None, *, batch_size: int = 256,
                     keep: int = 0, flip_iterations: int | None = None, flip_config: dict | None = None,
                     progress: Callable[[int, int], None] | None = None,
@@ -59,7 +81,8 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     """Attack ``images`` with classification attack ``attack`` at every ε of ``eps_grid``.
 
     Args:
-        model: maps ``[0, 1]`` pixels to logits; images ``(N, C, H, W)`` and labels ``(N,)`` on any device.
+        model: maps ``[0, 1]`` pixels to logits; images ``(N, C, H, W)`` on any device (or a
+            :class:`DatasetImages`, read a batch at a time) and their labels ``(N,)``.
         eps_grid: budgets in pixel units (ε = 0: the clean predictions); every ε is validated first.
         config: the attack's config without ``eps`` (e.g. PGD's norm, steps, restarts).
         batch_size: images per attack call (bounds memory); keep: adversarial examples kept per ε.
@@ -81,57 +104,63 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         (0.0, 3)
     """
     entry = CLASSIFICATION_ATTACKS.get(attack)
-    base = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
     grid = [float(e) for e in eps_grid]
     for eps in grid:  # a clear message before anything runs
         if eps < 0:
             raise ValueError(f"ε must be ≥ 0, got {eps:g}")
         if eps > 0:
-            entry.make_config({**base, "eps": eps})
-    device = next(model.parameters()).device
-    starts = range(0, images.shape[0], batch_size)
-    chunks = [(images[s:s + batch_size].to(device), labels[s:s + batch_size].to(device)) for s in starts]
-    total, done = len(grid) * len(chunks) + (len(chunks) if flip_iterations else 0), 0
+            entry.resolve(config, eps=eps)
+    device = device_of(model)
+    n, y_all = len(images), labels.cpu()
+    total, done = len(grid) * math.ceil(n / max(batch_size, 1)) + (math.ceil(n / batch_size) if flip_iterations else 0), 0
 
     def tick() -> None:
         nonlocal done
         done += 1
         if progress is not None:
-            progress(done, total)
+            progress(min(done, total), total)  # a batch halved for memory makes more, smaller steps
 
-    with torch.no_grad():
-        clean_probs = torch.cat([torch.softmax(model(x), 1).cpu() for x, _ in chunks])
-    clean_pred, y_all = clean_probs.argmax(1), labels.cpu()
+    def on_device(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return images[start:stop].to(device), y_all[start:stop].to(device)
+
+    def clean(start: int, stop: int) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.softmax(model(on_device(start, stop)[0]), 1).cpu()
+
+    with eval_mode(model):  # a batch that runs out of accelerator memory is halved (map_batches)
+        clean_probs = torch.cat(map_batches(clean, n, batch_size))
+    clean_pred = clean_probs.argmax(1)
     curve = AccuracyCurve(eps=grid, accuracy=[], labels=y_all.tolist(), clean_pred=clean_pred.tolist(),
                           clean_conf=clean_probs.amax(1).tolist(), adv_pred=[])
     for eps in grid:
-        preds, adversarial = [], []
-        for start, (x, y) in zip(starts, chunks):
-            if eps == 0:  # no attack: the clean predictions
-                preds.append(clean_pred[start:start + len(y)])
-                adversarial.append(x[:keep].cpu())
+        def attacked(start: int, stop: int, eps: float = eps) -> tuple[torch.Tensor, torch.Tensor]:
+            if eps == 0:  # no attack: the clean predictions (and the clean images as examples)
+                pred, adversarial = clean_pred[start:stop], images[start:min(stop, start + keep)].cpu()
             else:
-                r = run_classification_attack(model, x, y, attack, config={**base, "eps": eps})
-                preds.append(r.per_image["adv_pred"].cpu())
-                adversarial.append(r.tensors["adversarial"][:keep].cpu())
+                r = run_classification_attack(model, *on_device(start, stop), attack, config, eps=eps)
+                pred, adversarial = r.per_image["adv_pred"].cpu(), r.tensors["adversarial"][:keep].cpu()
             tick()
-        pred = torch.cat(preds)
+            return pred, adversarial
+
+        parts = map_batches(attacked, n, batch_size)
+        pred = torch.cat([p for p, _ in parts]) if parts else torch.zeros(0, dtype=torch.long)
         curve.accuracy.append(float((pred == y_all).float().mean()))
         curve.adv_pred.append(pred.tolist())
         if keep:
-            kept = torch.cat(adversarial)[:keep]
-            with torch.no_grad():
+            kept = torch.cat([a for _, a in parts])[:keep]
+            with torch.no_grad(), eval_mode(model):
                 curve.example_conf.append(torch.softmax(model(kept.to(device)), 1).amax(1).cpu().tolist())
             curve.examples.append(kept)
         if on_eps is not None:
             on_eps(curve)
     if flip_iterations:
-        parts = []
-        for x, y in chunks:
-            parts.append(minimal_flip_eps(model, x, y, eps_max=max(grid), iterations=flip_iterations,
-                                          config=flip_config).cpu())
+        def flips(start: int, stop: int) -> torch.Tensor:
+            out = minimal_flip_eps(model, *on_device(start, stop), eps_max=max(grid), iterations=flip_iterations,
+                                   config=flip_config).cpu()
             tick()
-        curve.min_eps = torch.cat(parts).tolist()
+            return out
+
+        curve.min_eps = torch.cat(map_batches(flips, n, batch_size)).tolist()
     return curve
 
 

@@ -5,7 +5,7 @@ On a GPU a batch size that fits one model runs out of memory on a larger one (an
 memory (``torch.OutOfMemoryError``, which CUDA raises) it frees the cache, halves the batch and retries the
 same range, down to one item, and keeps the smaller size for the rest. On the CPU an out-of-memory error is
 the operating system's, not torch's, so :func:`cpu_batch_cap` gives a starting size from the model's size
-instead.
+instead; :func:`start_batch_size` picks the first size for either device.
 """
 
 from __future__ import annotations
@@ -48,3 +48,18 @@ def map_batches(fn: Callable[[int, int], T], n: int, batch_size: int,
             continue
         start = stop
     return out
+
+
+# the first batch on an accelerator, in model inputs: halved there on out-of-memory, so it may be generous
+ACCELERATOR_START_INPUTS = 512
+
+
+def start_batch_size(model: nn.Module, input_numel: int, inputs_per_item: int = 1, items: int | None = None) -> int:
+    """How many items to put in the first batch: on the CPU the model's cap (:func:`cpu_batch_cap`), on an
+    accelerator :data:`ACCELERATOR_START_INPUTS` (halved by :func:`map_batches` if it does not fit), divided by
+    the model inputs one item costs (an integrated-gradients map: its steps), at least 1, at most ``items``."""
+    param = next(model.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    budget = cpu_batch_cap(model, input_numel) if on_cpu else ACCELERATOR_START_INPUTS
+    size = max(1, budget // max(1, int(inputs_per_item)))
+    return size if items is None else max(1, min(size, int(items)))

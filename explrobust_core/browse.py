@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from .models import class_probabilities
+
 
 def interleave_by_label(indices: Sequence[int], labels: torch.Tensor) -> list[int]:
     """``indices`` reordered so that classes take turns: the first of each class (in class order), then the
@@ -48,27 +50,13 @@ def filter_indices(labels: torch.Tensor, classes: Sequence[int] = (), correct: t
     return interleave_by_label(keep.nonzero().squeeze(1).tolist(), labels)
 
 
-def predicted_labels(model: nn.Module, data, batch_size: int = 512) -> torch.Tensor:
-    """The model's predicted class ``(N,)`` (on CPU) for every image of ``data`` — a dataset with ``batch`` and
-    ``len``, or an image tensor ``(N, C, H, W)`` — in batches on the model's device."""
-    device = next(model.parameters()).device
-    total = data.shape[0] if isinstance(data, torch.Tensor) else len(data)
-    out = []
-    with torch.no_grad():
-        for start in range(0, total, batch_size):
-            stop = min(total, start + batch_size)
-            x = data[start:stop] if isinstance(data, torch.Tensor) else data.batch(range(start, stop))[0]
-            out.append(model(x.to(device)).argmax(1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+def explain_images(model: nn.Module, images: torch.Tensor, method: str,
+                   progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU, in
+    memory-bounded batches; ``progress(done, total)`` counts the images explained (captum's display methods
+    hook the model while they run: hold the model's lock around a shared one)."""
+    from .explain import explanation_maps_in_batches
 
-
-def explain_images(model: nn.Module, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities ``(N, K)`` and maps ``(N, H, W)`` for the predicted class, both on CPU (captum's
-    display methods hook the model while they run: hold the model's lock around a shared one)."""
-    from .explain import explanation_maps
-
-    device = next(model.parameters()).device
-    x = images.to(device)
-    with torch.no_grad():
-        probs = torch.softmax(model(x), 1).cpu()
-    return probs, explanation_maps(model, x, method, target="predicted").detach().cpu()
+    probs = class_probabilities(model, images)
+    maps = explanation_maps_in_batches(model, images, method, target=probs.argmax(1), progress=progress)
+    return probs, maps

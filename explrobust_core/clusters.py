@@ -14,15 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .browse import predicted_labels
 from .embedding import cluster_view
-from .explain import explanation_maps
+from .explain import explanation_maps_in_batches
 from .metrics import explanation_loss
+from .models import predict
 from .sampling import (PairSet, cluster_explanation_loss, penultimate_and_predictions, reference_features,
                        sample_pairs, way3_pairs, way3_pairset)
 
 COLOUR_BY = {"cluster": "k-means cluster", "label": "true label", "correct": "correctness"}
-MAP_BATCH = 256  # images per explanation batch: bounds memory on large inputs
 
 
 @dataclass
@@ -85,11 +84,12 @@ class ClusterPairs:
         return (protos + rest)[:limit]
 
 
-def batched_maps(model: nn.Module, images: torch.Tensor, explainer: str, batch_size: int = MAP_BATCH) -> torch.Tensor:
-    """``(N, H, W)`` maps of the predicted class, on CPU, computed in memory-bounded batches on the model's device."""
-    device = next(model.parameters()).device
-    return torch.cat([explanation_maps(model, images[s:s + batch_size].to(device), explainer, target="predicted")
-                      .detach().cpu() for s in range(0, images.shape[0], batch_size)])
+def batched_maps(model: nn.Module, images: torch.Tensor, explainer: str, batch_size: int | None = None,
+                 progress=None) -> torch.Tensor:
+    """``(N, H, W)`` maps of the predicted class, on CPU, computed in memory-bounded batches on the model's device
+    (:func:`explain.explanation_maps_in_batches`; ``batch_size`` images, default: what the model's size allows)."""
+    return explanation_maps_in_batches(model, images, explainer, target="predicted", batch_size=batch_size,
+                                       progress=progress)
 
 
 def cluster_pairs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, way: int, n_pairs: int, k: int,
@@ -118,7 +118,7 @@ def cluster_pairs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     """
     both = penultimate_and_predictions(model, images) if source == "penultimate" else None  # one forward pass
     if both is None:
-        both = reference_features(model, images, source=source, explainer=explainer), predicted_labels(model, images)
+        both = reference_features(model, images, source=source, explainer=explainer), predict(model, images, 512)
     features, pred = both
     clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
     if way == 3:

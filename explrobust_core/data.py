@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from .errors import ExplrobustError
 from .registry import Config, Registry
 
 Split = Literal["train", "test"]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FileNotFoundError, ExplrobustError):
     """The dataset's files are not where we looked; the message says where to put them."""
 
 

@@ -13,17 +13,38 @@ import time
 from typing import Any, Callable, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_serializer, model_validator
 from torch import nn
 
-from .attacks.classification import PGDConfig, run_classification_attack
-from .attacks.explanation import IFIAConfig, TargetedConfig, attack_summary, run_explanation_attack
+from .accuracy import DatasetImages, accuracy_vs_eps
+from .attacks.classification import PGDConfig
+from .attacks.explanation import EXPLANATION_ATTACKS, attack_summary, needs_targets, run_explanation_attack
 from .batching import cpu_batch_cap, map_batches
 from .data import ImageDataset, spread_indices
-from .models import eval_mode
+from .models import device_of, predict
 from .registry import Config, ConfigError, format_validation_error
 from .results import Result, concat_per_image
 from .sampling import way2_pairs
+
+
+DEFAULT_ATTACK = "ifia"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _validated(attack: str, settings: Any) -> Config:
+    """Attack ``attack``'s config from ``settings``; errors name the fields as ``attack.field``."""
+    config = EXPLANATION_ATTACKS.get(attack).config
+    try:
+        return config.model_validate(settings)
+    except ValidationError as err:
+        raise ValueError("; ".join(f"{attack}.{'.'.join(str(p) for p in e['loc']) or '(config)'}: "
+                                   f"{e['msg'].removeprefix('Value error, ')}" for e in err.errors())) from None
 
 
 class EvaluationConfig(Config):
@@ -37,15 +58,71 @@ class EvaluationConfig(Config):
                                   description="PGD accuracy at each ε (pixel units)")
     pgd: PGDConfig = Field(default_factory=lambda: PGDConfig(eps=0.3, steps=40, step_size=0.01),
                            description="PGD settings; its ε is replaced by each value of eps_list")
-    explanation_attack: Literal["ifia", "targeted", "none"] = Field("ifia", description="explanation attack to run")
+    explanation_attack: str = Field(DEFAULT_ATTACK, description="explanation attack to run (a registered one, "
+                                                                "or 'none')")
     n_explanation_images: int = Field(100, ge=1, le=100_000,
                                       description="correctly classified images (or pairs) to attack")
     attack_batch_size: int = Field(64, ge=1, le=4096, description="images per explanation-attack batch")
-    ifia: IFIAConfig = Field(default_factory=IFIAConfig, description="untargeted explanation attack settings")
-    targeted: TargetedConfig = Field(default_factory=TargetedConfig, description="targeted attack settings")
+    explanation_attack_config: dict[str, Any] = Field(
+        default_factory=dict, description="the chosen attack's settings, validated by its config (given and stored "
+                                          "under the attack's name, e.g. {\"ifia\": {\"steps\": 20}})")
     pairs_file: str | None = Field(None, description="stored victim/target pairs (Way1/2/3 JSON); default: "
                                                      "fresh Way2 pairs among correctly classified images")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seed for pairs and bootstrap")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_under_attack_names(cls, data: Any) -> Any:
+        """Attack settings are given (and stored, in every evaluation JSON and job spec) under the attack's name:
+        the chosen attack's block becomes ``explanation_attack_config`` (which, if also given, wins); the other
+        registered attacks' blocks are validated, then dropped (stored configs carry them: they did not run)."""
+        if not isinstance(data, dict):
+            return data
+        attack = data.get("explanation_attack", DEFAULT_ATTACK)
+        data = dict(data)
+        blocks = {name: data.pop(name) for name in EXPLANATION_ATTACKS.names() if name in data}
+        for name, block in blocks.items():
+            if name != attack:
+                _validated(name, block)  # a bad block is an error even unused
+        given = data.get("explanation_attack_config")
+        if attack in blocks or given is None:
+            chosen = blocks.get(attack) or {}
+            if not isinstance(chosen, dict) or not isinstance(given or {}, dict):
+                raise ValueError(f"the settings of {attack!r} must be a JSON object")
+            data["explanation_attack_config"] = deep_merge(chosen, given or {})
+        return data
+
+    @field_validator("explanation_attack")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v != "none":
+            EXPLANATION_ATTACKS.get(v)  # an unknown name: the message lists the registered ones
+        return v
+
+    @field_validator("explanation_attack_config")
+    @classmethod
+    def _resolved_by_the_attack_config(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Every setting written out (defaults included), as the attack's config resolves it."""
+        attack = info.data.get("explanation_attack")
+        if attack is None:  # the name was refused: its own error says why
+            return v
+        return {} if attack == "none" else _validated(attack, v).model_dump(mode="json")
+
+    @model_serializer(mode="wrap")
+    def _stored_under_the_attack_name(self, handler):
+        """Stored as before this field existed (``{"explanation_attack": "ifia", "ifia": {…}}``), so stored
+        evaluations, job specs and protocol ids read the same."""
+        data = handler(self)
+        settings = data.pop("explanation_attack_config", {})
+        if isinstance(data, dict) and self.explanation_attack != "none":
+            data[self.explanation_attack] = settings
+        return data
+
+    def attack_config(self) -> Config | None:
+        """The chosen explanation attack's typed config (None for 'none')."""
+        if self.explanation_attack == "none":
+            return None
+        return EXPLANATION_ATTACKS.get(self.explanation_attack).make_config(self.explanation_attack_config)
 
 
 _IG100 = {"explainer": "integrated_gradients", "explainer_options": {"n_steps": 100, "rule": "riemann_right"}}
@@ -88,13 +165,6 @@ PRESETS["sep_mnist"] = {
 }
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def make_evaluation_config(preset: str | None = None, **overrides) -> EvaluationConfig:
     """A validated config: defaults, then the preset, then the overrides (nested dicts merge)."""
     values: dict[str, Any] = {}
@@ -128,15 +198,10 @@ def _chunks(n: int, size: int):
         yield range(start, min(n, start + size))
 
 
-def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], batch_size: int,
-                device) -> tuple[torch.Tensor, torch.Tensor]:
-    def predict(start: int, stop: int):
-        x, y = dataset.batch(indices[start:stop])
-        return model(x.to(device)).argmax(1).cpu(), y
-
-    with eval_mode(model), torch.no_grad():
-        parts = map_batches(predict, len(indices), batch_size)  # a batch that runs out of GPU memory is halved
-    return torch.cat([p for p, _ in parts]), torch.cat([y for _, y in parts])
+def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], batch_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's predictions (:func:`~explrobust_core.models.predict`) and the true labels of ``indices``."""
+    return predict(model, dataset, batch_size, indices=indices), dataset.all_labels()[torch.as_tensor(indices, dtype=torch.long)]
 
 
 def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[str, Any]):
@@ -148,17 +213,12 @@ def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[s
         raise ValueError(f"pair file {cfg.pairs_file} is for {stored.dataset}/{stored.split}, "
                          f"not {dataset.info.name}/{cfg.split}")
     victims = stored.victims[: cfg.n_explanation_images]
-    pred, labels = [], []
-    with eval_mode(model), torch.no_grad():
-        for idx in _chunks(len(victims), cfg.batch_size):
-            x, y = dataset.batch([victims[i] for i in idx])
-            pred.append(model(x.to(device)).argmax(1).cpu())
-            labels.append(y)
-    ok = (torch.cat(pred) == torch.cat(labels)).tolist()
+    pred, labels = predictions(model, dataset, victims, cfg.batch_size)
+    ok = (pred == labels).tolist()
     summary["explanation_skipped_misclassified"] = ok.count(False)
     summary["pairs"] = {"file": cfg.pairs_file, "way": stored.way, "seed": stored.seed, "reference": stored.reference}
     kept = [p for p, good in zip(stored.pairs[: cfg.n_explanation_images], ok) if good]
-    pairs = None if cfg.explanation_attack == "ifia" else kept
+    pairs = kept if needs_targets(cfg.explanation_attack) else None
     return [v for v, _ in kept], pairs
 
 
@@ -183,7 +243,7 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     """
     cfg = config if isinstance(config, EvaluationConfig) else make_evaluation_config(**(config or {}))
     started = time.perf_counter()
-    device = next(model.parameters()).device
+    device = device_of(model)
     report = progress or (lambda stage, fraction: None)
     n = min(cfg.n_images, len(dataset))
     indices = spread_indices(len(dataset), n) if cfg.subset == "spread" else list(range(n))
@@ -191,22 +251,16 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     # cannot be caught); on a GPU a batch that runs out of memory is halved (map_batches)
     batch_size = cfg.batch_size if device.type == "cuda" else min(
         cfg.batch_size, cpu_batch_cap(model, math.prod(dataset.info.input_shape)))
-    pred, labels = predictions(model, dataset, indices, batch_size, device)
+    pred, labels = predictions(model, dataset, indices, batch_size)
     correct = pred == labels
     summary: dict[str, Any] = {"n_images": n, "clean_accuracy": float(correct.float().mean())}
     report("clean accuracy", 1.0)
 
-    curve = []
-    for i, eps in enumerate(cfg.eps_list):
-        def attacked(start: int, stop: int, eps: float = eps) -> int:
-            x, y = dataset.batch(indices[start:stop])
-            r = run_classification_attack(model, x.to(device), y.to(device), "pgd", cfg.pgd, eps=eps)
-            return int((r.per_image["adv_pred"] == r.per_image["label"]).sum())
-
-        still_correct = sum(map_batches(attacked, n, batch_size))  # halves a batch that runs out of memory
-        curve.append({"eps": eps, "accuracy": still_correct / n})
-        report("PGD accuracy", (i + 1) / len(cfg.eps_list))
-    summary["pgd_accuracy"] = curve
+    # the one accuracy-against-ε implementation, over the same batches, loaded from the dataset batch by batch
+    pgd = {k: v for k, v in cfg.pgd.model_dump().items() if k != "eps"}
+    curve = accuracy_vs_eps(model, DatasetImages(dataset, indices), labels, cfg.eps_list, "pgd", pgd,
+                            batch_size=batch_size, progress=lambda done, total: report("PGD accuracy", done / total))
+    summary["pgd_accuracy"] = curve.rows(exact=True)
 
     per_image: dict[str, Any] = {}
     if cfg.explanation_attack != "none":
@@ -215,7 +269,7 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
         else:
             chosen = torch.tensor(indices)[correct]  # dataset indices of the correctly classified images
             summary["explanation_skipped_misclassified"] = int((~correct).sum())
-            if cfg.explanation_attack == "ifia":
+            if not needs_targets(cfg.explanation_attack):
                 take = (spread_indices(len(chosen), cfg.n_explanation_images) if cfg.subset == "spread"
                         else list(range(min(len(chosen), cfg.n_explanation_images))))
                 victims, pairs = chosen[take].tolist(), None
@@ -227,11 +281,10 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
                 local = way2_pairs(labels[correct], cfg.n_explanation_images, seed=cfg.seed)
                 pairs = [(int(chosen[v]), int(chosen[t])) for v, t in local]
                 victims = [v for v, _ in pairs]
-        parts = []
+        parts, attack_cfg = [], cfg.attack_config()
         for j, rows in enumerate(_chunks(len(victims), cfg.attack_batch_size)):
             x, y = dataset.batch([victims[r] for r in rows])
             targets = None if pairs is None else dataset.batch([pairs[r][1] for r in rows])[0].to(device)
-            attack_cfg = cfg.ifia if cfg.explanation_attack == "ifia" else cfg.targeted
             parts.append(run_explanation_attack(model, x.to(device), cfg.explanation_attack, config=attack_cfg,
                                                 labels=y.to(device), target_images=targets))
             report("explanation attack", min(1.0, (j + 1) * cfg.attack_batch_size / max(len(victims), 1)))
@@ -239,6 +292,6 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
         if pairs is not None:
             per_image["target_index"] = torch.tensor([t for _, t in pairs], dtype=torch.long)
         summary["explanation"] = attack_summary(cfg.explanation_attack, per_image, cfg.seed) if victims else {}
-        summary["explanation_attack_model"] = parts[0].config["attack_model"] if parts else None
+        summary["explanation_attack_model"] = parts[0].config.get("attack_model") if parts else None
     return Result(kind="evaluation", config=cfg.model_dump(mode="json"), per_image=per_image, summary=summary,
                   seconds=time.perf_counter() - started)

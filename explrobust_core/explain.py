@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from .errors import ExplrobustError
 from .registry import Config, Registry
 
 Target = Literal["true", "predicted"] | int | Sequence[int] | torch.Tensor
@@ -42,7 +43,7 @@ class ExplainerFn(Protocol):
 EXPLAINERS: Registry[ExplainerFn] = Registry("explanation method")
 
 
-class NotDifferentiableError(ValueError):
+class NotDifferentiableError(ValueError, ExplrobustError):
     """A display-only method was asked for a differentiable result."""
 
 
@@ -439,8 +440,7 @@ def attribute(
         raise NotDifferentiableError(
             f"{method!r} is display-only (captum) and cannot be differentiated; use one of "
             f"{', '.join(EXPLAINERS.names('differentiable'))}")
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config({**values, **options})
+    cfg = entry.resolve(config, **options)
     t = resolve_target(model, inputs, target, labels)
     return entry.obj(model, inputs, t, cfg, create_graph)
 
@@ -459,8 +459,7 @@ def attribute_with_logits(model: nn.Module, inputs: torch.Tensor, method: str, t
     methods get one extra forward pass, under ``no_grad`` unless ``create_graph``.
     """
     entry = EXPLAINERS.get(method)
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config(values)
+    cfg = entry.resolve(config)
     if method in _WITH_LOGITS:
         if inputs.ndim != 4:
             raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
@@ -491,3 +490,74 @@ def explanation_maps(model: nn.Module, inputs: torch.Tensor, method: str = "grad
     from .metrics import attribution_to_map
 
     return attribution_to_map(attribute(model, inputs, method, **kwargs), normalize=normalize)
+
+
+# --------------------------------------------------------------------------- many images
+
+
+def inputs_per_image(method: str, config: dict | Config | None = None) -> int:
+    """Model inputs one image's explanation costs: the integrated-gradients steps or the SmoothGrad /
+    GradientSHAP samples, else 1 — what a memory-bounded batch divides its budget by."""
+    cfg = config if isinstance(config, Config) else EXPLAINERS.get(method).make_config(dict(config or {}))
+    return int(getattr(cfg, "n_steps", None) or getattr(cfg, "n_samples", None) or 1)
+
+
+def explanation_maps_in_batches(model: nn.Module, images: torch.Tensor, method: str = "gradient", *,
+                                target: Target = "predicted", labels: torch.Tensor | None = None,
+                                normalize: str = "sum", batch_size: int | None = None,
+                                progress: Callable[[int, int], None] | None = None,
+                                config: dict | Config | None = None, **options) -> torch.Tensor:
+    """:func:`explanation_maps` of many images, ``(N, H, W)`` on the CPU, in batches that fit the memory.
+
+    The images may live on the CPU; each batch moves to the model's device. ``batch_size`` (images) defaults
+    to :func:`batching.start_batch_size` (on the CPU a cap from the model's size, divided by the IG steps or
+    noise samples per image); a batch that runs out of accelerator memory is halved and retried. The method's
+    ``internal_batch_size`` (inputs per forward pass) is lowered to the same budget, never raised, and halved
+    first when a batch runs out of memory.
+    ``progress(done, total)`` is told the images done after every batch. Per-image targets (a sequence or a
+    tensor) and ``labels`` are split with the images. Deterministic methods give the same maps for any
+    batching; SmoothGrad, GradientSHAP and random baselines draw their noise per batch.
+    """
+    from .batching import map_batches, start_batch_size
+    from .metrics import attribution_to_map
+
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    entry = EXPLAINERS.get(method)
+    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
+    cfg = entry.make_config({**values, **options})
+    n = images.shape[0]
+    if n == 0:
+        return torch.zeros((0, *images.shape[2:]))
+    per_image = inputs_per_image(method, cfg)
+    size = batch_size or start_batch_size(model, images[0].numel(), per_image, n)
+    budget = {"inputs": size * per_image}  # inputs per forward pass (IG, SmoothGrad, GradientSHAP)
+    per_image_target = not isinstance(target, (str, int)) and not (isinstance(target, torch.Tensor) and target.ndim == 0)
+    if per_image_target and len(target) != n:
+        raise ValueError(f"got {len(target)} targets for {n} images")
+    device = next(model.parameters()).device
+
+    def explain(start: int, stop: int) -> torch.Tensor:
+        x = images[start:stop].to(device)
+        t = target[start:stop] if per_image_target else target
+        y = None if labels is None else labels[start:stop]
+        while True:  # out of memory: fewer inputs per forward pass first, then (map_batches) fewer images
+            batch_cfg, inputs = cfg, stop - start
+            if "internal_batch_size" in type(cfg).model_fields:
+                inputs = max(stop - start, min(cfg.internal_batch_size, budget["inputs"]))
+                batch_cfg = cfg.model_copy(update={"internal_batch_size": inputs})
+            try:
+                attr = attribute(model, x, method, target=t, labels=y, config=batch_cfg)
+                break
+            except torch.OutOfMemoryError:
+                if inputs <= stop - start:
+                    raise
+                budget["inputs"] = inputs // 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        maps = attribution_to_map(attr, normalize=normalize).detach().cpu()
+        if progress is not None:
+            progress(stop, n)
+        return maps
+
+    return torch.cat(map_batches(explain, n, size))

@@ -39,7 +39,7 @@ from .io import check_name, read_bounded
 from .published import ArchSpec, resolve_arch
 from .registry import format_validation_error
 from .zoo import (FOREIGN_SUFFIXES, WEIGHTS_MAX_BYTES, CheckpointError, ImportSource, ModelCard, build_from_card,
-                  expected_state, save_checkpoint, state_dict_from_bytes)
+                  expected_state, state_dict_from_bytes)
 
 LAYOUTS = ("robustbench", "trades", "madrylab", "torchvision", "timm")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -224,18 +224,19 @@ def read_state(data: bytes, filename: str) -> tuple[dict[str, torch.Tensor], str
 def import_bytes(data: bytes, filename: str, *, overwrite: bool = False, zoo_dir=None, **options):
     """Import a file's bytes into ``<user zoo>/<dataset>/<name>`` (see :func:`prepare_import` for the
     options); returns the uploads module's ``InstalledCheckpoint``. Nothing is written on any refusal."""
-    from .uploads import InstalledCheckpoint, UploadError, write_user_model
-    from .zoo import read_card
+    from .uploads import InstalledCheckpoint, UploadError
+    from .zoo import add_to_user_zoo, read_card
 
     try:
         state, digest = read_state(data, filename)
         prepared = prepare_import(state, file=filename, file_sha256=digest, **options)
     except (CheckpointError, ValueError, OSError) as err:  # OSError: a dataset folder that is not there
         raise UploadError(str(err)) from None
-    path = write_user_model(prepared.card,
-                            lambda target: save_checkpoint(prepared.model, prepared.card, target, overwrite=overwrite),
-                            overwrite=overwrite, zoo_dir=zoo_dir)
-    return InstalledCheckpoint(path, read_card(path), prepared.notices)
+    try:
+        path = add_to_user_zoo(prepared.model, prepared.card, overwrite=overwrite, zoo_dir=zoo_dir)
+        return InstalledCheckpoint(path, read_card(path), prepared.notices)
+    except CheckpointError as err:
+        raise UploadError(str(err)) from None
 
 
 def import_file(path: str | Path, **options):
@@ -264,9 +265,11 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
 
 
 def import_upload(data: bytes, filename: str, *, layout: str, arch: str, dataset: str, name: str,
-                  mean: str = "", std: str = "", notes: str = "", overwrite: bool = False, zoo_dir=None):
+                  mean: str = "", std: str = "", notes: str = "", overwrite: bool = False, zoo_dir=None,
+                  data_root: str = "", input_size: int | None = None):
     """The Model zoo page's import: the form's texts parsed, then :func:`import_bytes`. For the
-    torchvision/timm layouts ``arch`` is the library's model name."""
+    torchvision/timm layouts ``arch`` is the library's model name; ``data_root`` is the dataset's folder
+    (an image folder's, recorded on the card), ``input_size`` the side images are read at (as the CLI's)."""
     from .uploads import CHECKPOINT_MAX_BYTES, UploadError
 
     if not isinstance(data, (bytes, bytearray)) or not data:
@@ -280,5 +283,10 @@ def import_upload(data: bytes, filename: str, *, layout: str, arch: str, dataset
         mean_, std_ = parse_floats(mean, "mean"), parse_floats(std, "std")
     except ValueError as err:
         raise UploadError(str(err)) from None
+    root = (data_root or "").strip()
+    if root and dataset in DATASETS and "root" not in DATASETS.get(dataset).config.model_fields:
+        raise UploadError(f"{dataset} is embedded and reads no data root; leave the data root empty")
     return import_bytes(bytes(data), filename, layout=layout, arch=arch or None, dataset=dataset, name=name.strip(),
-                        mean=mean_, std=std_, notes=notes or "", overwrite=overwrite, zoo_dir=zoo_dir)
+                        mean=mean_, std=std_, notes=notes or "", overwrite=overwrite, zoo_dir=zoo_dir,
+                        dataset_config={"root": root} if root else None,
+                        input_size=None if input_size is None else int(input_size))

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .errors import ExplrobustError
+
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -81,7 +83,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(finite_json(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-class UnreadableFileError(ValueError):
+class UnreadableFileError(ValueError, ExplrobustError):
     """A file that is refused before (or while) reading it: missing, not a regular file, too large."""
 
 

@@ -35,6 +35,7 @@ from typing import Annotated, Any, Callable, Iterator, Literal, Protocol
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .cancellation import Cancelled, cancellable
+from .errors import ExplrobustError
 from .io import atomic_write_bytes, check_name, runs_dir
 from .registry import Config, ConfigError, format_validation_error
 from .training.trainer import TrainConfig
@@ -146,14 +147,14 @@ def spec_name(spec: TrainJobSpec | EvaluateJobSpec) -> str:
 # --------------------------------------------------------------------------- store
 
 
-class JobNotFound(KeyError, ValueError):
+class JobNotFound(KeyError, ValueError, ExplrobustError):
     """No job with this id (a ValueError too, so the CLI prints it as one line)."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "no such job"
 
 
-class JobStoreError(ValueError):
+class JobStoreError(ValueError, ExplrobustError):
     """The job store is unreadable (corrupt, truncated) or lost while job folders remain; the message says
     how to recover (a ValueError, so the CLI prints it as one line and the pages as an error box)."""
 
@@ -662,23 +663,24 @@ class _Reporter:
 
 
 def register_checkpoint(checkpoint: Path, dataset: str, name: str) -> Path:
-    """Copy a finished job's checkpoint and card into the user zoo (atomic; never overwrites: the same weights
-    there already are this job's own registration, kept)."""
+    """Add a finished job's checkpoint to the user zoo through :func:`~explrobust_core.zoo.add_to_user_zoo` (its
+    lock and checks; never overwrites: the same weights there already are this job's own registration, kept)."""
     import filecmp
 
-    from .zoo import user_zoo_dir
+    from .zoo import CheckpointError, add_to_user_zoo, load_checkpoint, user_zoo_dir
 
     target = user_zoo_dir() / dataset / f"{name}.safetensors"
-    card = checkpoint.with_suffix(".json")
     if target.exists() and target.with_suffix(".json").exists() and filecmp.cmp(target, checkpoint, shallow=False):
         # the same weights: this job registered them already and ended before its end was recorded (it is
-        # resumed); the card written then stays (only its timestamps would differ)
+        # resumed); the card written then stays
         return target
-    if target.exists():
-        raise FileExistsError(f"{target} exists already; the trained checkpoint stays at {checkpoint}")
-    atomic_write_bytes(target, checkpoint.read_bytes())
-    atomic_write_bytes(target.with_suffix(".json"), card.read_bytes())
-    return target
+    model, card = load_checkpoint(checkpoint, "cpu")
+    if (card.dataset, card.name) != (dataset, name):
+        raise CheckpointError(f"{checkpoint} holds {card.dataset}/{card.name}, not the job's {dataset}/{name}")
+    try:
+        return add_to_user_zoo(model, card)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err}; the trained checkpoint stays at {checkpoint}") from None
 
 
 def _run_training(store: JobStore, job: Job, spec: TrainJobSpec, reporter: _Reporter,

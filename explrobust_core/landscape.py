@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from .explain import EXPLAINERS, attribute
+from .explain import EXPLAINERS, attribute, explanation_maps
 from .metrics import attribution_to_map, explanation_loss
-from .models import eval_mode, softplus_view
-from .registry import Config
+from .models import device_of, eval_mode, softplus_view
+from .registry import Config, resolve_config
 from .results import Result
 
 LossName = Literal["ce", "explanation_change", "explanation_target"]
@@ -96,7 +96,7 @@ def adversarial_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
 def explanation_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LandscapeConfig) -> torch.Tensor:
     """−sign ∇ₓ (map mass on the clean top-k pixels), on the Softplus view."""
     with torch.no_grad():
-        clean = _maps(model, x, y, cfg)
+        clean = _landscape_maps(model, x, y, cfg)
     k = min(cfg.k, clean[0].numel())
     mask = torch.zeros_like(clean.flatten(1)).scatter_(1, clean.flatten(1).topk(k, 1).indices, 1.0)
     xr = x.detach().requires_grad_(True)
@@ -131,8 +131,9 @@ def directions(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Landscap
 # --------------------------------------------------------------------------- grid evaluation
 
 
-def _maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LandscapeConfig) -> torch.Tensor:
-    return attribution_to_map(attribute(model, x, cfg.explainer, target=y, config=cfg.explainer_options)).detach()
+def _landscape_maps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: LandscapeConfig) -> torch.Tensor:
+    """The landscape's explainer's maps of class ``y``, detached (a grid point is never differentiated)."""
+    return explanation_maps(model, x, cfg.explainer, target=y, config=cfg.explainer_options).detach()
 
 
 def grid_axes(cfg: LandscapeConfig, dtype=torch.float32) -> torch.Tensor:
@@ -167,7 +168,7 @@ def _grid_losses(model, x, y, dirs, cfg: LandscapeConfig, clean_maps, target_map
         need_maps = any(name != "ce" for name in cfg.losses)
         with torch.no_grad():
             logits = model(points)
-        maps = _maps(model, points, y[img], cfg) if need_maps else None
+        maps = _landscape_maps(model, points, y[img], cfg) if need_maps else None
         for name in cfg.losses:
             if name == "ce":
                 value = F.cross_entropy(logits, y[img], reduction="none")
@@ -207,20 +208,19 @@ def input_landscape(model: nn.Module, images: torch.Tensor, labels: torch.Tensor
         >>> len(r.extra["axis"])
         21
     """
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = LandscapeConfig(**{**values, **options})
+    cfg = resolve_config(LandscapeConfig, config, **options)
     if "explanation_target" in cfg.losses and (target_images is None or target_images.shape != images.shape):
         raise ValueError("the explanation_target loss needs one target image per image")
     started = time.perf_counter()
     x, y = images.detach(), labels.to(images.device)
     with eval_mode(model):
         dirs = directions(model, x, y, cfg)
-        clean_maps = _maps(model, x, y, cfg) if any(n != "ce" for n in cfg.losses) else None
+        clean_maps = _landscape_maps(model, x, y, cfg) if any(n != "ce" for n in cfg.losses) else None
         target_maps = None
         if target_images is not None:
             with torch.no_grad():
                 t_pred = model(target_images).argmax(1)
-            target_maps = _maps(model, target_images.detach(), t_pred, cfg)
+            target_maps = _landscape_maps(model, target_images.detach(), t_pred, cfg)
         grids = _grid_losses(model, x, y, dirs, cfg, clean_maps, target_maps)
     centre = cfg.points // 2
     clean = {name: (v[:, centre] if cfg.dims == 1 else v[:, centre, centre]) for name, v in grids.items()}
@@ -374,7 +374,7 @@ def attack_endpoints(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     x, y = images.detach(), labels.to(images.device)
     out: dict[str, dict[str, torch.Tensor]] = {}
     with eval_mode(model):
-        clean_maps = _maps(model, x, y, cfg)
+        clean_maps = _landscape_maps(model, x, y, cfg)
         for name, points in endpoints.items():
             points = points.detach().to(x.device)
             coords = plane_coordinates(x, points, dirs)
@@ -383,7 +383,7 @@ def attack_endpoints(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
             delta = (points - x).flatten(1).to(torch.float64)
             with torch.no_grad():
                 ce = F.cross_entropy(model(points), y, reduction="none")
-            change = explanation_loss(_maps(model, points, y, cfg), clean_maps)
+            change = explanation_loss(_landscape_maps(model, points, y, cfg), clean_maps)
             out[name] = {"coordinates": coords, "in_plane": projected.norm(dim=1) / delta.norm(dim=1).clamp_min(1e-12),
                          "ce": ce.detach().to(torch.float64), "explanation_change": change.detach().to(torch.float64)}
     return out
@@ -409,12 +409,11 @@ def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     from .attacks.classification import pgd_perturb
     from .attacks.explanation import run_explanation_attack
 
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    base = LandscapeConfig(**{**values, **options})
+    base = resolve_config(LandscapeConfig, config, **options)
     if not dims or any(d not in (1, 2) for d in dims):
         raise ValueError(f"dims must be a non-empty subset of (1, 2), got {dims}")
-    cfgs = {d: LandscapeConfig(**{**base.model_dump(), "dims": d,
-                                  "points": base.points if d == 1 or points_2d is None else points_2d}) for d in dims}
+    cfgs = {d: resolve_config(LandscapeConfig, base, dims=d,
+                              points=base.points if d == 1 or points_2d is None else points_2d) for d in dims}
     if not 0 < attack_eps <= 1:
         raise ValueError(f"attack_eps must be in (0, 1], got {attack_eps}")
     started = time.perf_counter()
@@ -472,7 +471,7 @@ def landscape_of_images(model: nn.Module, data, first: int, count: int, config: 
         raise ValueError(f"the split has {len(data)} images; images {first}…{first + count - 1} do not all exist")
     if target is not None and not 0 <= target < len(data):
         raise ValueError(f"target image {target} does not exist ({len(data)} images)")
-    device = next(model.parameters()).device
+    device = device_of(model)
     x, y = (t.to(device) for t in data.batch(range(first, first + count)))
     targets = data.batch([target] * count)[0].to(device) if target is not None else None
     report = landscape_report(model, x, y, config, target_images=targets, **report_options)

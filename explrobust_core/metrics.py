@@ -19,6 +19,7 @@ Conventions (see DESIGN.md, "Conventions"):
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import torch
@@ -29,6 +30,9 @@ from .registry import Config, Registry  # entries without options get NoConfig (
 __all__ = [
     "EXPLANATION_LOSS_UNIT",
     "COMPARISONS",
+    "MetricInfo",
+    "metric_label",
+    "higher_is_robust",
     "TopKConfig",
     "attribution_to_map",
     "explanation_loss",
@@ -44,6 +48,7 @@ __all__ = [
     "center_of_mass_shift",
     "ssim",
     "compare_maps",
+    "sensitivity",
     "max_sensitivity",
     "avg_sensitivity",
     "local_lipschitz",
@@ -178,8 +183,32 @@ class TopKConfig(Config):
     k: int = Field(100, ge=1, le=1_000_000, description="Number of top pixels compared (RAR: 100; Flower 1000).")
 
 
+# the direction of a metric, as a tag: compared with the original map, an attacked map that stays similar
+# means a robust explanation, so a similarity is "higher is more robust" and a distance "lower is more robust"
 _SIM = "similarity"  # higher = more similar
 _DIST = "distance"  # higher = more different
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a comparison metric's entry carries besides its function (``Entry.meta``)."""
+
+    label: str  # its name in tables, figures and the study
+
+
+def metric_label(name: str) -> str:
+    """The short human name of comparison metric ``name``."""
+    meta = COMPARISONS.get(name).meta
+    return meta.label if isinstance(meta, MetricInfo) else name
+
+
+def higher_is_robust(name: str) -> bool:
+    """Whether a higher value of metric ``name`` between an original and an attacked map means a more robust
+    explanation (a similarity), or a lower one (a distance). The one place the direction is decided: its tag."""
+    tags = COMPARISONS.get(name).tags
+    if (_SIM in tags) == (_DIST in tags):
+        raise ValueError(f"comparison metric {name!r} must be tagged either {_SIM!r} or {_DIST!r}")
+    return _SIM in tags
 
 
 @COMPARISONS.register(
@@ -187,6 +216,7 @@ _DIST = "distance"  # higher = more different
     config=TopKConfig,
     summary="Share of the k most important pixels common to both maps (RAR's 'IN'), in [0, 1].",
     tags=(_SIM, "rank"),
+    meta=MetricInfo('top-k intersection'),
 )
 def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
     """``|top-k(a) ∩ top-k(b)| / k`` per image, in [0, 1] (RAR's "IN").
@@ -348,6 +378,7 @@ def _strict_inversions_torch(values: Tensor, bits: int) -> Tensor:
     "kendall_tau",
     summary="Kendall's tau-b over all pixels, ties handled as scipy.stats.kendalltau (RAR's 'CO').",
     tags=(_SIM, "rank", "correlation"),
+    meta=MetricInfo('Kendall τ'),
 )
 def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_ELEMENTS) -> Tensor:
     """Kendall's τ-b per image, equal to ``scipy.stats.kendalltau`` (variant 'b').
@@ -388,8 +419,9 @@ def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_EL
     return torch.cat(parts).to(_out_dtype(map_a))
 
 
-def _average_ranks(v: Tensor) -> Tensor:
-    """1-based ranks of each row of ``(N, P)``, ties given their average rank (scipy's 'average')."""
+def average_ranks(v: Tensor) -> Tensor:
+    """1-based ranks of each row of ``(N, P)``, ties given their average rank (scipy's 'average'); the one
+    ranking of the project (the study's Spearman over models uses it too)."""
     sorted_v = torch.sort(v, dim=1).values
     v = v.contiguous()
     lo = torch.searchsorted(sorted_v, v, right=False)  # number of values < v
@@ -402,12 +434,13 @@ def _average_ranks(v: Tensor) -> Tensor:
     "spearman_rho",
     summary="Spearman's rho over all pixels (Pearson on average ranks), as scipy.stats.spearmanr.",
     tags=(_SIM, "rank", "correlation"),
+    meta=MetricInfo('Spearman ρ of maps'),
 )
 def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
     equal to ``scipy.stats.spearmanr``. NaN where a map is constant, as scipy."""
     a, b = _flat_pair(map_a, map_b, "spearman_rho")
-    rho = _pearson_rows(_average_ranks(a.detach()), _average_ranks(b.detach()))
+    rho = _pearson_rows(average_ranks(a.detach()), average_ranks(b.detach()))
     return rho.to(_out_dtype(map_a))
 
 
@@ -415,6 +448,7 @@ def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
     "pearson",
     summary="Pearson correlation over all pixels, in [-1, 1].",
     tags=(_SIM, "correlation", "differentiable"),
+    meta=MetricInfo('Pearson r of maps'),
 )
 def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Pearson correlation per image over the flattened maps. NaN where a map is constant
@@ -428,6 +462,7 @@ def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
     "cosine_similarity",
     summary="Cosine of the angle between the flattened maps, in [-1, 1].",
     tags=(_SIM, "differentiable"),
+    meta=MetricInfo('cosine similarity'),
 )
 def cosine_similarity(map_a: Tensor, map_b: Tensor) -> Tensor:
     """``<a, b> / (‖a‖ ‖b‖)`` per image over the flattened maps. NaN where a map is all zero
@@ -447,6 +482,7 @@ COMPARISONS.add(
     mse,
     summary="Mean squared difference over pixels (on sum-normalised maps: the SEP explanation loss).",
     tags=(_DIST, "differentiable"),
+    meta=MetricInfo('mean squared difference'),
 )
 
 
@@ -472,6 +508,7 @@ def center_of_mass(map_: Tensor) -> Tensor:
     "center_of_mass_shift",
     summary="Euclidean distance in pixels between the two maps' centres of mass.",
     tags=(_DIST, "differentiable"),
+    meta=MetricInfo('centre-of-mass shift (px)'),
 )
 def center_of_mass_shift(map_a: Tensor, map_b: Tensor) -> Tensor:
     """``‖com(a) − com(b)‖₂`` in pixels per image (see :func:`center_of_mass`; NaN if a map is
@@ -492,6 +529,7 @@ def _ssim_window(h: int, w: int) -> int:
     "ssim",
     summary="Structural similarity of the two maps, each scaled to max 1, averaged over pixels.",
     tags=(_SIM, "differentiable"),
+    meta=MetricInfo('SSIM'),
 )
 def ssim(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Mean SSIM per image via ``kornia.metrics.ssim``.
@@ -584,14 +622,15 @@ def _stability_core(
     *,
     sampler: _Sampler,
     n_samples: int,
-    perturbations: Tensor | None,
-    targets: Tensor | None,
-    batch_size: int,
-    generator: torch.Generator | None,
-    seed: int | None,
-    clamp: tuple[float, float] | None,
+    perturbations: Tensor | None = None,
+    targets: Tensor | None = None,
+    batch_size: int = 64,
+    generator: torch.Generator | None = None,
+    seed: int | None = None,
+    clamp: tuple[float, float] | None = (0.0, 1.0),
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Explain x and its N×S perturbations in chunks of ``batch_size`` rows.
+    """Explain x and its N×S perturbations in chunks of ``batch_size`` rows (the sampling options of
+    :func:`sensitivity` and :func:`local_lipschitz`, with their defaults).
 
     Rows are image-major (row ``i·S + s`` is sample s of image i). Perturbed inputs are
     ``clamp(x + δ)``. Returns, in the accumulation dtype, ``diff (N, S) = ‖e(x') − e(x)‖₂``,
@@ -651,10 +690,35 @@ def _stability_core(
     return diff.view(n_img, n_samples), step.view(n_img, n_samples), ref
 
 
-def _sensitivity(explain_fn, x, radius, n_samples, reduce, *, relative, **kw) -> Tensor:
+def sensitivity(
+    explain_fn: ExplainFn,
+    x: Tensor,
+    radius: float = 0.02,
+    n_samples: int = 10,
+    *,
+    reduce: Literal["max", "mean"] = "max",
+    relative: bool = True,
+    **sampling: Any,
+) -> Tensor:
+    """Max-sensitivity per image, ``max_s ‖e(x + δ_s) − e(x)‖_F / ‖e(x)‖_F``, ``(N,)`` (``reduce="mean"``: the
+    average sensitivity, the mean over the samples).
+
+    δ_s uniform in the L∞ ball of ``radius``; perturbed inputs clamped to ``clamp`` ([0, 1]; None
+    to skip). ``relative=True`` divides by ‖e(x)‖_F (Quantus' default normalisation; NaN where
+    e(x) is all zero); ``relative=False`` is captum's absolute ``sensitivity_max``.
+
+    ``explain_fn(x)`` returns an attribution or a map ``(N, ...)``. The keyword sampling options (here and in
+    :func:`local_lipschitz`): ``targets`` (N,): ``explain_fn`` is called as ``explain_fn(x_chunk, targets_chunk)``
+    with the targets repeated per sample; ``batch_size`` (64): the N×S perturbed inputs are explained in chunks
+    of it; ``perturbations`` ``(N, S, *x.shape[1:])`` replaces the random δ (and ``n_samples``); ``generator``
+    or ``seed`` (a CPU generator, so the same on every device; else torch's global RNG): the draws are made
+    per chunk, so results are reproducible for a fixed seed and ``batch_size``; ``clamp`` ((0, 1)).
+    """
+    if reduce not in ("max", "mean"):
+        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     if radius < 0:
         raise ValueError("radius must be ≥ 0")
-    diff, _, ref = _stability_core(explain_fn, x, sampler=_uniform_linf(radius), n_samples=n_samples, **kw)
+    diff, _, ref = _stability_core(explain_fn, x, sampler=_uniform_linf(radius), n_samples=n_samples, **sampling)
     if relative:
         undefined = (ref == 0)[:, None].expand_as(diff)
         diff = _safe_div(diff, ref[:, None].expand_as(diff), undefined)
@@ -662,59 +726,14 @@ def _sensitivity(explain_fn, x, radius, n_samples, reduce, *, relative, **kw) ->
     return out.to(_out_dtype(x))
 
 
-def max_sensitivity(
-    explain_fn: ExplainFn,
-    x: Tensor,
-    radius: float = 0.02,
-    n_samples: int = 10,
-    *,
-    relative: bool = True,
-    perturbations: Tensor | None = None,
-    targets: Tensor | None = None,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
-) -> Tensor:
-    """Max-sensitivity per image: ``max_s ‖e(x + δ_s) − e(x)‖_F / ‖e(x)‖_F``, ``(N,)``.
-
-    δ_s uniform in the L∞ ball of ``radius``; perturbed inputs clamped to ``clamp`` ([0, 1]; None
-    to skip). ``relative=True`` divides by ‖e(x)‖_F (Quantus' default normalisation; NaN where
-    e(x) is all zero); ``relative=False`` is captum's absolute ``sensitivity_max``.
-
-    ``explain_fn(x)`` returns an attribution or a map ``(N, ...)``; with ``targets`` (N,) it is
-    called as ``explain_fn(x_chunk, targets_chunk)`` with the targets repeated per sample. The
-    N×S perturbed inputs are explained in chunks of ``batch_size``. ``perturbations``
-    ``(N, S, *x.shape[1:])`` replaces the random δ (and ``n_samples``). Randomness comes from
-    ``generator`` or ``seed`` (a CPU generator, so the same on every device) or else torch's
-    global RNG; the draws are made per chunk, so results are reproducible for a fixed seed and
-    ``batch_size``.
-    """
-    return _sensitivity(
-        explain_fn, x, radius, n_samples, "max", relative=relative, perturbations=perturbations,
-        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
-    )
+def max_sensitivity(explain_fn: ExplainFn, x: Tensor, radius: float = 0.02, n_samples: int = 10, **options) -> Tensor:
+    """Max-sensitivity per image: :func:`sensitivity` (whose keyword options it takes) with the maximum over samples."""
+    return sensitivity(explain_fn, x, radius, n_samples, reduce="max", **options)
 
 
-def avg_sensitivity(
-    explain_fn: ExplainFn,
-    x: Tensor,
-    radius: float = 0.02,
-    n_samples: int = 10,
-    *,
-    relative: bool = True,
-    perturbations: Tensor | None = None,
-    targets: Tensor | None = None,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
-) -> Tensor:
-    """Average sensitivity per image: :func:`max_sensitivity` with the mean over samples."""
-    return _sensitivity(
-        explain_fn, x, radius, n_samples, "mean", relative=relative, perturbations=perturbations,
-        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
-    )
+def avg_sensitivity(explain_fn: ExplainFn, x: Tensor, radius: float = 0.02, n_samples: int = 10, **options) -> Tensor:
+    """Average sensitivity per image: :func:`sensitivity` (whose keyword options it takes) with the mean over samples."""
+    return sensitivity(explain_fn, x, radius, n_samples, reduce="mean", **options)
 
 
 def local_lipschitz(
@@ -722,27 +741,18 @@ def local_lipschitz(
     x: Tensor,
     std: float = 0.1,
     n_samples: int = 10,
-    *,
-    perturbations: Tensor | None = None,
-    targets: Tensor | None = None,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-    seed: int | None = None,
-    clamp: tuple[float, float] | None = (0.0, 1.0),
+    **sampling: Any,
 ) -> Tensor:
     """Local Lipschitz estimate per image: ``max_s ‖e(x) − e(x')‖₂ / ‖x − x'‖₂``, ``(N,)``
     (Alvarez-Melis & Jaakkola, 2018), with ``x' = clamp(x + δ_s)``, δ_s ~ N(0, std²).
 
     The denominator is the *effective* step ‖x' − x‖₂ after clamping; samples whose effective
-    step is 0 are skipped (NaN only if every sample is). Other arguments as
-    :func:`max_sensitivity`.
+    step is 0 are skipped (NaN only if every sample is). The keyword sampling options (``targets``,
+    ``batch_size``, ``perturbations``, ``generator``, ``seed``, ``clamp``) as :func:`sensitivity`'s.
     """
     if std < 0:
         raise ValueError("std must be ≥ 0")
-    diff, step, _ = _stability_core(
-        explain_fn, x, sampler=_gaussian(std), n_samples=n_samples, perturbations=perturbations,
-        targets=targets, batch_size=batch_size, generator=generator, seed=seed, clamp=clamp,
-    )
+    diff, step, _ = _stability_core(explain_fn, x, sampler=_gaussian(std), n_samples=n_samples, **sampling)
     ratio = _safe_div(diff, step, step == 0)
     # max over the defined samples; all undefined → NaN
     best = torch.where(torch.isnan(ratio), torch.full_like(ratio, float("-inf")), ratio).amax(dim=1)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -143,7 +143,7 @@ def wrap(module: nn.Module, *, mean: Sequence[float], std: Sequence[float], inpu
     if n_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {n_classes}")
     model = WrappedClassifier(Normalize(mean, std), module, head)
-    device = next(iter(module.parameters()), torch.empty(0)).device
+    device = device_of(module)
     model = model.to(device).eval()
     with torch.no_grad():
         out = model(torch.full((1, *shape), 0.5, device=device))
@@ -261,13 +261,18 @@ class WideResNetConfig(Config):
     widen_factor: int = Field(10, ge=1, le=20, description="width multiplier k (WRN-28-10, WRN-40-2, …)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout between the two convs of a block")
 
+    @field_validator("depth")
+    @classmethod
+    def _six_n_plus_four(cls, depth: int) -> int:  # refused with the config's other checks, before any building
+        if (depth - 4) % 6:
+            raise ValueError(f"wideresnet depth must be 6n+4 (e.g. 16, 28, 40), got {depth}")
+        return depth
+
 
 @ARCHITECTURES.register("wideresnet", config=WideResNetConfig, summary="WideResNet(depth, width): WRN-28-10, WRN-40-2, …")
 def wideresnet(cfg: WideResNetConfig, in_channels: int, height: int, width: int, num_classes: int):
     """WideResNet (Zagoruyko & Komodakis): conv3×3(C→16), three groups of (depth−4)/6 pre-activation
     blocks with widths 16k, 32k, 64k (strides 1, 2, 2), BN-ReLU, global average pool, FC."""
-    if (cfg.depth - 4) % 6:
-        raise ValueError(f"wideresnet depth must be 6n+4 (e.g. 16, 28, 40), got {cfg.depth}")
     n, k = (cfg.depth - 4) // 6, cfg.widen_factor
     layers: list[nn.Module] = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)]
     cin = 16
@@ -462,6 +467,98 @@ def beta_schedule(start: float, end: float, steps: int) -> list[float]:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device a model computes on: that of its first parameter (else its first buffer; else the CPU).
+
+    Args:
+        model: any module.
+
+    Returns:
+        A ``torch.device``; inputs moved there meet the model's weights.
+
+    Example:
+        >>> device_of(nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def class_probabilities(model: nn.Module, images: torch.Tensor | Any, batch_size: int | None = None, *,
+                        indices: Sequence[int] | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Softmax class probabilities (see :func:`_per_image_outputs`), a CPU float tensor ``(N, K)``.
+
+    Example:
+        >>> probs = class_probabilities(model, x, batch_size=4)
+        >>> probs.shape[0] == x.shape[0], bool(torch.allclose(probs.sum(1), torch.ones(len(x))))
+        (True, True)
+    """
+    return _per_image_outputs(model, images, lambda logits: torch.softmax(logits, 1), batch_size,
+                              indices=indices, progress=progress)
+
+
+def _per_image_outputs(model: nn.Module, images: torch.Tensor | Any, of_logits: Callable[[torch.Tensor], torch.Tensor],
+                       batch_size: int | None = None, *, indices: Sequence[int] | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """``of_logits(logits)`` of every image, in batches on the model's device, without gradients, in eval mode.
+
+    A batch that runs out of accelerator memory is halved and retried (:func:`~explrobust_core.batching.map_batches`).
+
+    Args:
+        model: pixels in ``[0, 1]`` → logits.
+        images: an image tensor ``(N, C, H, W)`` (on any device), or a dataset (``len``, ``info`` and ``batch(indices)``).
+        batch_size: images per forward pass on the first try (default: on the CPU a cap from the model's size, on an
+            accelerator a generous start; :func:`~explrobust_core.batching.start_batch_size`).
+        indices: the images to classify (default: all of them, in order).
+        progress: ``progress(done, total)`` after each batch.
+
+    Returns:
+        ``of_logits``' outputs joined on the CPU, one row per image (``len(indices)`` rows); ``(0, 0)`` for no images.
+    """
+    from .batching import map_batches, start_batch_size
+
+    device = device_of(model)
+    chosen = list(range(len(images))) if indices is None else list(indices)
+    if not chosen:
+        return torch.zeros(0, 0)
+    if isinstance(images, torch.Tensor):  # a tensor is sliced (no copy) unless indices pick its images
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return images[start:stop] if indices is None else images[chosen[start:stop]]
+        numel = images[0].numel()
+    else:
+        def batch(start: int, stop: int) -> torch.Tensor:
+            return images.batch(chosen[start:stop])[0]
+        info = getattr(images, "info", None)  # datasets know their input shape; anything else shows one image
+        numel = int(torch.Size(info.input_shape).numel()) if info is not None else batch(0, 1)[0].numel()
+
+    def classify(start: int, stop: int) -> torch.Tensor:
+        out = of_logits(model(batch(start, stop).to(device))).cpu()
+        if progress is not None:
+            progress(stop, len(chosen))
+        return out
+
+    size = batch_size or start_batch_size(model, numel, items=len(chosen))
+    with eval_mode(model), torch.no_grad():
+        return torch.cat(map_batches(classify, len(chosen), size))
+
+
+def predict(model: nn.Module, images: torch.Tensor | Any, batch_size: int | None = None, *,
+            indices: Sequence[int] | None = None, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The predicted class of every image (the logits' arg-max; see :func:`_per_image_outputs`), a CPU
+    ``LongTensor`` ``(N,)``.
+
+    Example:
+        >>> pred = predict(model, x, batch_size=4)
+        >>> pred.shape == y.shape, pred.dtype
+        (True, torch.int64)
+    """
+    pred = _per_image_outputs(model, images, lambda logits: logits.argmax(1), batch_size,
+                              indices=indices, progress=progress)
+    return pred if pred.ndim == 1 else torch.zeros(0, dtype=torch.long)
 
 
 class eval_mode:

@@ -174,6 +174,16 @@ def stop_local_cluster(store: JobStore, timeout: float = 10) -> bool:
     return True
 
 
+def local_cluster_status(store: JobStore) -> tuple[str, int] | None:
+    """``(address, pid)`` of the cluster :func:`start_local_cluster` started for this runs directory when it is
+    running and answers, else None."""
+    address = store.setting("ray_local_address") or ""
+    pid = int(store.setting("ray_local_pid") or 0)
+    if address and _is_our_head(pid, address) and _reachable(*_host_port(address), 1.0) is None:
+        return address, pid
+    return None
+
+
 def _is_our_head(pid: int, address: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

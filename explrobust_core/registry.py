@@ -12,7 +12,10 @@ from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .errors import ExplrobustError
+
 T = TypeVar("T")
+C = TypeVar("C", bound="Config")
 
 
 class Config(BaseModel):
@@ -27,7 +30,7 @@ class NoConfig(Config):
     """For entries that take no options."""
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(KeyError, ValueError, ExplrobustError):
     """A name that is not in a registry; the message lists the valid names (a ValueError too,
     so validators and callers that expect bad values catch it)."""
 
@@ -35,11 +38,11 @@ class UnknownNameError(KeyError, ValueError):
         return str(self.args[0])
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(ImportError, ExplrobustError):
     """An optional dependency is not installed; the message says how to install it."""
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, ExplrobustError):
     """A config that failed validation; the message names each offending field."""
 
 
@@ -51,6 +54,36 @@ def format_validation_error(err: ValidationError, what: str) -> str:
     return " ".join(f"invalid {what}: {'; '.join(parts)}".split())  # one line, whatever the messages hold
 
 
+def resolve_config(config_class: type[C], config: dict[str, Any] | Config | None = None, *,
+                   what: str | None = None, **options: Any) -> C:
+    """A validated ``config_class`` from ``config`` with the keyword ``options`` laid over it.
+
+    Args:
+        config_class: the :class:`Config` subclass to build.
+        config: a dict of its fields, any :class:`Config` (its fields are taken), or None for the defaults.
+        what: how the error message names the config (default: the class's name).
+        **options: fields that override ``config``'s.
+
+    Returns:
+        ``config`` itself when it is already a ``config_class`` and no option is given, else a new, validated one.
+
+    Raises:
+        ConfigError: a field is unknown or out of range; the one-line message names each offending field.
+
+    Example:
+        >>> from explrobust_core.attacks.classification import PGDConfig
+        >>> resolve_config(PGDConfig, {"eps": 0.1, "steps": 20}, eps=0.3).eps
+        0.3
+    """
+    if isinstance(config, config_class) and not options:
+        return config
+    values = config.model_dump() if isinstance(config, BaseModel) else dict(config or {})
+    try:
+        return config_class(**{**values, **options})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, what or config_class.__name__)) from None
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     name: str
@@ -58,17 +91,36 @@ class Entry(Generic[T]):
     config: type[Config]
     summary: str
     tags: frozenset[str] = field(default_factory=frozenset)
+    # what the registry's users need besides the object, in one place (e.g. an explanation attack's summary
+    # columns, labels and directions; a comparison metric's label); each registry documents its own type
+    meta: Any = None
 
     def make_config(self, values: dict[str, Any] | Config | None = None) -> Config:
-        """Validate ``values`` (a dict, a config of this entry, or None for defaults)."""
-        if isinstance(values, self.config):
-            return values
-        if isinstance(values, Config):
-            values = values.model_dump()
-        try:
-            return self.config(**(values or {}))
-        except ValidationError as err:
-            raise ConfigError(format_validation_error(err, f"config for {self.name!r}")) from None
+        """Validate ``values`` (a dict, a config of this entry, or None for defaults); :meth:`resolve` without
+        options."""
+        return self.resolve(values)
+
+    def resolve(self, config: dict[str, Any] | Config | None = None, **options: Any) -> Config:
+        """This entry's validated config: ``config`` with the keyword ``options`` laid over it.
+
+        Args:
+            config: a dict of the config's fields, a config (of this entry or any other: its fields are taken),
+                or None for the defaults.
+            **options: fields that override ``config``'s (``eps=0.3``).
+
+        Returns:
+            An instance of ``self.config``; ``config`` itself when it already is one and no option is given.
+
+        Raises:
+            ConfigError: a field is unknown to this entry or out of its range (the message names the entry and
+                each field).
+
+        Example:
+            >>> from explrobust_core.attacks.classification import CLASSIFICATION_ATTACKS
+            >>> CLASSIFICATION_ATTACKS.get("pgd").resolve({"eps": 0.1, "steps": 20}, eps=0.3).eps
+            0.3
+        """
+        return resolve_config(self.config, config, what=f"config for {self.name!r}", **options)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -97,21 +149,28 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
 
     def register(
-        self, name: str, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = ()
+        self, name: str, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = (),
+        meta: Any = None,
     ) -> Callable[[T], T]:
         def decorator(obj: T) -> T:
-            self.add(name, obj, config=config, summary=summary, tags=tags)
+            self.add(name, obj, config=config, summary=summary, tags=tags, meta=meta)
             return obj
 
         return decorator
 
     def add(
-        self, name: str, obj: T, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = ()
+        self, name: str, obj: T, *, config: type[Config] = NoConfig, summary: str = "", tags: tuple[str, ...] = (),
+        meta: Any = None,
     ) -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         doc = summary or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
-        self._entries[name] = Entry(name, obj, config, doc, frozenset(tags))
+        self._entries[name] = Entry(name, obj, config, doc, frozenset(tags), meta)
+
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (tests that register a toy entry clean up with it)."""
+        self.get(name)  # the same message for an unknown name
+        del self._entries[name]
 
     def get(self, name: str) -> Entry[T]:
         try:

@@ -310,6 +310,7 @@ def compute_curvature(entries: Iterable[Any], dataset: str, pairs_file: str | os
     from .data import load_dataset
     from .landscape import curvature_summary
     from .sampling import load_pairs
+    from .models import device_of
     from .zoo import load_checkpoint
 
     data = load_dataset(dataset, "test")
@@ -320,7 +321,7 @@ def compute_curvature(entries: Iterable[Any], dataset: str, pairs_file: str | os
     settings = {"radius": 0.1, "beta": 10.0, "explainer": "gradient_x_input", "n_samples": 32, "iterations": 20}
     for i, entry in enumerate(entries):
         model, card = load_checkpoint(entry.path, device)
-        dev = next(model.parameters()).device
+        dev = device_of(model)
         r = curvature_summary(model, x.to(dev), y.to(dev), **settings)
         models[card.name] = {k: [float(v) for v in t.tolist()] for k, t in r.per_image.items() if k != "label"}
         if progress:

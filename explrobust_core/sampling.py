@@ -64,30 +64,34 @@ def way2_pairs(labels, n_pairs: int, seed: int = 0) -> list[tuple[int, int]]:
 
 
 def reference_features(model: nn.Module, images: torch.Tensor, *, source: Literal["penultimate", "maps"] = "penultimate",
-                       explainer: str = "gradient", batch_size: int = 256) -> torch.Tensor:
-    """Per-image feature vectors ``(N, D)`` for clustering: penultimate activations or flattened maps."""
-    from .explain import explanation_maps
-    from .models import eval_mode
+                       explainer: str = "gradient", batch_size: int | None = None) -> torch.Tensor:
+    """Per-image feature vectors ``(N, D)`` for clustering: penultimate activations or flattened maps, in
+    memory-bounded batches (``batch_size`` images; default: what the model's size allows)."""
+    from .batching import map_batches, start_batch_size
+    from .explain import explanation_maps_in_batches
+    from .models import device_of, eval_mode
 
-    device = next(model.parameters()).device
-    parts = []
-    with eval_mode(model):
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start:start + batch_size].to(device)
-            if source == "penultimate":
-                with torch.no_grad():
-                    parts.append(model.embed(x).flatten(1).cpu())
-            else:
-                parts.append(explanation_maps(model, x, explainer, target="predicted").flatten(1).cpu())
-    return torch.cat(parts)
+    if source != "penultimate":
+        with eval_mode(model):
+            return explanation_maps_in_batches(model, images, explainer, target="predicted",
+                                               batch_size=batch_size).flatten(1)
+    device = device_of(model)
+
+    def embed(start: int, stop: int) -> torch.Tensor:
+        return model.embed(images[start:stop].to(device)).flatten(1).cpu()
+
+    size = batch_size or start_batch_size(model, images[0].numel(), items=images.shape[0])
+    with eval_mode(model), torch.no_grad():
+        return torch.cat(map_batches(embed, images.shape[0], size))
 
 
 def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
-                                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor] | None:
+                                batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Penultimate features ``(N, D)`` (as :func:`reference_features` gives them) and predicted classes ``(N,)``,
     both on CPU, from one forward pass per batch: the features are the input of the model's classification layer,
     caught on the way to the logits. ``None`` for a model that names no such layer (ask both functions then)."""
-    from .models import ImageClassifier, WrappedClassifier, eval_mode
+    from .batching import map_batches, start_batch_size
+    from .models import ImageClassifier, WrappedClassifier, device_of, eval_mode
 
     if isinstance(model, ImageClassifier):
         head = model.head
@@ -95,21 +99,23 @@ def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
         head = model.net.get_submodule(model.head_name)
     else:
         return None
-    device = next(model.parameters()).device
-    features, preds, caught = [], [], []
+    if images.shape[0] == 0:
+        return None
+    device, caught = device_of(model), []
+
+    def both(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        caught.clear()
+        logits = model(images[start:stop].to(device))
+        return caught[-1].flatten(1).cpu(), logits.argmax(1).cpu()
+
+    size = batch_size or start_batch_size(model, images[0].numel(), items=images.shape[0])
     handle = head.register_forward_pre_hook(lambda _module, inputs: caught.append(inputs[0]))
     try:
         with eval_mode(model), torch.no_grad():
-            for start in range(0, images.shape[0], batch_size):
-                caught.clear()
-                logits = model(images[start:start + batch_size].to(device))
-                features.append(caught[-1].flatten(1).cpu())
-                preds.append(logits.argmax(1).cpu())
+            parts = map_batches(both, images.shape[0], size)
     finally:
         handle.remove()
-    if not features:
-        return None
-    return torch.cat(features), torch.cat(preds)
+    return torch.cat([f for f, _ in parts]), torch.cat([p for _, p in parts])
 
 
 def reduce_dims(features: torch.Tensor | np.ndarray, max_dims: int = 50, seed: int = 0) -> np.ndarray:

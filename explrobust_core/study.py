@@ -25,6 +25,7 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -46,37 +47,52 @@ def study_dir(runs: str | os.PathLike | None = None) -> Path:
 _NOT_PROTOCOL = ("checkpoint", "model", "dataset", "preset", "batch_size", "attack_batch_size")
 
 
+def _attack_blocks(config: dict[str, Any], hook: str) -> dict[str, Any]:
+    """``config`` with each registered explanation attack's settings block passed through its info's ``hook``."""
+    from .attacks.explanation import EXPLANATION_ATTACKS, attack_info
+
+    out = dict(config)
+    for name in EXPLANATION_ATTACKS.names():
+        fn = getattr(attack_info(name), hook)
+        if fn is not None and isinstance(out.get(name), dict):
+            out[name] = fn(out[name])
+    return out
+
+
 def with_legacy_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """A stored config from before an option existed says nothing about it; what it did then is written
     out, so re-running it measures the same protocol and its id stays the same: the first n images
-    (``subset``), and pixel-space gradient×input / IG maps in the targeted attack (which now defaults
-    to the model's input space)."""
-    from .explain import EXPLAINERS
-
+    (``subset``), and what each explanation attack's entry says of its settings (``stored_defaults``: e.g.
+    pixel-space maps in the targeted attack, which now defaults to the model's input space)."""
     if "n_images" in config and "subset" not in config:
         config = {**config, "subset": "first"}
-    targeted = config.get("targeted")
-    if not isinstance(targeted, dict):
-        return config
-    explainer, options = targeted.get("explainer", "gradient"), targeted.get("explainer_options") or {}
-    if explainer in EXPLAINERS and "space" in EXPLAINERS.get(explainer).config.model_fields and "space" not in options:
-        return {**config, "targeted": {**targeted, "explainer_options": {**options, "space": "pixel"}}}
-    return config
+    return _attack_blocks(config, "stored_defaults")
+
+
+def attack_of(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(the explanation attack a stored evaluation config ran, its settings: stored under the attack's name)."""
+    from .evaluate import DEFAULT_ATTACK
+
+    attack = config.get("explanation_attack", DEFAULT_ATTACK)
+    settings = config.get(attack, config.get("explanation_attack_config"))
+    return attack, settings if isinstance(settings, dict) else {}
 
 
 def protocol_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of an evaluation config that decides its numbers (the attack that did not run is dropped)."""
-    cfg = {k: v for k, v in with_legacy_defaults(config).items() if k not in _NOT_PROTOCOL}
+    """The part of an evaluation config that decides its numbers (the attacks that did not run are dropped)."""
+    from .attacks.explanation import EXPLANATION_ATTACKS
+
+    attack, _ = attack_of(config)
+    named = {k: v for k, v in config.items() if k != "explanation_attack_config"}
+    if attack != "none" and "explanation_attack_config" in config:  # a config as held, not as stored
+        named[attack] = config["explanation_attack_config"]
+    cfg = {k: v for k, v in with_legacy_defaults(named).items() if k not in _NOT_PROTOCOL}
     # what every config did before these options existed is left out of the hash, so the ids of results
     # stored before them stay as they were
     if cfg.get("subset") == "first":
         cfg.pop("subset")
-    targeted = cfg.get("targeted")
-    if isinstance(targeted, dict) and (targeted.get("explainer_options") or {}).get("space") == "pixel":
-        options = {k: v for k, v in targeted["explainer_options"].items() if k != "space"}
-        cfg["targeted"] = {**targeted, "explainer_options": options}
-    attack = cfg.get("explanation_attack", "ifia")
-    for name in ("ifia", "targeted"):
+    cfg = _attack_blocks(cfg, "unhashed")
+    for name in EXPLANATION_ATTACKS.names():
         if attack != name:
             cfg.pop(name, None)
     if cfg.get("pairs_file"):
@@ -94,57 +110,42 @@ def protocol_id(config: dict[str, Any]) -> str:
 
 
 def describe_protocol(config: dict[str, Any]) -> str:
-    """One human line: images, PGD, explanation attack."""
+    """One human line: images, PGD, explanation attack (its phrase is its registry entry's)."""
+    from .attacks.explanation import describe_attack
+
     eps = ", ".join(f"{e:g}" for e in config.get("eps_list", []))
     pgd = config.get("pgd", {})
     parts = [f"{config.get('n_images', '?')} {config.get('split', 'test')} images",
              f"PGD {pgd.get('steps', '?')} steps at ε ∈ {{{eps}}}"]
-    attack = config.get("explanation_attack", "ifia")
-    if attack == "targeted":
-        t = config.get("targeted", {})
-        pairs = Path(str(config["pairs_file"])).name if config.get("pairs_file") else "fresh Way2 pairs"
-        parts.append(f"targeted attack on {t.get('explainer', '?')}, {t.get('steps', '?')} steps, "
-                     f"{config.get('n_explanation_images', '?')} pairs ({pairs})")
-    elif attack == "ifia":
-        a = config.get("ifia", {})
-        parts.append(f"IFIA {a.get('objective', 'topk')} on {a.get('explainer', '?')}, ε={a.get('eps', '?')}, "
-                     f"{a.get('steps', '?')} steps, {config.get('n_explanation_images', '?')} images")
-    else:
-        parts.append("no explanation attack")
+    attack, settings = attack_of(config)
+    parts.append("no explanation attack" if attack == "none" else describe_attack(attack, settings, config))
     return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- measures
 
 
-@dataclass(frozen=True)
-class ExplanationMeasure:
-    key: str
-    label: str
-    summary_key: str  # the key in summary["explanation"] (or "a/b" for a ratio of two means)
-    higher_is_robust: bool
-    help: str
+class _Measures(Mapping):
+    """Every study measure, by key, as the registered explanation attacks declare them (label, summary key,
+    direction, help): read from the registry on each use, so an attack registered later is in it."""
+
+    def _all(self) -> dict[str, Any]:
+        from .attacks.explanation import EXPLANATION_ATTACKS, attack_info
+
+        return {m.key: m for name in EXPLANATION_ATTACKS.names() for m in attack_info(name).measures}
+
+    def __getitem__(self, key: str):
+        return self._all()[key]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
 
 
-EXPLANATION_MEASURES: dict[str, ExplanationMeasure] = {m.key: m for m in [
-    ExplanationMeasure("le_end", "L_e end ×10⁻⁷", "explanation_loss_end_paper", True,
-            "explanation loss to the target's map after the targeted attack (the paper's measure; higher = the "
-            "attack got less close = more robust)"),
-    ExplanationMeasure("le_start", "L_e start ×10⁻⁷", "explanation_loss_start_paper", True,
-            "explanation loss to the target's map before the attack (how far apart the two maps start)"),
-    ExplanationMeasure("le_retained", "L_e end / L_e start", "explanation_loss_end_paper/explanation_loss_start_paper", True,
-            "mean L_e end over mean L_e start: the fraction of the starting distance the attack left (removes the "
-            "effect of the starting distance the paper warns about)"),
-    ExplanationMeasure("topk", "top-k intersection", "topk_intersection", True,
-            "share of the original top-k pixels still in the top-k after the untargeted attack"),
-    ExplanationMeasure("kendall", "Kendall τ", "kendall_tau", True, "rank correlation of the maps before and after the attack"),
-    ExplanationMeasure("spearman", "Spearman ρ of maps", "spearman_rho", True,
-            "rank correlation of the maps before and after the attack"),
-    ExplanationMeasure("com_shift", "centre-of-mass shift (px)", "center_of_mass_shift", False,
-            "how far the map's centre of mass moved (lower = more robust)"),
-    ExplanationMeasure("ifia_le", "map change L_e", "explanation_loss", False,
-            "explanation loss between the original and the attacked map (lower = more robust)"),
-]}
+EXPLANATION_MEASURES: Mapping[str, Any] = _Measures()
+"""``key → ExplanationMeasure`` (see :class:`~explrobust_core.attacks.explanation.ExplanationMeasure`)."""
 
 
 def measure_value(summary: dict[str, Any], key: str) -> tuple[float, float | None, float | None] | None:
@@ -164,13 +165,11 @@ def measure_value(summary: dict[str, Any], key: str) -> tuple[float, float | Non
 
 
 def measures_in(config: dict[str, Any]) -> list[str]:
-    """The explanation measures an evaluation protocol reports."""
-    attack = config.get("explanation_attack", "ifia")
-    if attack == "targeted":
-        return ["le_end", "le_start", "le_retained"]
-    if attack == "ifia":
-        return ["topk", "kendall", "spearman", "com_shift", "ifia_le"]
-    return []
+    """The explanation measures an evaluation protocol reports (those its attack's entry declares)."""
+    from .attacks.explanation import EXPLANATION_ATTACKS, attack_info
+
+    attack, _ = attack_of(config)
+    return [m.key for m in attack_info(attack).measures] if attack in EXPLANATION_ATTACKS else []
 
 
 def pgd_accuracy(summary: dict[str, Any], eps: float) -> float | None:
@@ -419,14 +418,6 @@ def split_rows(rows: list[dict[str, Any]], min_clean_accuracy: float = 0.0,
 # --------------------------------------------------------------------------- statistics
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks along the last axis, ties getting their average rank (as scipy.stats.rankdata)."""
-    a = np.asarray(values, dtype=np.float64)
-    less = (a[..., None, :] < a[..., :, None]).sum(-1)
-    equal = (a[..., None, :] == a[..., :, None]).sum(-1)
-    return less + (equal + 1) / 2.0
-
-
 def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Pearson r along the last axis; NaN where either side is constant."""
     x = np.asarray(x, dtype=np.float64)
@@ -444,8 +435,17 @@ def pearson_r(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def spearman_over_models(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Spearman ρ along the last axis: Pearson r of the average ranks."""
-    return pearson_r(average_ranks(x), average_ranks(y))
+    """Spearman ρ along the last axis: Pearson r of the average ranks (:func:`~explrobust_core.metrics.average_ranks`,
+    in float64)."""
+    import torch
+
+    from .metrics import average_ranks
+
+    def ranks(values: np.ndarray) -> np.ndarray:
+        a = np.asarray(values, dtype=np.float64)
+        return average_ranks(torch.tensor(a.reshape(-1, a.shape[-1]))).numpy().reshape(a.shape)
+
+    return pearson_r(ranks(x), ranks(y))
 
 
 _CORRELATIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

@@ -263,14 +263,12 @@ def summary_numbers(summary: dict[str, Any] | None) -> dict[str, Any]:
 def whole_split_accuracy(checkpoint: str | Path, split: str = "test") -> dict[str, float]:
     """Clean accuracy over the whole split and that of the worst class (a sweep protocol that measures
     a subset can hide a model that lost a few classes)."""
-    import torch
-
     from .evaluate import predictions
     from .zoo import dataset_for_card, load_checkpoint
 
     model, card = load_checkpoint(checkpoint, "cpu")
     dataset = dataset_for_card(card, split)  # with the card's dataset options (an image folder's root)
-    pred, labels = predictions(model, dataset, list(range(len(dataset))), 500, torch.device("cpu"))
+    pred, labels = predictions(model, dataset, list(range(len(dataset))), 500)
     per_class = [float((pred[labels == c] == c).float().mean()) for c in labels.unique().tolist()]
     return {"clean_accuracy_whole_split": float((pred == labels).float().mean()), "worst_class_accuracy": min(per_class)}
 

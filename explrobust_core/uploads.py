@@ -14,24 +14,24 @@ from __future__ import annotations
 import io
 import json
 import math
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from pydantic import ValidationError
 
 from .data import DATASETS, known_info
+from .errors import ExplrobustError
 from .io import check_name
 from .registry import ConfigError, format_validation_error
-from .zoo import (CARD_MAX_BYTES, FOREIGN_SUFFIXES, CheckpointError, CheckpointPaths, ModelCard, card_from_json_text,
-                  import_state, list_checkpoints, read_card, shipped_zoo_dir, state_dict_from_bytes, user_zoo_dir)
+from .zoo import (CARD_MAX_BYTES, FOREIGN_SUFFIXES, CheckpointError, CheckpointPaths, ModelCard, add_to_user_zoo,
+                  card_from_json_text, is_inside_user_zoo, model_from_state, read_card, state_dict_from_bytes,
+                  user_zoo_folder, user_zoo_lock, user_zoo_roots, validated_card)
 
 
-class UploadError(ValueError):
+class UploadError(ValueError, ExplrobustError):
     """An upload that cannot be used; the message says why in plain words."""
 
 
@@ -447,90 +447,19 @@ def check_card_fits_dataset(card: ModelCard) -> list[str]:
     return []
 
 
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
-
-
-def _roots(zoo_dir: str | Path | None) -> tuple[Path, Path]:
-    """(user zoo, shipped zoo), resolved; refuses a user zoo inside the shipped one."""
-    zoo = Path(zoo_dir if zoo_dir is not None else user_zoo_dir()).expanduser().resolve()
-    shipped = shipped_zoo_dir().expanduser().resolve()
-    if _inside(zoo, shipped):
-        raise UploadError(f"the user zoo {zoo} lies inside the shipped zoo {shipped}; uploads never go there "
-                          "(set EXPLROBUST_USER_ZOO elsewhere)")
-    return zoo, shipped
-
-
-_THREAD_LOCK = threading.Lock()
-
-
-@contextmanager
-def _zoo_lock(zoo: Path) -> Iterator[None]:
-    """One writer at a time: across the dashboard's sessions (threads) and other processes."""
-    zoo.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
-        with open(zoo / ".lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _shipped_names(dataset: str) -> set[str]:
-    return {e.card.name for e in list_checkpoints(shipped_zoo_dir()) if e.card is not None and e.card.dataset == dataset}
-
-
-def write_user_model(card: ModelCard, write: Callable[[Path], Path], *, overwrite: bool = False,
-                     zoo_dir: str | Path | None = None) -> Path:
-    """The user-zoo side of every upload and import: ``write(<user zoo>/<dataset>)`` validates and writes
-    the checkpoint (atomically) and returns its path, under the zoo's lock. Never into the shipped zoo,
-    never a shipped model's name, never a silent overwrite (``overwrite`` must be asked for), never
-    through a symbolic link. A :class:`CheckpointError` comes back as an :class:`UploadError`."""
-    if card.name in _shipped_names(card.dataset):
-        raise UploadError(f"{card.dataset}/{card.name} is a shipped model; choose another name")
-    zoo, shipped = _roots(zoo_dir)
-    target = zoo / card.dataset
-    with _zoo_lock(zoo):
-        real_target = target.resolve()
-        if not _inside(real_target, zoo) or _inside(real_target, shipped):
-            raise UploadError(f"{target} leads outside the user zoo ({real_target}); refusing to write there")
-        paths = CheckpointPaths.of(target / card.name)
-        if (paths.weights.exists() or paths.card.exists() or paths.weights.is_symlink() or paths.card.is_symlink()) \
-                and not overwrite:
-            raise UploadError(f"you already have a model {card.dataset}/{card.name}; delete it first, choose another "
-                              "name, or ask to replace it")
-        for p in (paths.weights, paths.card):
-            if p.is_symlink():
-                raise UploadError(f"{p} is a symbolic link; refusing to replace it")
-        try:
-            return write(target)
-        except CheckpointError as err:
-            raise UploadError(str(err)) from None
-
-
 def install_checkpoint(data: bytes, filename: str, card: ModelCard, *, overwrite: bool = False,
                        zoo_dir: str | Path | None = None) -> InstalledCheckpoint:
     """Validate an uploaded state dict (``.safetensors``, or a ``.pt``/``.pth`` state dict read with
-    ``torch.load(weights_only=True)``) against ``card`` and write it atomically to
-    ``<user zoo>/<dataset>/<name>.safetensors`` + card. Never overwrites silently (``overwrite``
-    must be asked for), never writes into the shipped zoo, never reuses a shipped model's name.
+    ``torch.load(weights_only=True)``) against ``card`` and add it to the user zoo
+    (:func:`~explrobust_core.zoo.add_to_user_zoo`: ``<user zoo>/<dataset>/<name>.safetensors`` + card, atomically).
+    Never overwrites silently (``overwrite`` must be asked for), never writes into the shipped zoo, never reuses a
+    shipped model's name. Every refusal is an :class:`UploadError`.
     """
     notices: list[str] = []
     label = repr(str(filename)[:120])
-    if not isinstance(card, ModelCard):
-        raise UploadError(f"expected a validated ModelCard, got {type(card).__name__}")
     try:
-        ModelCard.model_validate(card.model_dump())  # a card built with model_construct is validated here
-        check_name(card.dataset, "dataset name")
-    except ValidationError as err:
-        raise UploadError(format_validation_error(err, "model card")) from None
-    except ValueError as err:
+        card = validated_card(card)
+    except CheckpointError as err:
         raise UploadError(str(err)) from None
     suffix = Path(str(filename)).suffix.lower()
     if suffix not in FOREIGN_SUFFIXES:
@@ -539,10 +468,10 @@ def install_checkpoint(data: bytes, filename: str, card: ModelCard, *, overwrite
     data = _upload_bytes(data, label, CHECKPOINT_MAX_BYTES, "upload limit")
     notices += check_card_fits_dataset(card)
     source = f"uploaded file {label}"
-    path = write_user_model(card, lambda target: import_state(state_dict_from_bytes(data, suffix, source), card, target,
-                                                              overwrite=overwrite, source=source),
-                            overwrite=overwrite, zoo_dir=zoo_dir)
     try:
+        user_zoo_folder(card.dataset, card.name, overwrite=overwrite, zoo_dir=zoo_dir)  # a taken name: before parsing
+        model = model_from_state(state_dict_from_bytes(data, suffix, source), card, source)
+        path = add_to_user_zoo(model, card, overwrite=overwrite, zoo_dir=zoo_dir)
         stored = read_card(path)
     except CheckpointError as err:
         raise UploadError(str(err)) from None
@@ -554,11 +483,9 @@ def install_checkpoint(data: bytes, filename: str, card: ModelCard, *, overwrite
 def is_user_checkpoint(path: str | Path, zoo_dir: str | Path | None = None) -> bool:
     """True when ``path`` (weights or card) really lies in the user zoo, links followed."""
     try:
-        zoo, shipped = _roots(zoo_dir)
-    except UploadError:
+        return is_inside_user_zoo(CheckpointPaths.of(path).weights, zoo_dir)
+    except CheckpointError:
         return False
-    real = CheckpointPaths.of(path).weights.resolve()
-    return _inside(real, zoo) and not _inside(real, shipped)
 
 
 def delete_user_checkpoint(path: str | Path, *, zoo_dir: str | Path | None = None) -> list[Path]:
@@ -572,21 +499,24 @@ def delete_user_checkpoint(path: str | Path, *, zoo_dir: str | Path | None = Non
         check_name(paths.weights.stem, "model name")
     except ValueError as err:
         raise UploadError(str(err)) from None
-    zoo, shipped = _roots(zoo_dir)
+    try:
+        zoo, shipped = user_zoo_roots(zoo_dir)
+    except CheckpointError as err:
+        raise UploadError(str(err)) from None
     files = [paths.weights, paths.card, paths.weights.with_name(paths.weights.stem + ".eval.json")]
     for p in files:
         if not (p.exists() or p.is_symlink()):
             continue
         real = p.resolve()
-        if p.is_symlink() or _inside(real, shipped) or not _inside(real, zoo):
-            where = "a shipped model" if _inside(real, shipped) else "not in the user zoo"
+        if p.is_symlink() or not is_inside_user_zoo(p, zoo):
+            where = "a shipped model" if shipped in (real, *real.parents) else "not in the user zoo"
             raise UploadError(f"refused to delete {p}: {where} ({real}); only your own uploaded or trained models "
                               "can be deleted")
     present = [p for p in files if p.exists()]
     if not present:
         raise UploadError(f"there is no user model at {paths.weights}")
     deleted = []
-    with _zoo_lock(zoo):
+    with user_zoo_lock(zoo):
         for p in present:
             p.unlink(missing_ok=True)
             deleted.append(p)

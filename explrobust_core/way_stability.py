@@ -30,6 +30,7 @@ from torch import nn
 
 from .attacks.explanation import TargetedConfig, run_explanation_attack
 from .data import ImageDataset, spread_indices
+from .models import device_of
 from .registry import Config
 from .results import Result
 
@@ -62,12 +63,12 @@ class WayStabilityConfig(Config):
         return v
 
 
-def _correct_for_all(models: dict[str, nn.Module], dataset: ImageDataset, candidates: list[int], device):
+def _correct_for_all(models: dict[str, nn.Module], dataset: ImageDataset, candidates: list[int]):
     from .evaluate import predictions
 
     keep = None
     for model in models.values():
-        pred, labels = predictions(model, dataset, candidates, 256, device)
+        pred, labels = predictions(model, dataset, candidates, 256)
         ok = pred == labels
         keep = ok if keep is None else keep & ok
     return [candidates[i] for i in keep.nonzero().squeeze(1).tolist()]
@@ -166,8 +167,8 @@ def way_stability(models: dict[str, nn.Module] | nn.Module, dataset: ImageDatase
     atk = attack if isinstance(attack, TargetedConfig) else TargetedConfig(**(attack or {}))
     models = models if isinstance(models, dict) else {"model": models}
     first = next(iter(models.values()))
-    device = next(first.parameters()).device
-    kept = _correct_for_all(models, dataset, spread_indices(len(dataset), cfg.n_candidates), device)
+    device = device_of(first)
+    kept = _correct_for_all(models, dataset, spread_indices(len(dataset), cfg.n_candidates))
     if len(kept) < max(2 * cfg.k, 4):
         raise ValueError(f"only {len(kept)} candidates are classified correctly by every model; give more candidates")
     x, y = dataset.batch(kept)

@@ -15,11 +15,13 @@ import json
 import math
 import os
 import pickle
+import threading
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Iterator
 
 import torch
 from pydantic import (BaseModel, ConfigDict, Field, Strict, StrictInt, StrictStr, ValidationError, field_validator,
@@ -29,8 +31,9 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from .device import resolve_device
+from .errors import ExplrobustError
 from .io import atomic_write_bytes, atomic_write_json, check_name, library_versions, read_bounded, sha256_file
-from .models import ARCHITECTURES, ImageClassifier, WrappedClassifier, build_model
+from .models import ARCHITECTURES, ImageClassifier, WrappedClassifier, build_model, device_of
 from .registry import ConfigError, format_validation_error
 
 def shipped_zoo_dir() -> Path:
@@ -52,7 +55,7 @@ _Number = Annotated[float, Strict()]  # an int or a float; never a bool or a num
 NORM_MIN, NORM_MAX = 1e-6, 1e6  # the normalisation a card may state (float32 keeps (x − mean) / std finite)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ValueError, ExplrobustError):
     """A checkpoint or card that cannot be used; the message names the file and the problem."""
 
 
@@ -341,7 +344,7 @@ def _check_normalisation_matches(state: dict[str, torch.Tensor], card: ModelCard
 def smoke_test(model: torch.nn.Module, card: ModelCard, source: str) -> None:
     """One forward pass on a mid-grey image: finite logits, one per class, or the checkpoint is refused
     (a model that outputs NaN would otherwise pass every other check and poison every result)."""
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = device_of(model)
     was_training = model.training
     try:
         with torch.no_grad():
@@ -563,6 +566,13 @@ def import_state_dict(path: str | os.PathLike, card: ModelCard, directory: str |
 def import_state(state: dict[str, torch.Tensor], card: ModelCard, directory: str | os.PathLike, *,
                  overwrite: bool = False, source: str = "state dict") -> Path:
     """:func:`import_state_dict` for a state dict already read (e.g. by :func:`state_dict_from_bytes`)."""
+    return save_checkpoint(model_from_state(state, card, source), card, directory, overwrite=overwrite)
+
+
+def model_from_state(state: dict[str, torch.Tensor], card: ModelCard, source: str = "state dict"
+                     ) -> ImageClassifier | WrappedClassifier:
+    """``card``'s model holding a foreign ``state`` (``module.`` prefixes dropped, missing ``normalize.*`` buffers
+    filled from the card), after the same name/shape/dtype/finiteness checks as :func:`save_checkpoint`'s."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     expected = expected_state(card)
     _check_state_matches({k: v for k, v in state.items() if not k.startswith("normalize.")},
@@ -575,7 +585,130 @@ def import_state(state: dict[str, torch.Tensor], card: ModelCard, directory: str
         state.setdefault(key, real[key])
     _check_state_matches(state, expected, source=source, cast_floats=True)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return save_checkpoint(model, card, directory, overwrite=overwrite)
+    return model
+
+
+# --------------------------------------------------------------------------- the user zoo: one way in
+#
+# Uploads, imports, finished training jobs and `explrobust train` all add their model with add_to_user_zoo: the
+# same lock, the same refusals (the shipped zoo, a shipped model's name, an existing model, a symbolic link) and
+# the same checks of the model itself (a valid card, finite weights matching it, finite logits), written
+# atomically by save_checkpoint.
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def user_zoo_roots(zoo_dir: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    """(user zoo, shipped zoo), resolved; refuses a user zoo inside the shipped one."""
+    zoo = Path(zoo_dir if zoo_dir is not None else user_zoo_dir()).expanduser().resolve()
+    shipped = shipped_zoo_dir().expanduser().resolve()
+    if _inside(zoo, shipped):
+        raise CheckpointError(f"the user zoo {zoo} lies inside the shipped zoo {shipped}; nothing is added there "
+                              "(set EXPLROBUST_USER_ZOO elsewhere)")
+    return zoo, shipped
+
+
+def is_inside_user_zoo(path: str | os.PathLike, zoo_dir: str | os.PathLike | None = None) -> bool:
+    """True when ``path`` really lies in the user zoo (links followed) and not in the shipped one."""
+    zoo, shipped = user_zoo_roots(zoo_dir)
+    real = Path(path).resolve()
+    return _inside(real, zoo) and not _inside(real, shipped)
+
+
+_USER_ZOO_THREAD_LOCK = threading.Lock()
+
+
+@contextmanager
+def user_zoo_lock(zoo: Path) -> Iterator[None]:
+    """One writer at a time: across the dashboard's sessions (threads) and other processes (a job worker)."""
+    zoo.mkdir(parents=True, exist_ok=True)
+    with _USER_ZOO_THREAD_LOCK:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        with open(zoo / ".lock", "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def validated_card(card: ModelCard) -> ModelCard:
+    """``card`` validated again (one built with ``model_construct`` skipped its checks), or a CheckpointError."""
+    if not isinstance(card, ModelCard):
+        raise CheckpointError(f"expected a validated ModelCard, got {type(card).__name__}")
+    try:
+        check_name(card.dataset, "dataset name")
+        ModelCard.model_validate(card.model_dump())
+        return card
+    except ValidationError as err:
+        raise CheckpointError(format_validation_error(err, "model card")) from None
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
+
+
+def user_zoo_folder(dataset: str, name: str, *, overwrite: bool = False,
+                    zoo_dir: str | os.PathLike | None = None) -> Path:
+    """The folder ``<user zoo>/<dataset>`` a model ``name`` may be added to, or a CheckpointError saying why not.
+
+    Never the shipped zoo or a shipped model's name, never an existing model unless ``overwrite``, never through a
+    symbolic link. A caller may ask before long work (training) to refuse early; :func:`add_to_user_zoo` asks again
+    under the lock."""
+    check_name(dataset, "dataset name")
+    check_name(name, "checkpoint name")
+    shipped_names = {e.card.name for e in list_checkpoints(shipped_zoo_dir()) if e.card is not None and e.card.dataset == dataset}
+    if name in shipped_names:
+        raise CheckpointError(f"{dataset}/{name} is a shipped model; choose another name")
+    zoo, shipped = user_zoo_roots(zoo_dir)
+    target = zoo / dataset
+    real_target = target.resolve()
+    if not _inside(real_target, zoo) or _inside(real_target, shipped):
+        raise CheckpointError(f"{target} leads outside the user zoo ({real_target}); refusing to write there")
+    paths = CheckpointPaths.of(target / name)
+    if any(p.exists() or p.is_symlink() for p in (paths.weights, paths.card)) and not overwrite:
+        raise CheckpointError(f"you already have a model {dataset}/{name}; delete it first, choose another "
+                              "name, or ask to replace it")
+    for p in (paths.weights, paths.card):
+        if p.is_symlink():
+            raise CheckpointError(f"{p} is a symbolic link; refusing to replace it")
+    return target
+
+
+def add_to_user_zoo(model: torch.nn.Module, card: ModelCard, *, overwrite: bool = False,
+                    zoo_dir: str | os.PathLike | None = None) -> Path:
+    """Add a model to the user zoo: the one way in, for uploads, imports, training jobs and ``explrobust train``.
+
+    Under the user zoo's lock: the card is validated, the name checked (:func:`user_zoo_folder`: not shipped,
+    not taken unless ``overwrite``, no symbolic link), and :func:`save_checkpoint` checks the weights against the
+    card, runs one forward pass that must give finite logits, and writes weights and card atomically.
+
+    Args:
+        model: the model (any device; it is left as it was given).
+        card: its :class:`ModelCard`; ``card.dataset`` and ``card.name`` say where it goes.
+        overwrite: replace a user model of that name (never a shipped one).
+        zoo_dir: the user zoo (default: :func:`user_zoo_dir`).
+
+    Returns:
+        The path of the weights, ``<user zoo>/<dataset>/<name>.safetensors`` (the card beside it).
+
+    Raises:
+        CheckpointError: any refusal above, in one line; nothing is written then.
+
+    Example:
+        >>> path = add_to_user_zoo(model, card.model_copy(update={"name": "my_copy"}))  # doctest: +SKIP
+        >>> path.name  # doctest: +SKIP
+        'my_copy.safetensors'
+    """
+    card = validated_card(card)
+    zoo, _ = user_zoo_roots(zoo_dir)
+    with user_zoo_lock(zoo):
+        target = user_zoo_folder(card.dataset, card.name, overwrite=overwrite, zoo_dir=zoo_dir)
+        return save_checkpoint(model, card, target, overwrite=overwrite)
 
 
 def card_summary(card: ModelCard) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explrobust_core.attacks.explanation import EXPLANATION_ATTACKS
+from explrobust_core.attacks.explanation import EXPLANATION_ATTACKS, attack_info, curve_label
 from explrobust_core.attacks.one_image import attack_image, needs_targets
 from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import attack_panels_figure, image_to_display, trajectory_figure
@@ -15,16 +15,9 @@ from explrobust_core.metrics import in_paper_units
 from pages import ui
 
 RESULT = "attack_lab_result"
-# per-image columns of the comparison table, by the name an attack reports them under
-COLUMNS = {"target_label": "target class", "topk_intersection": "top-k ∩", "kendall_tau": "Kendall τ",
-           "spearman_rho": "Spearman ρ", "center_of_mass_shift": "CoM shift (px)",
-           "explanation_loss": "L_e (×10⁻⁷)", "explanation_loss_start_paper": "L_e start (×10⁻⁷)",
-           "explanation_loss_end_paper": "L_e end (×10⁻⁷)", "linf": "L∞"}
-CURVES = {"topk_intersection": "top-k intersection", "kendall_tau": "Kendall τ", "spearman_rho": "Spearman ρ",
-          "center_of_mass_shift": "centre-of-mass shift (px)", "output_drift": "max |Δ softmax| to the original"}
-# fields the page sets itself (above the form), and page defaults that match the attack's objective
+# fields the page sets itself (above the form); the table's columns, the curves' labels and the form's defaults
+# come from each attack's registry entry
 SET_ABOVE = ("explainer", "explainer_options")
-PAGE_DEFAULTS = {"ifia": {"measure": "topk_intersection"}}
 
 ui.page_header(
     "Attack lab",
@@ -81,14 +74,15 @@ with st.form("attack_lab_form"):
     samples = columns[0].number_input("IG steps / SmoothGrad & GradientSHAP samples", 1, 256, 16,
                                       help="only for integrated gradients, SmoothGrad and GradientSHAP")
     values = ui.config_inputs(entry.config, f"attack_lab-{attack}", skip=SET_ABOVE,
-                              overrides=PAGE_DEFAULTS.get(attack), columns=columns)
+                              overrides=attack_info(attack).form_defaults or None, columns=columns)
     submitted = st.form_submit_button("Show me", type="primary")
 
 
 def attack_config() -> dict:
     fields = EXPLAINERS.get(explainer).config.model_fields
     options = {name: int(samples) for name in ("n_steps", "n_samples") if name in fields}
-    cfg = entry.make_config({**values, "explainer": explainer, "explainer_options": options})  # a clear message
+    chosen = {"explainer": explainer, "explainer_options": options}  # only the fields this attack has
+    cfg = entry.resolve(values, **{k: v for k, v in chosen.items() if k in entry.config.model_fields})
     height, width = data.info.input_shape[-2:]
     for name in ("k", "eval_k"):
         if getattr(cfg, name, 0) > height * width:
@@ -134,7 +128,8 @@ runs, cfg, shown_attack = shown["runs"], shown["config"], shown["attack"]
 shown_targeted = shown["target"] is not None
 st.subheader(f"{shown_attack}{' (' + cfg['objective'] + ')' if 'objective' in cfg else ''} attack on "
              f"{shown['dataset']} test #{shown['index']}" + (f" → target #{shown['target']}" if shown_targeted else "")
-             + f", {cfg['explainer']}, {cfg['steps']} steps" + (f", ε = {cfg['eps']:g}" if cfg.get("eps") else ""))
+             + "".join(f", {cfg[k]}{unit}" for k, unit in (("explainer", ""), ("steps", " steps")) if k in cfg)
+             + (f", ε = {cfg['eps']:g}" if cfg.get("eps") else ""))
 st.caption(f"True class of the image: {classes[int(labels[shown['index']])]}"
            + (f"; of the target: {classes[int(labels[shown['target']])]}" if shown_targeted else "")
            + ". Every attack keeps each model's own prediction.")
@@ -153,11 +148,12 @@ for run in runs:
     row = {"model": run["model"], "prediction before": name_of(run["pred_before"]),
            "confidence before": run["conf_before"], "prediction after": name_of(run["pred_after"]),
            "confidence after": run["conf_after"], "label kept": run["pred_after"] == run["pred_before"]}
-    for key, label in COLUMNS.items():
-        if key in p:
-            value = p[key]
-            row[label] = (name_of(int(value)) if key == "target_label" else
-                          None if value is None else in_paper_units(value) if key == "explanation_loss" else value)
+    if "target_label" in p:
+        row["target class"] = name_of(int(p["target_label"]))
+    for column in attack_info(shown_attack).columns:
+        if column.key in p:
+            row[column.label] = None if p[column.key] is None else p[column.key] * column.scale
+    row["L∞"] = p.get("linf")
     start, end = p.get("explanation_loss_start_paper"), p.get("explanation_loss_end_paper")
     if "explanation_loss_end_paper" in p:
         row["L_e drop (%)"] = None if end is None or not start else 100 * (start - end) / start
@@ -177,20 +173,21 @@ if unattacked:
 # --- metric and L_e over the attack steps ----------------------------------------------------------------
 curves = {}
 for run in runs:
-    t = {k: v for k, v in run["trajectory"].items() if k == "step" or k in CURVES}
+    t = {k: v for k, v in run["trajectory"].items() if k == "step" or curve_label(shown_attack, k)}
     if "explanation_loss" in run["trajectory"]:
         t["L_e"] = [None if v is None else in_paper_units(v) for v in run["trajectory"]["explanation_loss"]]
     curves[run["model"]] = t
 le_label = f"$L_e$ to the {'target' if shown_targeted else 'original'} map (×10$^{{-7}}$)"
 keys = [k for k in next(iter(curves.values())) if k != "step"]
-panels = [(k, le_label if k == "L_e" else CURVES[k] + ("" if k == "output_drift" else " to the original map"))
+panels = [(k, le_label if k == "L_e" else curve_label(shown_attack, k))
           for k in sorted(keys, key=lambda k: (k == "L_e") != shown_targeted)]  # L_e first for targeted attacks
 long = pd.DataFrame([{"model": m, "step": s, **{key: c[key][i] for key, _ in panels}}
                      for m, c in curves.items() for i, s in enumerate(c["step"])])
-st.markdown("**Over the attack steps** (every recorded iterate, measured on the original model)")
-ui.show_figure(trajectory_figure({m: {"step": c["step"], **{key: [np.nan if v is None else v for v in c[key]]
-                                                           for key, _ in panels}} for m, c in curves.items()},
-                                 panels, log_y=("L_e",) if shown_targeted else ()), "attack_lab_trajectory", long)
+if panels:  # an attack that records no curves has no trajectory to draw
+    st.markdown("**Over the attack steps** (every recorded iterate, measured on the original model)")
+    ui.show_figure(trajectory_figure({m: {"step": c["step"], **{key: [np.nan if v is None else v for v in c[key]]
+                                                               for key, _ in panels}} for m, c in curves.items()},
+                                     panels, log_y=("L_e",) if shown_targeted else ()), "attack_lab_trajectory", long)
 
 # --- the panels, one tab per model -------------------------------------------------------------------------
 st.markdown("**Images and maps** (the perturbation is amplified to the full grey range; maps share one colour scale)")

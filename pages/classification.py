@@ -97,7 +97,7 @@ def run_all() -> dict:
     pgd = {"norm": norm, "steps": int(steps), "restarts": int(restarts), "seed": int(seed), "random_start": True}
     cfg = {"pgd": pgd, "fgsm": {"norm": norm},
            "autoattack": {"norm": {"linf": "Linf", "l2": "L2"}[norm], "seed": int(seed)}}[attack]
-    CLASSIFICATION_ATTACKS.get("pgd").make_config({**pgd, "eps": float(eps_max)})  # clear messages
+    CLASSIFICATION_ATTACKS.get("pgd").resolve(pgd, eps=float(eps_max))  # clear messages
     eps_grid = tuple(float(e) for e in np.round(np.linspace(0.0, float(eps_max), int(n_eps)), 6))
     indices = sample_indices(int(n_images), int(seed))
     stored = stored_curves(norm) if attack == "pgd" else {}

@@ -1,9 +1,12 @@
 """Explorer: browse dataset images, filter them, and overlay explanations of several models."""
 
+from pathlib import Path
+
 import streamlit as st
 import torch
 
-from explrobust_core.browse import explain_images, filter_indices, predicted_labels
+from explrobust_core.browse import explain_images, filter_indices
+from explrobust_core.models import predict
 from explrobust_core.explain import EXPLAINERS
 from explrobust_core.figures import overlay_rgb
 from explrobust_core.uploads import IMAGE_SUFFIXES, UploadError, load_image
@@ -56,10 +59,19 @@ with st.expander("Upload your own image", expanded=st.session_state.get("explore
                      caption=f"{upload.name} as the models see it ({w}×{h})")
 
 
+def progress_bar(text: str):
+    """A progress bar for a long loop of the core (``callback(done, total)``), and a function that removes it."""
+    bar = st.progress(0.0, text=f"{text}…")
+    return (lambda done, total: bar.progress(done / max(total, 1), text=f"{text}: {done}/{total} images")), bar.empty
+
+
 @st.cache_data(show_spinner="Classifying…")
 def predictions(model_name: str, split: str) -> torch.Tensor:
     model, _ = ui.load_model(str(entries[model_name].path))
-    return predicted_labels(model, data)
+    report, done = progress_bar(f"{model_name}: classifying the {split} split")
+    labels = predict(model, data, progress=report)
+    done()
+    return labels
 
 
 labels = ui.labels(data)
@@ -76,9 +88,13 @@ x, y = data.batch(shown)
 
 
 def explain(path: str, images: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities and maps (for the predicted class) of one model, batched over the images."""
+    """Class probabilities and maps (for the predicted class) of one model, in memory-bounded batches with a
+    progress bar (a large model on large images takes a while on the CPU)."""
+    report, done = progress_bar(f"{Path(path).stem}: {method}")
     with ui.model_in_use(path) as (model, _):
-        return explain_images(model, images, method)
+        out = explain_images(model, images, method, progress=report)
+    done()
+    return out
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=256)

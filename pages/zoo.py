@@ -78,7 +78,7 @@ with st.expander("Upload a checkpoint", expanded=False):
         "come from the dataset (or from a card JSON, e.g. one written by `explrobust train`). Layouts *robustbench*, "
         "*trades*, *madrylab*: a published model, named in *Published architecture* (wrn-28-10, wrn-34-10, "
         "wrn-34-20, wrn-70-16, preact-resnet18, resnet18); *torchvision*, *timm*: the library's model name there "
-        "(e.g. resnet18). It goes to your own zoo, "
+        "(e.g. resnet18); for an image folder give its data root and input size. It goes to your own zoo, "
         f"`{user_zoo_dir()}`, never into the shipped one."
     )
     with st.form("upload_checkpoint"):
@@ -106,6 +106,13 @@ with st.expander("Upload a checkpoint", expanded=False):
                                        placeholder="wrn-28-10 / resnet18", help="for every layout but explrobust")
         norm = c3.text_input("Mean; std (optional)", "", key="upload_norm", placeholder="0.49,0.48,0.45; 0.25,0.24,0.26",
                              help="default: the layout's convention (RobustBench/TRADES: none; madrylab: the file's)")
+        c1, c2, _ = st.columns(3)
+        data_root = c1.text_input("Data root (optional)", "", key="upload_data_root", placeholder="/data/my_pngs",
+                                  help="published layouts: the dataset's folder on this machine (required for image "
+                                       "folders: <root>/train/<class>/…, <root>/test/<class>/…)")
+        input_size = c2.number_input("Input size (optional)", min_value=8, max_value=512, value=None,
+                                     key="upload_input_size", help="published layouts: the side images are "
+                                                                   "resized and centre-cropped to (image folders)")
         submitted = st.form_submit_button("Upload")
     if submitted:
         try:
@@ -115,7 +122,8 @@ with st.expander("Upload a checkpoint", expanded=False):
                 mean_text, _, std_text = norm.partition(";")
                 installed = importers.import_upload(weights.getvalue(), weights.name, layout=layout, arch=published_arch,
                                                     dataset=dataset, name=new_name, mean=mean_text, std=std_text,
-                                                    notes=notes, overwrite=replace)
+                                                    notes=notes, overwrite=replace, data_root=data_root,
+                                                    input_size=input_size)
             else:
                 card = uploads.card_from_form(
                     name=new_name.strip(), dataset=dataset, architecture=architecture, arch_config=arch_options,

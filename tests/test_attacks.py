@@ -290,7 +290,7 @@ def test_ifia_can_report_the_maps_of_another_method_as_art_does(mnist_convnet, c
 
     x, _ = correct
     x = x[:4]
-    art = make_evaluation_config("art_cifar").ifia
+    art = make_evaluation_config("art_cifar").attack_config()
     opts = dict(eps=0.1, steps=3, step_size=0.02, k=50, eval_k=50, explainer="gradient",
                 report_explainer=art.report_explainer,
                 report_explainer_options={**art.report_explainer_options, "n_steps": 11})

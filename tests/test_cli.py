@@ -138,3 +138,45 @@ def test_attack_errors_are_one_line(tmp_path, checkpoint, capsys, argv, message)
     assert main(argv[:1] + ["--checkpoint", str(checkpoint)] + argv[1:]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("error", [
+    "ConfigError", "UnknownNameError", "MissingExtraError", "CheckpointError", "UploadError", "JobNotFound",
+    "JobStoreError", "DatasetNotFoundError", "NotDifferentiableError", "UnreadableFileError", "RayUnavailable"])
+def test_a_project_error_is_one_line_and_a_bug_is_a_traceback(error, monkeypatch, capsys):
+    """Every error class of the project derives from ExplrobustError (keeping its built-in base) and is printed as
+    one line with exit code 2; any other exception is a bug: its traceback, exit code 1."""
+    from explrobust_core import ExplrobustError
+    from explrobust_core.cli import info
+
+    modules = ["registry", "zoo", "uploads", "jobs", "data", "explain", "io", "ray_cluster"]
+    found = [getattr(__import__(f"explrobust_core.{m}", fromlist=[error]), error, None) for m in modules]
+    cls = next(c for c in found if c is not None)
+    assert issubclass(cls, ExplrobustError)
+
+    def fail():
+        raise cls("the message\nsaid in two lines")
+
+    monkeypatch.setattr(info, "info_report", fail)
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err == "explrobust: error: the message said in two lines\n"
+
+    def bug():
+        raise RuntimeError("an internal slip")
+
+    monkeypatch.setattr(info, "info_report", bug)
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "RuntimeError: an internal slip" in err
+    assert "in bug" in err and err.rstrip().endswith("please report it with the traceback above")
+
+
+def test_the_error_base_keeps_the_builtin_bases():
+    from explrobust_core.data import DatasetNotFoundError
+    from explrobust_core.registry import ConfigError, MissingExtraError, UnknownNameError
+
+    assert issubclass(ConfigError, ValueError) and issubclass(MissingExtraError, ImportError)
+    assert issubclass(UnknownNameError, KeyError) and issubclass(UnknownNameError, ValueError)
+    assert issubclass(DatasetNotFoundError, FileNotFoundError)
+    assert str(UnknownNameError("unknown thing 'x'")) == "unknown thing 'x'"  # not quoted as a KeyError would be

@@ -11,14 +11,17 @@ from explrobust_core.sampling import way1_pairs, way2_pairs
 def test_presets_validate_and_overrides_merge():
     for name in PRESETS:
         cfg = make_evaluation_config(name)
+        attack = cfg.attack_config()
         if name.startswith("sep"):  # the SEP protocol: Dombrowski's targeted attack, maps in the model's input space
-            assert cfg.explanation_attack == "targeted" and cfg.targeted.explainer_options == {"space": "model"}
+            assert cfg.explanation_attack == "targeted" and attack.explainer_options == {"space": "model"}
         else:  # RAR's and ART's: IFIA on IG maps
-            assert cfg.ifia.explainer == "integrated_gradients" and cfg.ifia.explainer_options["n_steps"] == 100
+            assert cfg.explanation_attack == "ifia"
+            assert attack.explainer == "integrated_gradients" and attack.explainer_options["n_steps"] == 100
         if name.startswith("rar"):  # RAR's own attack conventions: softplus β = 1, unattackable counted as robust
-            assert cfg.ifia.beta == 1.0 and cfg.ifia.unattackable == "count_as_robust"
+            assert attack.beta == 1.0 and attack.unattackable == "count_as_robust"
     cfg = make_evaluation_config("rar_mnist", ifia={"steps": 7})
-    assert cfg.ifia.steps == 7 and cfg.ifia.k == 200 and cfg.pgd.steps == 40  # the rest of the preset stays
+    attack = cfg.attack_config()
+    assert attack.steps == 7 and attack.k == 200 and cfg.pgd.steps == 40  # the rest of the preset stays
     with pytest.raises(ConfigError, match="unknown preset"):
         make_evaluation_config("rar_imagenet")
     with pytest.raises(ConfigError, match="ifia.eps"):
@@ -75,3 +78,39 @@ def test_a_subset_is_spread_over_the_class_sorted_split(mnist_convnet, mnist_tes
         with torch.no_grad():
             expected = (mnist_convnet(x).argmax(1) == y).float().mean().item()
         assert evaluate_model(mnist_convnet, mnist_test, cfg).summary["clean_accuracy"] == pytest.approx(expected)
+
+
+def test_stored_configs_with_both_attack_blocks_still_load():
+    """Evaluations and job specs stored before the settings were generic carry an `ifia` and a `targeted` block
+    whatever ran: the chosen one is the attack's config, the other is dropped, and the stored form is unchanged."""
+    from explrobust_core.evaluate import EvaluationConfig
+
+    for name in PRESETS:
+        new = make_evaluation_config(name)
+        stored = new.model_dump(mode="json")
+        assert new.explanation_attack in stored and "explanation_attack_config" not in stored
+        old = {**stored, "ifia": make_evaluation_config().model_dump(mode="json")["ifia"],
+               "targeted": make_evaluation_config(explanation_attack="targeted").model_dump(mode="json")["targeted"],
+               new.explanation_attack: stored[new.explanation_attack]}
+        assert EvaluationConfig(**old) == new
+    with pytest.raises(ConfigError, match="targeted.steps"):  # an unused block is still validated
+        make_evaluation_config(targeted={"steps": 0})
+
+
+def test_the_evaluation_curve_is_pgd_per_batch(mnist_convnet, mnist_test):
+    """evaluate's PGD accuracy is accuracy_vs_eps over the same batches: the same numbers as attacking each
+    batch of batch_size images with run_classification_attack (the loop evaluate ran before)."""
+    from explrobust_core.attacks.classification import run_classification_attack
+    from explrobust_core.data import spread_indices
+
+    cfg = make_evaluation_config(n_images=60, batch_size=25, eps_list=[0.05, 0.2], pgd={"steps": 5},
+                                 explanation_attack="none")
+    rows = evaluate_model(mnist_convnet, mnist_test, cfg).summary["pgd_accuracy"]
+    indices = spread_indices(len(mnist_test), 60)
+    for row, eps in zip(rows, cfg.eps_list):
+        kept = 0
+        for start in range(0, 60, 25):
+            x, y = mnist_test.batch(indices[start:start + 25])
+            r = run_classification_attack(mnist_convnet, x, y, "pgd", cfg.pgd, eps=eps)
+            kept += int((r.per_image["adv_pred"] == y).sum())
+        assert row == {"eps": eps, "accuracy": kept / 60}

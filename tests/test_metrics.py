@@ -122,7 +122,7 @@ def test_rank_correlations_nan_cases_and_single_pixel():
 
 def test_average_ranks_match_scipy_rankdata():
     v = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0, 0.0, 0.0, 5.0]])
-    np.testing.assert_allclose(M._average_ranks(v)[0].numpy(), scipy.stats.rankdata(v[0].numpy()))
+    np.testing.assert_allclose(M.average_ranks(v)[0].numpy(), scipy.stats.rankdata(v[0].numpy()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -581,3 +581,14 @@ def test_topk_mask_equals_the_stable_sort_selection():
     flags = v[:2] > 2  # bool maps: no topk kernel, converted
     assert torch.equal(M.topk_mask(flags, 30), M.topk_mask(flags.to(torch.uint8), 30))
     assert M.topk_intersection(flags, flags, 30).eq(1).all()
+
+
+def test_every_comparison_metric_has_a_label_and_exactly_one_direction():
+    """Labels and directions live in the registry entry only (IFIA's objective, the Attack lab and the study read
+    them from there)."""
+    from explrobust_core.metrics import COMPARISONS, MetricInfo, higher_is_robust, metric_label
+
+    for entry in COMPARISONS:
+        assert isinstance(entry.meta, MetricInfo) and metric_label(entry.name) == entry.meta.label
+        assert higher_is_robust(entry.name) == ("similarity" in entry.tags) != ("distance" in entry.tags)
+    assert higher_is_robust("kendall_tau") and not higher_is_robust("center_of_mass_shift")

@@ -5,7 +5,8 @@ from torch import nn
 
 from explrobust_core.explain import attribute
 from explrobust_core.metrics import attribution_to_map, explanation_loss
-from explrobust_core.models import ARCHITECTURES, Normalize, beta_schedule, build_model, softplus_view
+from explrobust_core.models import (ARCHITECTURES, Normalize, beta_schedule, build_model, device_of, predict,
+                                    softplus_view)
 from explrobust_core.registry import ConfigError
 
 SMALL = {
@@ -139,3 +140,51 @@ def test_beta_schedule_is_geometric():
     assert s[0] == pytest.approx(10) and s[-1] == pytest.approx(100)
     ratios = [b / a for a, b in zip(s, s[1:])]
     assert max(ratios) == pytest.approx(min(ratios))
+
+
+# --------------------------------------------------------------------------- predict / device_of
+
+
+def test_device_of_follows_the_weights_then_the_buffers_then_the_cpu():
+    assert device_of(make("convnet")) == torch.device("cpu")
+    assert device_of(nn.BatchNorm2d(3, affine=False)) == torch.device("cpu")  # buffers only
+    assert device_of(nn.ReLU()) == torch.device("cpu")  # nothing at all
+    if torch.cuda.is_available():
+        assert device_of(make("convnet").cuda()).type == "cuda"
+
+
+def test_predict_batches_like_one_call(digits_convnet, digits_test):
+    """Tensor, dataset and picked indices give the argmax of one unbatched forward pass, on the CPU."""
+    x = digits_test.images[:50]
+    with torch.no_grad():
+        direct = digits_convnet(x).argmax(1)
+    by_tensor = predict(digits_convnet, x, batch_size=7)
+    assert by_tensor.dtype == torch.long and by_tensor.device.type == "cpu"
+    assert torch.equal(by_tensor, direct)
+    assert torch.equal(predict(digits_convnet, digits_test, batch_size=64)[:50], direct)
+    picked = [49, 3, 17, 3]
+    assert torch.equal(predict(digits_convnet, digits_test, 3, indices=picked), direct[picked])
+    assert torch.equal(predict(digits_convnet, x, 3, indices=picked), direct[picked])
+    assert predict(digits_convnet, x[:0]).shape == (0,)
+
+
+def test_predict_halves_a_batch_that_runs_out_of_memory_and_restores_the_mode(digits_convnet, digits_test):
+    x = digits_test.images[:40]
+    expected = predict(digits_convnet, x, batch_size=40)
+    seen = []
+
+    class Tight(nn.Module):  # runs out of (simulated) memory above 8 images, records the mode it ran in
+        def __init__(self):
+            super().__init__()
+            self.__dict__["inner"] = digits_convnet  # not a submodule: the shared fixture's mode is never touched
+
+        def forward(self, images):
+            seen.append((images.shape[0], self.training))
+            if images.shape[0] > 8:
+                raise torch.OutOfMemoryError("simulated")
+            return self.inner(images)
+
+    model = Tight().train()
+    assert torch.equal(predict(model, x, batch_size=40), expected)
+    assert max(n for n, _ in seen if n <= 8) == 5 and not any(training for _, training in seen)
+    assert model.training  # the caller's mode is left as it was

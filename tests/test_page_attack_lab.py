@@ -24,7 +24,7 @@ def test_untargeted_attack_on_three_models_keeps_labels_and_moves_maps():
     assert table["label kept"].all()
     assert (table["prediction after"] == table["prediction before"]).all()
     # the map moved: top-k intersection after the attack < 1 (= before), explanation loss > 0
-    assert (table["top-k ∩"] < 1).all() and (table["top-k ∩"] >= 0).all()
+    assert (table["top-k intersection"] < 1).all() and (table["top-k intersection"] >= 0).all()
     assert (table["L_e (×10⁻⁷)"] > 0).all()
     assert (table["L∞"] <= 0.1 + 1e-6).all() and (table["L∞"] > 0).all()
     # preview + trajectory figure + one panel figure per model (tabs), with their download buttons

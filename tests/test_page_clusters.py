@@ -212,8 +212,8 @@ def test_the_clusters_page_explains_under_the_model_lock(monkeypatch):
         held.append(not other[0])
         return real(*args, **kwargs)
 
-    real = core.explanation_maps
-    monkeypatch.setattr(core, "explanation_maps", probe)
+    real = core.explanation_maps_in_batches
+    monkeypatch.setattr(core, "explanation_maps_in_batches", probe)
     at = open_page("clusters", "Clusters")
     by_label(at.number_input, "Seed").set_value(7)  # parameters no other test caches
     by_label(at.selectbox, "Explanation").set_value("guided_backprop")  # a captum method

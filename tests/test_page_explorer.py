@@ -3,7 +3,7 @@
 import torch
 
 from apptest_pages import open_page
-from explrobust_core.browse import filter_indices, interleave_by_label, predicted_labels
+from explrobust_core.browse import filter_indices, interleave_by_label
 
 
 def test_interleave_by_label_lets_classes_take_turns_and_keeps_every_index():
@@ -26,14 +26,6 @@ def test_filter_indices_by_class_and_correctness():
     assert filter_indices(labels, [1, 2]) == [2, 4, 3, 5]
     assert filter_indices(labels, [], correct, "incorrect") == [1, 4]
     assert filter_indices(labels, [0], correct, "correct") == [0]
-
-
-def test_predicted_labels_batches_like_one_call(digits_convnet, digits_test):
-    x = digits_test.images[:50]
-    with torch.no_grad():
-        direct = digits_convnet(x).argmax(1)
-    assert torch.equal(predicted_labels(digits_convnet, x, batch_size=7), direct)
-    assert torch.equal(predicted_labels(digits_convnet, digits_test, batch_size=64)[:50], direct)
 
 
 def test_the_first_page_shows_a_mix_of_classes():

@@ -127,8 +127,7 @@ def test_a_download_figure_given_as_a_function_is_built_only_when_asked():
 
 
 def test_penultimate_features_and_predictions_come_from_one_pass(mnist_convnet, mnist_test):
-    from explrobust_core.browse import predicted_labels
-    from explrobust_core.models import wrap
+    from explrobust_core.models import predict, wrap
     from explrobust_core.sampling import penultimate_and_predictions, reference_features
 
     x, _ = mnist_test.batch(range(300))
@@ -138,7 +137,7 @@ def test_penultimate_features_and_predictions_come_from_one_pass(mnist_convnet, 
     for model in (mnist_convnet, wrapped):
         features, pred = penultimate_and_predictions(model, x, batch_size=128)
         torch.testing.assert_close(features, reference_features(model, x, batch_size=128), rtol=1e-6, atol=1e-6)
-        assert torch.equal(pred, predicted_labels(model, x, batch_size=128))
+        assert torch.equal(pred, predict(model, x, 128))
     no_head = wrap(torch.nn.Sequential(torch.nn.Conv2d(1, 10, 28), torch.nn.Flatten()), mean=[0.1307], std=[0.3081],
                    input_shape=(1, 28, 28), classes=10)
     assert penultimate_and_predictions(no_head, x) is None  # no linear layer: the caller asks both functions

@@ -300,26 +300,6 @@ def test_an_unknown_executor_is_refused_with_the_choices(tmp_path, monkeypatch):
         make_executor(tmp_path / "runs", "k8s")
 
 
-def test_registering_a_checkpoint_again_is_kept_only_when_it_is_the_same(tmp_path, monkeypatch):
-    """A Ray job whose end never reached the driver is resumed after it had joined the zoo: the same files are
-    its own registration; another model under that name is still refused."""
-    from explrobust_core.jobs import register_checkpoint
-
-    monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(tmp_path / "zoo"))
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "m.safetensors").write_bytes(b"weights")
-    (run / "m.json").write_text('{"name": "m"}')
-    first = register_checkpoint(run / "m.safetensors", "digits", "m")
-    (run / "m.json").write_text('{"name": "m", "created": "later"}')  # a resumed run writes its card anew
-    assert register_checkpoint(run / "m.safetensors", "digits", "m") == first
-    assert first.with_suffix(".json").read_text() == '{"name": "m"}'
-    (run / "m.safetensors").write_bytes(b"other weights")
-    with pytest.raises(FileExistsError, match="exists already"):
-        register_checkpoint(run / "m.safetensors", "digits", "m")
-    assert first.read_bytes() == b"weights"
-
-
 def test_a_cluster_that_goes_away_is_one_message_and_its_jobs_resume_on_the_next(cluster):
     """Last in the module: it stops the module's cluster (the teardown stops the one started after it)."""
     from explrobust_core.ray_cluster import RayUnavailable, stop_local_cluster

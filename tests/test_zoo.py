@@ -179,3 +179,143 @@ def test_pickle_module_is_not_used_on_safetensors(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", boom)
     monkeypatch.setattr(torch, "load", boom)
     load_checkpoint(path, "cpu")
+
+
+# --------------------------------------------------------------------------- one way into the user zoo
+#
+# An upload, a finished training job and `explrobust train` each add their model with zoo.add_to_user_zoo: the
+# tests below add a model by each path, watch that function being called, and see each path refuse a taken name
+# and a shipped model's name with the same message, leaving the zoo as it was.
+
+
+def small_card(name: str) -> ModelCard:
+    return ModelCard(name=name, architecture="convnet", arch_config={"width1": 4, "width2": 4, "hidden": 8},
+                     dataset="digits", input_shape=(1, 8, 8), mean=[0.0], std=[1.0], classes=CLASSES)
+
+
+@pytest.fixture
+def zoos(tmp_path, monkeypatch):
+    """A private user zoo and a private shipped zoo holding digits/shipped_one; every module's reference to
+    add_to_user_zoo is wrapped to record the names it adds."""
+    from explrobust_core import uploads, zoo
+    from explrobust_core.zoo import build_from_card
+
+    user, shipped = tmp_path / "user_zoo", tmp_path / "shipped_zoo"
+    monkeypatch.setenv("EXPLROBUST_USER_ZOO", str(user))
+    monkeypatch.setenv("EXPLROBUST_ZOO", str(shipped))
+    save_checkpoint(build_from_card(small_card("shipped_one")), small_card("shipped_one"), shipped / "digits")
+    added, real = [], zoo.add_to_user_zoo
+
+    def spy(model, card, **kw):
+        added.append(card.name)
+        return real(model, card, **kw)
+
+    monkeypatch.setattr(zoo, "add_to_user_zoo", spy)
+    monkeypatch.setattr(uploads, "add_to_user_zoo", spy)  # uploads imports the name itself
+    return user, added
+
+
+def add_by_upload(name: str, tmp_path: Path) -> Path:
+    from safetensors.torch import save
+
+    from explrobust_core.uploads import install_checkpoint
+    from explrobust_core.zoo import build_from_card
+
+    card = small_card(name)
+    return install_checkpoint(save(build_from_card(card).state_dict()), "w.safetensors", card).path
+
+
+def add_by_job(name: str, tmp_path: Path) -> Path:
+    """What a finished training job does with its checkpoint (jobs._run_training → register_checkpoint)."""
+    from explrobust_core.jobs import register_checkpoint
+    from explrobust_core.zoo import build_from_card
+
+    card = small_card(name)
+    checkpoint = save_checkpoint(build_from_card(card), card, tmp_path / "job")
+    return register_checkpoint(checkpoint, "digits", name)
+
+
+def add_by_train_cli(name: str, tmp_path: Path) -> Path:
+    import contextlib
+    import io
+
+    from explrobust_core.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--name", name, "--dataset", "digits", "--epochs", "1", "--max-train-images", "64",
+                     "--batch-size", "64", "--eval-images", "10", "--eval-pgd-steps", "0", "--device", "cpu", "--quiet"])
+    lines = err.getvalue().strip().splitlines()
+    if code:  # a refusal: one line, no traceback, raised here as the other paths raise it
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("explrobust: error: "), lines
+        raise CheckpointError(lines[0].removeprefix("explrobust: error: "))
+    from explrobust_core.zoo import user_zoo_dir
+
+    return user_zoo_dir() / "digits" / f"{name}.safetensors"
+
+
+PATHS = {"upload": add_by_upload, "job": add_by_job, "train": add_by_train_cli}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_each_way_in_goes_through_add_to_user_zoo(zoos, tmp_path, path):
+    user, added = zoos
+    weights = PATHS[path]("fresh", tmp_path)
+    assert added == ["fresh"]
+    assert weights == user / "digits" / "fresh.safetensors"
+    model, card = load_checkpoint(weights, "cpu")  # loads: checked, finite, with its card beside it
+    assert card.name == "fresh" and card.weights_sha256
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+@pytest.mark.parametrize("name, message", [("taken", "you already have a model digits/taken"),
+                                           ("shipped_one", "digits/shipped_one is a shipped model")])
+def test_each_way_in_refuses_a_taken_name_the_same_way(zoos, tmp_path, path, name, message):
+    from explrobust_core.zoo import add_to_user_zoo, build_from_card
+
+    user, added = zoos
+    first = add_to_user_zoo(build_from_card(small_card("taken")), small_card("taken"))
+    before = {p: p.read_bytes() for p in user.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=message):  # UploadError and CheckpointError both are ValueErrors
+        PATHS[path](name, tmp_path)
+    assert {p: p.read_bytes() for p in user.rglob("*") if p.is_file()} == before
+    assert first.exists()
+
+
+def test_a_model_with_infinite_logits_never_enters_the_user_zoo(zoos, tmp_path):
+    """Finite weights whose logits overflow: refused by add_to_user_zoo itself and by an upload, same message."""
+    from safetensors.torch import save
+
+    from explrobust_core.uploads import UploadError, install_checkpoint
+    from explrobust_core.zoo import add_to_user_zoo, build_from_card
+
+    user, _ = zoos
+    card = small_card("overflow")
+    model = build_from_card(card)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(1e30)  # finite, but every product overflows float32
+    with pytest.raises(CheckpointError, match="NaN or infinite logits"):
+        add_to_user_zoo(model, card)
+    with pytest.raises(UploadError, match="NaN or infinite logits"):
+        install_checkpoint(save(model.state_dict()), "w.safetensors", card)
+    assert not list(user.rglob("*.safetensors"))
+
+
+def test_a_resumed_job_keeps_its_own_registration_and_another_model_is_refused(zoos, tmp_path):
+    """A job whose end was never recorded is resumed after it had joined the zoo: the same weights are its own
+    registration; another model under that name is still refused."""
+    from explrobust_core.jobs import register_checkpoint
+    from explrobust_core.zoo import build_from_card
+
+    card = small_card("m")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(build_from_card(card), card, tmp_path / "run")
+    first = register_checkpoint(checkpoint, "digits", "m")
+    weights = first.read_bytes()
+    assert register_checkpoint(checkpoint, "digits", "m") == first
+    torch.manual_seed(1)
+    save_checkpoint(build_from_card(card), card, tmp_path / "run", overwrite=True)
+    with pytest.raises(CheckpointError, match="already have a model digits/m.*stays at"):
+        register_checkpoint(checkpoint, "digits", "m")
+    assert first.read_bytes() == weights

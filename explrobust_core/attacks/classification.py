@@ -270,8 +270,7 @@ def run_classification_attack(
         True
     """
     entry = CLASSIFICATION_ATTACKS.get(name)
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config({**values, **options})
+    cfg = entry.resolve(config, **options)
     started = time.perf_counter()
     labels = labels.to(images.device)
     with eval_mode(model):
@@ -313,7 +312,7 @@ def minimal_flip_eps(
     if not (isinstance(eps_max, (int, float)) and math.isfinite(eps_max) and eps_max > 0):
         raise ConfigError(f"eps_max must be a finite number > 0, got {eps_max!r}")
     # validated like any other ε (model_copy(update=…) would skip the config's checks)
-    at_max = entry.make_config({**cfg.model_dump(), "eps": eps_max})
+    at_max = entry.resolve(cfg, eps=eps_max)
     labels = labels.to(images.device)
     with eval_mode(model):
         with torch.no_grad():

@@ -13,6 +13,8 @@ left out of the summary.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
@@ -21,8 +23,9 @@ from torch import nn
 
 from ..cancellation import raise_if_cancelled
 from ..explain import EXPLAINERS, attribute, attribute_with_logits
-from ..metrics import (attribution_to_map, center_of_mass, center_of_mass_shift, explanation_loss, in_paper_units,
-                       kendall_tau, spearman_rho, topk_intersection)
+from ..metrics import (COMPARISONS, EXPLANATION_LOSS_UNIT, attribution_to_map, center_of_mass, center_of_mass_shift,
+                       explanation_loss, higher_is_robust, in_paper_units, kendall_tau, metric_label, spearman_rho,
+                       topk_intersection)
 from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, softplus_view
 from ..registry import Config, Registry
 from ..results import Result, summarize
@@ -111,9 +114,59 @@ class TargetedConfig(_ExplainerChoice):
         return data
 
 
+# --------------------------------------------------------------------------- the registry
+
 EXPLANATION_ATTACKS: Registry[Callable[..., Result]] = Registry("explanation attack")
+"""Every explanation attack: ``fn(model, images, cfg, labels=None, [target_images=None,] progress=None) → Result``,
+its config class, the tag :data:`NEEDS_TARGETS` when it attacks toward target images, and an
+:class:`AttackInfo` as the entry's ``meta``. The CLI, ``EvaluationConfig``, the study and the Attack lab read
+everything they need from here: a new attack is one function, its config and its info, registered below
+(or from any module: a test registers a toy one)."""
 # the tag of an attack that drives maps toward target images (its function takes ``target_images``)
 NEEDS_TARGETS = "needs:targets"
+
+
+@dataclass(frozen=True)
+class ExplanationMeasure:
+    """One number of an attack's evaluation summary, as the study correlates it with classification robustness."""
+
+    key: str  # the study's name for it (its ``m_<key>`` column, ``explrobust study --measure``)
+    label: str
+    summary_key: str  # its key in ``summary["explanation"]`` (or "a/b": the ratio of two means)
+    higher_is_robust: bool
+    help: str
+
+
+@dataclass(frozen=True)
+class Column:
+    """A per-image column of an attack's result as tables show it (``scale`` multiplies the shown value)."""
+
+    key: str
+    label: str
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class AttackInfo:
+    """What an explanation attack's entry carries besides its function and config (its ``meta``)."""
+
+    summarised: tuple[str, ...] = ()  # per-image columns an evaluation summarises (mean, std, bootstrap CI)
+    columns: tuple[Column, ...] = ()  # per-image columns the Attack lab's table shows, in order
+    measures: tuple[ExplanationMeasure, ...] = ()  # what the study can correlate, with labels and directions
+    curves: dict[str, str] = field(default_factory=dict)  # labels of recorded trajectory keys that are not metrics
+    form_defaults: dict[str, Any] = field(default_factory=dict)  # the Attack lab's defaults, where not the config's
+    # one phrase for a protocol: (this attack's settings, the whole evaluation config) → text
+    describe: Callable[[dict[str, Any], dict[str, Any]], str] | None = None
+    # stored settings from before an option existed: write out what they did (``stored_defaults``), and leave it
+    # out of the protocol's hash again (``unhashed``) so that the ids of results stored before it stay the same
+    stored_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    unhashed: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+
+def attack_info(name: str) -> AttackInfo:
+    """The :class:`AttackInfo` of attack ``name`` (an empty one for an entry registered without)."""
+    meta = EXPLANATION_ATTACKS.get(name).meta
+    return meta if isinstance(meta, AttackInfo) else AttackInfo()
 
 
 def needs_targets(name: str) -> bool:
@@ -124,6 +177,38 @@ def needs_targets(name: str) -> bool:
 def targeted_attacks() -> list[str]:
     """The registered explanation attacks that take target images."""
     return [n for n in EXPLANATION_ATTACKS.names() if needs_targets(n)]
+
+
+def default_attack(targeted: bool) -> str:
+    """The first registered attack that takes target images (``targeted``), or the first that does not."""
+    found = [n for n in EXPLANATION_ATTACKS.names() if needs_targets(n) == targeted]
+    if not found:
+        raise ValueError(f"no {'targeted' if targeted else 'untargeted'} explanation attack is registered")
+    return found[0]
+
+
+def curve_label(name: str, key: str) -> str | None:
+    """The label of trajectory key ``key`` that attack ``name`` records: a comparison metric's (to the original
+    map) or one of the attack's own curves; None for a key that is not a curve (``step``, ``label_kept``, and
+    ``explanation_loss``, which callers label by whether the attack has a target)."""
+    if key in COMPARISONS:
+        return f"{metric_label(key)} to the original map"
+    return attack_info(name).curves.get(key)
+
+
+def describe_attack(name: str, settings: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """One phrase for attack ``name`` with ``settings`` in an evaluation protocol."""
+    describe = attack_info(name).describe
+    if describe is not None:
+        return describe(settings, evaluation)
+    return f"{name} on {evaluation.get('n_explanation_images', '?')} images"
+
+
+def compared_with_original(key: str, metric: str, help: str, summary_key: str | None = None,
+                           label: str | None = None) -> ExplanationMeasure:
+    """A study measure that compares the attacked map with the original one by comparison ``metric``: its label
+    and direction are the metric's (a similarity: higher is more robust)."""
+    return ExplanationMeasure(key, label or metric_label(metric), summary_key or metric, higher_is_robust(metric), help)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -157,14 +242,11 @@ def _check_k(k: int, pixels: int, name: str) -> None:
 
 
 def _lower_is_stronger(measure: Measure, original: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
-    """A score the attack minimises: similarity to the original map, or minus the centre shift."""
-    if measure == "topk_intersection":
-        return topk_intersection(original, current, k)
-    if measure == "kendall_tau":
-        return kendall_tau(original, current)
-    if measure == "spearman_rho":
-        return spearman_rho(original, current)
-    return -center_of_mass_shift(original, current)
+    """A score the attack minimises: the metric signed by its direction (a similarity as it is, a distance
+    negated), so lower is always less robust."""
+    entry = COMPARISONS.get(measure)
+    value = entry.obj(original, current, **({"k": k} if "k" in entry.config.model_fields else {}))
+    return value if higher_is_robust(measure) else -value
 
 
 def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -178,30 +260,48 @@ def _apply_policy(values: dict[str, torch.Tensor], attacked: torch.Tensor, polic
             for k, v in values.items()}
 
 
-# the per-image columns each attack summarises (mean, std, bootstrap CI over attacked images)
-SUMMARISED = {
-    "ifia": ["topk_intersection", "kendall_tau", "spearman_rho", "center_of_mass_shift", "explanation_loss"],
-    "targeted": ["explanation_loss_start", "explanation_loss_end", "explanation_loss_start_paper",
-                 "explanation_loss_end_paper"],
-}
-
-
 def attack_summary(name: str, per_image: dict[str, Any], seed: int = 0) -> dict[str, Any]:
-    """Counts and metric summaries of an explanation attack from its per-image columns."""
+    """Counts and metric summaries of an explanation attack from its per-image columns (those its entry's
+    :attr:`AttackInfo.summarised` names)."""
     attacked = torch.as_tensor(per_image["attacked"]).bool()
     kept = torch.as_tensor(per_image["final_pred"]) == torch.as_tensor(per_image["label"])
     return {
         "n_images": int(attacked.numel()), "n_attacked": int(attacked.sum()),
         "n_unattackable": int((~attacked).sum()),
         "label_kept": float(kept.float().mean()) if kept.numel() else None,
-        **{k: summarize(per_image[k], seed=seed) for k in SUMMARISED[name]},
+        **{k: summarize(per_image[k], seed=seed) for k in attack_info(name).summarised},
     }
 
 
 # --------------------------------------------------------------------------- IFIA (untargeted)
 
 
-@EXPLANATION_ATTACKS.register("ifia", config=IFIAConfig,
+def _describe_ifia(a: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    return (f"IFIA {a.get('objective', 'topk')} on {a.get('explainer', '?')}, ε={a.get('eps', '?')}, "
+            f"{a.get('steps', '?')} steps, {evaluation.get('n_explanation_images', '?')} images")
+
+
+_IFIA_METRICS = ("topk_intersection", "kendall_tau", "spearman_rho", "center_of_mass_shift")
+IFIA_INFO = AttackInfo(
+    summarised=(*_IFIA_METRICS, "explanation_loss"),
+    columns=(*(Column(m, metric_label(m)) for m in _IFIA_METRICS),
+             Column("explanation_loss", "L_e (×10⁻⁷)", 1 / EXPLANATION_LOSS_UNIT)),
+    measures=(
+        compared_with_original("topk", "topk_intersection",
+                               "share of the original top-k pixels still in the top-k after the untargeted attack"),
+        compared_with_original("kendall", "kendall_tau", "rank correlation of the maps before and after the attack"),
+        compared_with_original("spearman", "spearman_rho", "rank correlation of the maps before and after the attack"),
+        compared_with_original("com_shift", "center_of_mass_shift",
+                               "how far the map's centre of mass moved (lower = more robust)"),
+        compared_with_original("ifia_le", "mse", "explanation loss between the original and the attacked map "
+                                                 "(lower = more robust)", "explanation_loss", "map change L_e"),
+    ),
+    form_defaults={"measure": "topk_intersection"},  # the Attack lab's default objective is top-k: report its measure
+    describe=_describe_ifia,
+)
+
+
+@EXPLANATION_ATTACKS.register("ifia", config=IFIAConfig, meta=IFIA_INFO,
                               summary="Untargeted (Ghorbani IFIA): top-k, centre of mass or random; label kept")
 def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.Tensor | None = None,
          progress: Progress | None = None) -> Result:
@@ -233,7 +333,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
 
         best_score = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=torch.float64)
         best_x = x.clone()
-        sign = -1.0 if cfg.measure == "center_of_mass_shift" else 1.0  # the score is minus the shift
+        sign = 1.0 if higher_is_robust(cfg.measure) else -1.0  # a distance's score is minus the distance
         kept0 = clean_logits.argmax(1) == keep
         # recorded as float32 device tensors, read back once at the end (no per-step synchronisation)
         rec_score = [sign * _lower_is_stronger(cfg.measure, original, original, cfg.k).float()]
@@ -306,7 +406,57 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
 # --------------------------------------------------------------------------- targeted (Dombrowski)
 
 
-@EXPLANATION_ATTACKS.register("targeted", config=TargetedConfig, tags=(NEEDS_TARGETS,),
+def _describe_targeted(t: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    pairs = Path(str(evaluation["pairs_file"])).name if evaluation.get("pairs_file") else "fresh Way2 pairs"
+    return (f"targeted attack on {t.get('explainer', '?')}, {t.get('steps', '?')} steps, "
+            f"{evaluation.get('n_explanation_images', '?')} pairs ({pairs})")
+
+
+def _has_space_option(settings: dict[str, Any]) -> bool:
+    explainer = settings.get("explainer", "gradient")
+    return explainer in EXPLAINERS and "space" in EXPLAINERS.get(explainer).config.model_fields
+
+
+def _pixel_space_before_the_option(t: dict[str, Any]) -> dict[str, Any]:
+    """Settings stored before maps defaulted to the model's input space were computed in pixel space."""
+    options = t.get("explainer_options") or {}
+    if _has_space_option(t) and "space" not in options:
+        return {**t, "explainer_options": {**options, "space": "pixel"}}
+    return t
+
+
+def _pixel_space_unhashed(t: dict[str, Any]) -> dict[str, Any]:
+    options = t.get("explainer_options") or {}
+    if options.get("space") == "pixel":
+        return {**t, "explainer_options": {k: v for k, v in options.items() if k != "space"}}
+    return t
+
+
+TARGETED_INFO = AttackInfo(
+    summarised=("explanation_loss_start", "explanation_loss_end", "explanation_loss_start_paper",
+                "explanation_loss_end_paper"),
+    columns=(Column("explanation_loss_start_paper", "L_e start (×10⁻⁷)"),
+             Column("explanation_loss_end_paper", "L_e end (×10⁻⁷)")),
+    measures=(
+        ExplanationMeasure("le_end", "L_e end ×10⁻⁷", "explanation_loss_end_paper", True,
+                           "explanation loss to the target's map after the targeted attack (the paper's measure; "
+                           "higher = the attack got less close = more robust)"),
+        ExplanationMeasure("le_start", "L_e start ×10⁻⁷", "explanation_loss_start_paper", True,
+                           "explanation loss to the target's map before the attack (how far apart the two maps "
+                           "start)"),
+        ExplanationMeasure("le_retained", "L_e end / L_e start",
+                           "explanation_loss_end_paper/explanation_loss_start_paper", True,
+                           "mean L_e end over mean L_e start: the fraction of the starting distance the attack left "
+                           "(removes the effect of the starting distance the paper warns about)"),
+    ),
+    curves={"output_drift": "max |Δ softmax| to the original"},
+    describe=_describe_targeted,
+    stored_defaults=_pixel_space_before_the_option,
+    unhashed=_pixel_space_unhashed,
+)
+
+
+@EXPLANATION_ATTACKS.register("targeted", config=TargetedConfig, tags=(NEEDS_TARGETS,), meta=TARGETED_INFO,
                               summary="Targeted (Dombrowski): map toward a target image's map, output kept")
 def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels: torch.Tensor | None = None,
              target_images: torch.Tensor | None = None, progress: Progress | None = None) -> Result:
@@ -400,10 +550,16 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
 def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "ifia", *,
                            config: dict | Config | None = None, labels: torch.Tensor | None = None,
                            target_images: torch.Tensor | None = None, progress: Progress | None = None,
-                           **options) -> Result:
-    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``).
+                           batch_size: int | None = None, **options) -> Result:
+    """Validate the config of attack ``name`` and run it on a batch (targets for ``targeted``), in batches that
+    fit the memory.
 
-    ``progress(done, total)``, if given, is called after every step of the attack (for progress bars).
+    ``progress(done, total)``, if given, is called after every step of the attack (for progress bars); when the
+    images run in several batches, ``total`` is images × steps and ``done`` counts image-steps.
+    ``batch_size`` (images per run of the attack) defaults on the CPU to a cap from the model's size and the
+    explainer's cost (:func:`batching.start_batch_size`) and on an accelerator to all images; a batch that runs
+    out of accelerator memory is halved and retried (:func:`batching.map_batches`). Deterministic attacks give
+    the same results for any batching; random starts and directions are drawn per batch.
 
     Args:
         model: pixels in ``[0, 1]`` → logits; images ``(N, C, H, W)``; name: ``ifia`` or ``targeted``.
@@ -418,13 +574,75 @@ def run_explanation_attack(model: nn.Module, images: torch.Tensor, name: str = "
         >>> r.summary["n_attacked"]  # doctest: +SKIP
     """
     entry = EXPLANATION_ATTACKS.get(name)
-    values = dict(config.model_dump() if isinstance(config, Config) else (config or {}))
-    cfg = entry.make_config({**values, **options})
+    cfg = entry.resolve(config, **options)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got {tuple(images.shape)}")
-    if NEEDS_TARGETS in entry.tags:
-        return entry.obj(model, images, cfg, labels=labels, target_images=target_images, progress=progress)
-    if target_images is not None:
+    targets_needed = NEEDS_TARGETS in entry.tags
+    if not targets_needed and target_images is not None:
         raise ValueError(f"attack {name!r} is untargeted; use one of {', '.join(targeted_attacks())} to attack "
                          "toward target images")
-    return entry.obj(model, images, cfg, labels=labels, progress=progress)
+
+    def attack(x, y, targets, report):
+        if targets_needed:
+            return entry.obj(model, x, cfg, labels=y, target_images=targets, progress=report)
+        return entry.obj(model, x, cfg, labels=y, progress=report)
+
+    if target_images is not None and target_images.shape != images.shape:
+        raise ValueError("the targeted attack needs one target image per victim image, of the same shape")
+    if images.shape[0] == 0:
+        return attack(images, labels, target_images, progress)
+    size = batch_size or _attack_batch_size(model, images, cfg)
+    return _attack_in_batches(attack, images, labels, target_images, size, progress, cfg)
+
+
+def _attack_batch_size(model: nn.Module, images: torch.Tensor, cfg: Config) -> int:
+    """All images on an accelerator (halved there if they do not fit); on the CPU the model's cap divided by
+    the explainer's inputs per image, twice: an attack step keeps the graph of the map's own backward pass."""
+    from ..batching import start_batch_size
+    from ..explain import inputs_per_image
+
+    if next(model.parameters()).device.type != "cpu":
+        return images.shape[0]
+    explainer = getattr(cfg, "explainer", "gradient")
+    cost = 2 * inputs_per_image(explainer, getattr(cfg, "explainer_options", None))
+    return start_batch_size(model, images[0].numel(), cost, images.shape[0])
+
+
+def _attack_in_batches(attack, images, labels, target_images, size: int, progress: Progress | None,
+                       cfg: Config) -> Result:
+    """``attack`` over ``[start, stop)`` batches of the images, joined into one result; a single batch's result
+    is the attack's own. Progress counts steps in one batch, image-steps in several, and never moves backwards
+    when a batch is retried smaller."""
+    from ..batching import map_batches
+    from ..results import concat_per_image
+
+    started, n, shown = time.perf_counter(), images.shape[0], [0.0]
+
+    def run(start: int, stop: int) -> Result:
+        def report(done: int, total: int) -> None:
+            whole = (done, total) if stop - start == n else (start * total + (stop - start) * done, n * total)
+            if progress is not None and whole[0] / max(whole[1], 1) > shown[0]:
+                shown[0] = whole[0] / max(whole[1], 1)
+                progress(*whole)
+
+        return attack(images[start:stop], None if labels is None else labels[start:stop],
+                      None if target_images is None else target_images[start:stop], report)
+
+    parts = map_batches(run, n, size)
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    per_image = concat_per_image(parts)
+    kind = first.kind.rsplit("/", 1)[-1]
+    summarised = kind in EXPLANATION_ATTACKS.names() and attack_info(kind).summarised
+    summary = attack_summary(kind, per_image, getattr(cfg, "seed", 0)) if summarised else first.summary
+    trajectory = first.extra.get("trajectory")
+    extra = dict(first.extra)
+    if trajectory is not None:  # per step: one list over all images
+        extra["trajectory"] = {key: values if key == "step" else
+                               [[v for part in parts for v in part.extra["trajectory"][key][i]]
+                                for i in range(len(values))] for key, values in trajectory.items()}
+    tensors = {key: None if value is None else torch.cat([part.tensors[key] for part in parts])
+               for key, value in first.tensors.items()}
+    return Result(kind=first.kind, config=first.config, per_image=per_image, summary=summary, extra=extra,
+                  tensors=tensors, seconds=time.perf_counter() - started)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models import device_of
 from .explanation import Progress, needs_targets, run_explanation_attack
 
 
@@ -26,7 +27,7 @@ def attack_image(model: nn.Module, image: torch.Tensor, attack: str, config: dic
     ``trajectory`` (per recorded step), ``pred_before``/``conf_before``/``pred_after``/``conf_after``,
     ``image``, ``adversarial``, ``target_image`` and the ``*_map`` tensors (CPU), and ``seconds``.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     x = image.to(device)
     x_t = target.to(device) if target is not None and needs_targets(attack) else None
     result = run_explanation_attack(model, x, attack, config=config, target_images=x_t, progress=progress)

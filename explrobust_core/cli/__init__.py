@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Sequence
 
 from pydantic import ValidationError
 
-from ..registry import ConfigError, MissingExtraError, format_validation_error
+from ..errors import ExplrobustError
+from ..registry import format_validation_error
 from . import info, jobs, measure, ray_local, replicate, study, train, zoo
 from ._args import OneLineParser
 from .info import info_report
@@ -74,8 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as err:  # a typed config built directly: one line naming the fields, not pydantic's block
         print(f"explrobust: error: {format_validation_error(err, err.title)}", file=sys.stderr)
         return 2
-    except (ConfigError, ValueError, IndexError, OSError, MissingExtraError, FloatingPointError) as err:
-        # Every expected failure is one clear line, never a traceback (UnknownNameError is a ValueError;
-        # OSError: a path the file system refuses — permissions, a full disk, a name too long).
+    except (ExplrobustError, ValueError, IndexError, OSError, FloatingPointError) as err:
+        # An expected failure is one clear line, never a traceback: the project's own errors (a bad config, an
+        # unknown name, a refused checkpoint, a missing extra, …), a bad value from the standard library, or an
+        # OSError (a path the file system refuses: permissions, a full disk, a name too long).
         print(f"explrobust: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except Exception:  # anything else is a bug in explrobust: the whole traceback, to report it
+        traceback.print_exc()
+        print("explrobust: internal error (a bug): please report it with the traceback above", file=sys.stderr)
+        return 1

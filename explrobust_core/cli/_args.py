@@ -9,7 +9,7 @@ import math
 import types
 import typing
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from pydantic import BaseModel
 
@@ -73,16 +73,18 @@ def config_values(ns: argparse.Namespace) -> dict[str, Any]:
         node[leaf] = value
     return out
 
-def int_list(text: str) -> list[int]:
+def number_list(text: str, parse: Callable[[str], int | float], what: str, most: int) -> list:
+    """Comma-separated numbers read by ``parse`` (``int``, ``float``): 1 to ``most`` of them, all finite."""
     try:
-        out = [int(part) for part in text.split(",") if part.strip()]
+        out = [parse(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("give at least one index")
-    if len(out) > 4096:
-        raise argparse.ArgumentTypeError("at most 4096 indices per call")
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+    if not 1 <= len(out) <= most or not all(math.isfinite(v) for v in out):
+        raise argparse.ArgumentTypeError(f"give 1 to {most} finite {what}")
     return out
+
+def int_list(text: str) -> list[int]:
+    return number_list(text, int, "integers", 4096)
 
 def index_list(text: str) -> list[int]:
     """Image indices: each once (a repeated image would be computed again and overwrite its own output)."""
@@ -105,13 +107,7 @@ def bounded_int(low: int, high: int):
     return parse
 
 def float_list(text: str) -> list[float]:
-    try:
-        out = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not out or len(out) > 256 or not all(math.isfinite(v) for v in out):
-        raise argparse.ArgumentTypeError("give 1 to 256 finite numbers")
-    return out
+    return number_list(text, float, "numbers", 256)
 
 def positive_eps(text: str) -> float:
     try:
@@ -141,11 +137,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 def load_checkpoint_and_data(ns: argparse.Namespace):
     """Checkpoint, card, the split of its dataset, and the model's device."""
+    from ..models import device_of
     from ..zoo import dataset_for_card, load_checkpoint
 
     model, card = load_checkpoint(ns.checkpoint, ns.device)
     dataset = dataset_for_card(card, ns.split)  # with the card's dataset options (an image folder's root, size)
-    return model, card, dataset, next(model.parameters()).device
+    return model, card, dataset, device_of(model)
 
 def pick_images(ns: argparse.Namespace, dataset, device):
     from ..data import spread_indices

@@ -55,13 +55,15 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
         p.add_argument("--indices", required=True, type=index_list, help="victim image indices")
         p.add_argument("--target-indices", "--target-index", type=int_list, default=None,
                        help="target image index (one for all victims, or one per victim): runs the targeted attack")
-        p.add_argument("--attack", default=None,
-                       help=f"one of {', '.join(EXPLANATION_ATTACKS.names())} (default: by targets)")
+        p.add_argument("--attack", default=None, choices=EXPLANATION_ATTACKS.names(),
+                       help="the explanation attack (default: by targets: " + ", ".join(
+                           f"{e.name} — {e.summary}" for e in EXPLANATION_ATTACKS) + ")")
         p.add_argument("--out", required=True, help="output directory (JSON, CSV and PNG panels)")
         if choice:
             add_config_arguments(p, EXPLANATION_ATTACKS.get(choice).config, f"options of {choice}")
         p.set_defaults(func=cmd_attack_explanation)
     else:
+        from ..attacks.explanation import EXPLANATION_ATTACKS
         from ..evaluate import PRESETS, EvaluationConfig
 
         p.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -69,16 +71,22 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
         p.add_argument("--json", default=None, help="write the result here")
         p.add_argument("--csv", default=None, help="write the per-image explanation table here")
         p.add_argument("--write-card", action="store_true", help="store the summary in the checkpoint's model card")
-        add_config_arguments(p, EvaluationConfig, "evaluation", skip=("split",))
+        add_config_arguments(p, EvaluationConfig, "evaluation",
+                             skip=("split", "explanation_attack", "explanation_attack_config"))
+        # the attack and its settings from the registry: --explanation-attack NAME, and --NAME-FIELD per attack
+        p.add_argument("--explanation-attack", dest="cfg__explanation_attack", default=argparse.SUPPRESS,
+                       choices=[*EXPLANATION_ATTACKS.names(), "none"],
+                       help=f"explanation attack to run (default: {EvaluationConfig.model_fields['explanation_attack'].default})")
+        for entry in EXPLANATION_ATTACKS:
+            add_config_arguments(p, entry.config, f"evaluation: {entry.name} ({entry.summary})", (entry.name,))
         p.set_defaults(func=cmd_evaluate)
 
 def cmd_explain(ns: argparse.Namespace) -> int:
     import torch
 
-    from ..explain import EXPLAINERS, attribute, resolve_target
+    from ..explain import EXPLAINERS, explanation_maps_in_batches, resolve_target
     from ..figures import explanation_figure, save_figure
     from ..io import atomic_write_json, library_versions
-    from ..metrics import attribution_to_map
 
     started = time.perf_counter()
     check_outputs(ns, directories=("out",))
@@ -88,7 +96,7 @@ def cmd_explain(ns: argparse.Namespace) -> int:
         probs = torch.softmax(model(images), dim=1)
     cfg = EXPLAINERS.get(ns.method).make_config(config_values(ns))
     targets = resolve_target(model, images, ns.target, labels)
-    maps = attribution_to_map(attribute(model, images, ns.method, target=targets, config=cfg), normalize=ns.normalize)
+    maps = explanation_maps_in_batches(model, images, ns.method, target=targets, config=cfg, normalize=ns.normalize)
     out = Path(ns.out)
     rows = []
     for i, idx in enumerate(ns.indices):
@@ -118,7 +126,7 @@ def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     entry = CLASSIFICATION_ATTACKS.get(ns.attack)
     cfg = entry.make_config(config_values(ns))
     for eps in ns.eps_list or ():  # every ε of the curve is validated before anything runs
-        entry.make_config({**cfg.model_dump(), "eps": eps})
+        entry.resolve(cfg, eps=eps)
     result = run_classification_attack(model, x, y, ns.attack, cfg)
     result.config.update(checkpoint=str(ns.checkpoint), model=card.name, dataset=card.dataset, split=ns.split)
     result.per_image = {"index": indices, **result.per_image}
@@ -138,14 +146,15 @@ def cmd_attack_classifier(ns: argparse.Namespace) -> int:
     return 0
 
 def cmd_attack_explanation(ns: argparse.Namespace) -> int:
-    from ..attacks.explanation import EXPLANATION_ATTACKS, needs_targets, run_explanation_attack, targeted_attacks
+    from ..attacks.explanation import (EXPLANATION_ATTACKS, default_attack, needs_targets, run_explanation_attack,
+                                       targeted_attacks)
     from ..figures import attack_panels_figure, save_figure
 
     check_outputs(ns, directories=("out",))
     model, card, dataset, device = load_checkpoint_and_data(ns)
     indices = ns.indices
     x, y = (t.to(device) for t in dataset.batch(indices))
-    attack = ns.attack or ("targeted" if ns.target_indices else "ifia")
+    attack = ns.attack or default_attack(targeted=bool(ns.target_indices))
     targets = None
     if ns.target_indices:
         if not needs_targets(attack):
@@ -164,15 +173,16 @@ def cmd_attack_explanation(ns: argparse.Namespace) -> int:
     if targets is not None:
         result.per_image["target_index"] = tidx
     out = Path(ns.out)
+    method = getattr(cfg, "explainer", "its own maps")  # an attack's config need not name an explainer
     for i, idx in enumerate(indices):
         t = result.tensors
         fig = attack_panels_figure(x[i], t["adversarial"][i], t["original_map"][i], t["attacked_map"][i],
                                    t["target_map"][i] if "target_map" in t else None,
-                                   title=f"{card.name} · {attack} · {cfg.explainer} · #{idx}")
+                                   title=f"{card.name} · {attack} · {method} · #{idx}")
         save_figure(fig, out / f"{attack}_{ns.split}_{idx}.png")
     result.save(out / f"{attack}.json", out / f"{attack}.csv")
-    print(f"{card.name}: {attack} ({cfg.explainer}) on {len(indices)} images — attack model: "
-          f"{result.config['attack_model']}")
+    print(f"{card.name}: {attack} ({method}) on {len(indices)} images — attack model: "
+          f"{result.config.get('attack_model', 'the model itself')}")
     print(fmt_json(result.summary))
     print(f"wrote {out / f'{attack}.json'}, {attack}.csv and {len(indices)} PNG panels")
     return 0

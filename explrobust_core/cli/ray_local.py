@@ -18,15 +18,14 @@ def add_arguments(name: str, p: argparse.ArgumentParser, choice: str | None) -> 
 
 def cmd_ray_local(ns: argparse.Namespace) -> int:
     from ..jobs import JobStore
-    from ..ray_cluster import _host_port, _is_our_head, _reachable, stop_local_cluster
+    from ..ray_cluster import local_cluster_status, stop_local_cluster
 
     store = JobStore(ns.runs)
-    address = store.setting("ray_local_address") or ""
-    pid = int(store.setting("ray_local_pid") or 0)
     if ns.action == "stop":
+        address = store.setting("ray_local_address") or ""
         print(f"stopped the local Ray cluster at {address}" if stop_local_cluster(store)
               else "no local Ray cluster of this runs directory is running")
         return 0
-    up = bool(address) and _is_our_head(pid, address) and _reachable(*_host_port(address), 1.0) is None
-    print(f"local Ray cluster at {address} (pid {pid})" if up else "no local Ray cluster of this runs directory")
+    up = local_cluster_status(store)
+    print(f"local Ray cluster at {up[0]} (pid {up[1]})" if up else "no local Ray cluster of this runs directory")
     return 0

@@ -65,13 +65,15 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from ..registry import format_validation_error
     from ..training.trainer import StopFlag, train
-    from ..zoo import user_zoo_dir
+    from ..zoo import add_to_user_zoo, user_zoo_folder
 
     try:
         cfg = train_config(ns)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "training config")) from None
-    out = Path(ns.out) if ns.out else user_zoo_dir() / cfg.dataset
+    # without --out the model joins the user zoo the one way every model does (add_to_user_zoo); a name it would
+    # refuse is refused before any training
+    out = Path(ns.out) if ns.out else user_zoo_folder(cfg.dataset, cfg.name)
     check_output(str(out), "--out", "directory")
     command = "explrobust " + " ".join(ns.argv)
     started = time.perf_counter()
@@ -88,7 +90,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
             print(f"\r[{bar:<30}] epoch {event['epoch']}/{event['epochs']} batch {event['batch']}/{event['batches']} "
                   f"loss {event['loss']:.4f} {time.perf_counter() - started:.0f}s", end="", file=sys.stderr, flush=True)
 
-    outcome = train(cfg, out, progress=progress, should_stop=StopFlag().install(), command=command)
+    outcome = train(cfg, out, progress=progress, should_stop=StopFlag().install(), command=command,
+                    save=None if ns.out else add_to_user_zoo)
     if not outcome.finished:
         print(f"\nstopped; the run resumes from {outcome.run_dir} with the same command", file=sys.stderr)
         return 3

@@ -176,6 +176,7 @@ def train(
     progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     command: str | None = None,
+    save: Callable[[torch.nn.Module, ModelCard], Path] | None = None,
 ) -> TrainOutcome:
     """Train (or resume) run ``cfg.name`` under ``out_dir``; returns whether it finished.
 
@@ -184,6 +185,8 @@ def train(
         out_dir: where the checkpoint and the resumable run folder go.
         progress: called with each step's/epoch's numbers; should_stop: polled to stop early (the state is kept
             for a resume); command: recorded in the model card.
+        save: ``save(model, card)`` writes the trained model and returns its path (default: :func:`save_checkpoint`
+            into ``out_dir``); ``explrobust train`` passes :func:`~explrobust_core.zoo.add_to_user_zoo`.
 
     Returns:
         A :class:`TrainOutcome`: ``finished``, ``checkpoint`` (path), ``run_dir``, ``history``.
@@ -287,5 +290,8 @@ def train(
             "training_history": history},
         notes=f"training config: {json.dumps(cfg.model_dump(mode='json'), sort_keys=True)}",
     )
-    path = save_checkpoint(model.cpu(), card, out_dir, overwrite=True)
+    if save is None:  # a resumed run that had written its checkpoint before it was stopped writes it again
+        path = save_checkpoint(model.cpu(), card, out_dir, overwrite=True)
+    else:
+        path = save(model.cpu(), card)
     return TrainOutcome(True, path, run_dir, history)
