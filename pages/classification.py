@@ -195,8 +195,9 @@ flipped = [adv_pred[i] != run["clean_pred"][i] for i in range(n)]
 gallery_rows = [{"index": indices[i], "true": name_of(y[i]), "clean prediction": name_of(run["clean_pred"][i]),
                  "adversarial prediction": name_of(adv_pred[i]), "confidence": run["gallery_conf"][k][i],
                  "flipped": flipped[i], **({} if min_eps is None else {"minimal ε": min_eps[i]})} for i in range(n)]
+# the gallery's margins are set by the figure; only a narrow one is cropped (its title may overhang)
 ui.show_figure(adversarial_gallery_figure(clean, adv, clean_titles, adv_titles, flipped,
                                           title=f"{model_name}, {what} {threat} ε = {eps_choice:g}"),
-               "classification_gallery", pd.DataFrame(gallery_rows))
+               "classification_gallery", pd.DataFrame(gallery_rows), crop=n < 4)
 
 ui.export_all("classification")

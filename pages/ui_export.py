@@ -73,13 +73,14 @@ def export_all(page: str) -> None:
 DISPLAY_DPI = 150  # on screen (Streamlit's default, 200, draws and sends ~1.8× the pixels); downloads: 300
 
 
-def show_figure(fig, stem: str, data=None, export=None) -> None:
+def show_figure(fig, stem: str, data=None, export=None, crop: bool = True) -> None:
     """Show a matplotlib figure and its download buttons (of ``export``, a function building a richer figure
-    for the files only when one is downloaded, when given; else of ``fig``)."""
+    for the files only when one is downloaded, when given; else of ``fig``). ``crop=False`` for a figure whose
+    margins are set by hand: cropping to the drawn content costs one more measuring pass over every text."""
     import io
 
     buf = io.BytesIO()  # what st.pyplot does, at DISPLAY_DPI
-    fig.savefig(buf, format="png", dpi=DISPLAY_DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DISPLAY_DPI, bbox_inches="tight" if crop else None)
     st.image(buf.getvalue(), width="stretch")
     if export is not None:
         import matplotlib.pyplot as plt
