@@ -214,12 +214,13 @@ def higher_is_robust(name: str) -> bool:
 @COMPARISONS.register(
     "topk_intersection",
     config=TopKConfig,
-    summary="Share of the k most important pixels common to both maps (RAR's 'IN'), in [0, 1].",
     tags=(_SIM, "rank"),
     meta=MetricInfo('top-k intersection'),
 )
 def topk_intersection(map_a: Tensor, map_b: Tensor, k: int = 100) -> Tensor:
-    """``|top-k(a) ∩ top-k(b)| / k`` per image, in [0, 1] (RAR's "IN").
+    """Share of the k most important pixels common to both maps (RAR's 'IN'), in [0, 1].
+
+    ``|top-k(a) ∩ top-k(b)| / k`` per image, in [0, 1] (RAR's "IN").
 
     Ties at the k-th value are broken deterministically by pixel index (lower flat index first,
     via a stable sort), where RAR's argsort breaks them arbitrarily.
@@ -376,12 +377,13 @@ def _strict_inversions_torch(values: Tensor, bits: int) -> Tensor:
 
 @COMPARISONS.register(
     "kendall_tau",
-    summary="Kendall's tau-b over all pixels, ties handled as scipy.stats.kendalltau (RAR's 'CO').",
     tags=(_SIM, "rank", "correlation"),
     meta=MetricInfo('Kendall τ'),
 )
 def kendall_tau(map_a: Tensor, map_b: Tensor, max_elements: int = KENDALL_MAX_ELEMENTS) -> Tensor:
-    """Kendall's τ-b per image, equal to ``scipy.stats.kendalltau`` (variant 'b').
+    """Kendall's tau-b over all pixels, ties handled as scipy.stats.kendalltau (RAR's 'CO').
+
+    Kendall's τ-b per image, equal to ``scipy.stats.kendalltau`` (variant 'b').
 
     ``τ_b = (n0 − n1 − n2 + n3 − 2·D) / sqrt((n0 − n1)(n0 − n2))`` (Knight, 1966): n0 all pairs,
     n1 / n2 the pairs tied in a / in b, n3 the pairs tied in both and D the discordant pairs,
@@ -432,12 +434,13 @@ def average_ranks(v: Tensor) -> Tensor:
 
 @COMPARISONS.register(
     "spearman_rho",
-    summary="Spearman's rho over all pixels (Pearson on average ranks), as scipy.stats.spearmanr.",
     tags=(_SIM, "rank", "correlation"),
     meta=MetricInfo('Spearman ρ of maps'),
 )
 def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
-    """Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
+    """Spearman's rho over all pixels (Pearson on average ranks), as scipy.stats.spearmanr.
+
+    Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
     equal to ``scipy.stats.spearmanr``. NaN where a map is constant, as scipy."""
     a, b = _flat_pair(map_a, map_b, "spearman_rho")
     rho = _pearson_rows(average_ranks(a.detach()), average_ranks(b.detach()))
@@ -446,12 +449,13 @@ def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
 
 @COMPARISONS.register(
     "pearson",
-    summary="Pearson correlation over all pixels, in [-1, 1].",
     tags=(_SIM, "correlation", "differentiable"),
     meta=MetricInfo('Pearson r of maps'),
 )
 def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
-    """Pearson correlation per image over the flattened maps. NaN where a map is constant
+    """Pearson correlation over all pixels, in [-1, 1].
+
+    Pearson correlation per image over the flattened maps. NaN where a map is constant
     (as ``scipy.stats.pearsonr``). Differentiable."""
     a, b = _flat_pair(map_a, map_b, "pearson")
     acc = _acc_dtype(a)
@@ -460,12 +464,13 @@ def pearson(map_a: Tensor, map_b: Tensor) -> Tensor:
 
 @COMPARISONS.register(
     "cosine_similarity",
-    summary="Cosine of the angle between the flattened maps, in [-1, 1].",
     tags=(_SIM, "differentiable"),
     meta=MetricInfo('cosine similarity'),
 )
 def cosine_similarity(map_a: Tensor, map_b: Tensor) -> Tensor:
-    """``<a, b> / (‖a‖ ‖b‖)`` per image over the flattened maps. NaN where a map is all zero
+    """Cosine of the angle between the flattened maps, in [-1, 1].
+
+    ``<a, b> / (‖a‖ ‖b‖)`` per image over the flattened maps. NaN where a map is all zero
     (undefined; torch's ``F.cosine_similarity`` would return 0 through its eps). Differentiable."""
     a, b = _flat_pair(map_a, map_b, "cosine_similarity")
     acc = _acc_dtype(a)
@@ -506,12 +511,13 @@ def center_of_mass(map_: Tensor) -> Tensor:
 
 @COMPARISONS.register(
     "center_of_mass_shift",
-    summary="Euclidean distance in pixels between the two maps' centres of mass.",
     tags=(_DIST, "differentiable"),
     meta=MetricInfo('centre-of-mass shift (px)'),
 )
 def center_of_mass_shift(map_a: Tensor, map_b: Tensor) -> Tensor:
-    """``‖com(a) − com(b)‖₂`` in pixels per image (see :func:`center_of_mass`; NaN if a map is
+    """Euclidean distance in pixels between the two maps' centres of mass.
+
+    ``‖com(a) − com(b)‖₂`` in pixels per image (see :func:`center_of_mass`; NaN if a map is
     all zero). Unlike RAR's attack criterion the centres are not truncated to integers.
     Differentiable."""
     if map_a.shape != map_b.shape:
@@ -527,12 +533,13 @@ def _ssim_window(h: int, w: int) -> int:
 
 @COMPARISONS.register(
     "ssim",
-    summary="Structural similarity of the two maps, each scaled to max 1, averaged over pixels.",
     tags=(_SIM, "differentiable"),
     meta=MetricInfo('SSIM'),
 )
 def ssim(map_a: Tensor, map_b: Tensor) -> Tensor:
-    """Mean SSIM per image via ``kornia.metrics.ssim``.
+    """Structural similarity of the two maps, each scaled to max 1, averaged over pixels.
+
+    Mean SSIM per image via ``kornia.metrics.ssim``.
 
     Maps ``(N, H, W)`` (or ``(N, C, H, W)``) are each divided by their own max (data range 1; a
     map whose max is ≤ 0 is left as is), Gaussian window (σ 1.5) of size min(11, largest odd ≤

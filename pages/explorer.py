@@ -65,17 +65,17 @@ def progress_bar(text: str):
     return (lambda done, total: bar.progress(done / max(total, 1), text=f"{text}: {done}/{total} images")), bar.empty
 
 
-@st.cache_data(show_spinner="Classifying…")
-def predictions(model_name: str, split: str) -> torch.Tensor:
-    model, _ = ui.load_model(str(entries[model_name].path))
-    report, done = progress_bar(f"{model_name}: classifying the {split} split")
+@st.cache_data(show_spinner="Classifying…")  # keyed on the file and the dataset: another of either is new work
+def predictions(model_name: str, weights: str, mtime_ns: int, dataset_key: str) -> torch.Tensor:
+    model, _ = ui.load_model(weights)
+    report, done = progress_bar(f"{model_name}: classifying the {split} split")  # the page's dataset
     labels = predict(model, data, progress=report)
     done()
     return labels
 
 
 labels = ui.labels(data)
-correct = predictions(models[0], split) == labels if correctness != "all" else None
+correct = predictions(models[0], *ui.model_file(models[0]), data.ui_key) == labels if correctness != "all" else None
 # classes take turns (the embedded splits are sorted by class: the first page would be eight zeros)
 indices = filter_indices(labels, [classes.index(c) for c in wanted], correct, correctness)
 if not indices:

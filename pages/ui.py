@@ -74,7 +74,9 @@ def load_model(path: str):
 def _dataset(name: str, split: str, options: str):
     from explrobust_core.data import load_dataset
 
-    return load_dataset(name, split, json.loads(options) or None)
+    data = load_dataset(name, split, json.loads(options) or None)
+    data.ui_key = f"{name}/{split}/{options}"  # names the dataset in cache keys (two image folders share a name)
+    return data
 
 
 def dataset(name: str, split: str):
@@ -141,13 +143,13 @@ def selection_widget(names: list[str]) -> None:
                    on_change=remember)
 
 
-@st.cache_data(show_spinner="Reading the labels…")  # _data is not hashed: keyed by name and split
-def _labels_of(_data, name: str, split: str):
+@st.cache_data(show_spinner="Reading the labels…")  # _data is not hashed: keyed by its name, split and options
+def _labels_of(_data, key: str):
     return _data.all_labels()  # once per dataset, then cached
 
 
 def labels(data):
-    return _labels_of(data, data.info.name, data.split)
+    return _labels_of(data, data.ui_key)
 
 
 # --- teaching header -------------------------------------------------------------------------------

@@ -38,36 +38,38 @@ def test_cpu_cap_shrinks_with_the_model():
 
 def test_evaluation_survives_a_gpu_out_of_memory(mnist_convnet, mnist_test, monkeypatch):
     """The PGD accuracy of an evaluation whose first big batches run out of memory equals an unhindered one."""
+    from explrobust_core import accuracy as acc
     from explrobust_core import evaluate as ev
 
     # no random start: the result must not depend on how the images are batched
     cfg = ev.make_evaluation_config(n_images=40, batch_size=40, eps_list=[0.1], pgd={"steps": 2, "random_start": False},
                                     explanation_attack="none")
     plain = ev.evaluate_model(mnist_convnet, mnist_test, cfg)
-    real = ev.run_classification_attack
+    real = acc.run_classification_attack  # evaluations attack through accuracy_vs_eps
 
     def tight(model, x, *args, **kwargs):
         if x.shape[0] > 10:
             raise torch.OutOfMemoryError("simulated")
         return real(model, x, *args, **kwargs)
 
-    monkeypatch.setattr(ev, "run_classification_attack", tight)
+    monkeypatch.setattr(acc, "run_classification_attack", tight)
     squeezed = ev.evaluate_model(mnist_convnet, mnist_test, cfg)
     assert squeezed.summary["pgd_accuracy"] == plain.summary["pgd_accuracy"]
     assert squeezed.summary["clean_accuracy"] == plain.summary["clean_accuracy"]
 
 
 def test_evaluation_batches_are_capped_by_the_model_on_the_cpu(mnist_convnet, mnist_test, monkeypatch):
+    from explrobust_core import accuracy as acc
     from explrobust_core import evaluate as ev
 
     sizes = []
-    real = ev.run_classification_attack
+    real = acc.run_classification_attack
 
     def record(model, x, *args, **kwargs):
         sizes.append(x.shape[0])
         return real(model, x, *args, **kwargs)
 
-    monkeypatch.setattr(ev, "run_classification_attack", record)
+    monkeypatch.setattr(acc, "run_classification_attack", record)
     monkeypatch.setattr(ev, "cpu_batch_cap", lambda model, numel: 7)  # as for a model far larger than this one
     cfg = ev.make_evaluation_config(n_images=20, batch_size=20, eps_list=[0.1], pgd={"steps": 1},
                                     explanation_attack="none")

@@ -155,7 +155,7 @@ def test_resnet18_at_224_on_the_explorer_and_the_attack_lab(resnet18_at_224, mon
         next(b for b in at.button if b.label == "Show me").click().run()
         assert not at.exception and not at.error
         row = at.dataframe[0].value.iloc[0]
-        assert row["model"] == "imagefolder/rn18" and 0 <= row["top-k ∩"] <= 1
+        assert row["model"] == "imagefolder/rn18" and 0 <= row["top-k intersection"] <= 1
         assert len(at.get("image")) == 3  # preview, trajectory, panels with both maps
     finally:
         ui.refresh_checkpoints()
