@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -76,7 +77,8 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
                     eps_grid: Sequence[float], attack: str = "pgd", config: dict | Config | None = None, *,
                     batch_size: int = 256,
                     keep: int = 0, flip_iterations: int | None = None, flip_config: dict | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> AccuracyCurve:
+                    progress: Callable[[int, int], None] | None = None,
+                    on_eps: Callable[[AccuracyCurve], None] | None = None) -> AccuracyCurve:
     """Attack ``images`` with classification attack ``attack`` at every ε of ``eps_grid``.
 
     Args:
@@ -88,6 +90,8 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
         flip_iterations: also find each image's minimal flipping ε by PGD bisection up to the largest ε
             (``flip_config``: PGD's settings), to ``max ε / 2^flip_iterations``.
         progress: ``progress(done, total)`` after every batch.
+        on_eps: ``on_eps(curve)`` after every ε with the curve so far (its first ε filled in): a caller can
+            show the first points while the rest are computed. The curve is the one returned: do not modify it.
 
     Returns:
         An :class:`AccuracyCurve`.
@@ -149,6 +153,8 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
             with torch.no_grad(), eval_mode(model):
                 curve.example_conf.append(torch.softmax(model(kept.to(device)), 1).amax(1).cpu().tolist())
             curve.examples.append(kept)
+        if on_eps is not None:
+            on_eps(curve)
     if flip_iterations:
         def flips(start: int, stop: int) -> torch.Tensor:
             out = minimal_flip_eps(model, *on_device(start, stop), eps_max=max(grid), iterations=flip_iterations,
@@ -159,3 +165,24 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
         curve.min_eps = torch.cat(map_batches(flips, n, batch_size)).tolist()
     return curve
 
+
+def stored_accuracy_curve(weights: str | Path, norm: str = "linf") -> dict | None:
+    """The accuracy-vs-ε curve a stored evaluation of this checkpoint recorded (``<stem>.eval.json`` beside the
+    weights, as ``models_zoo/build.sh`` writes it), for PGD with ``norm``: ``{"eps": [0, …], "accuracy": [clean,
+    …], "n_images", "steps", "restarts"}``; ``None`` when there is none (or it used another norm)."""
+    from .study import _read_json, result_files_beside
+
+    files = result_files_beside(Path(weights))
+    if not files:
+        return None
+    try:
+        report = _read_json(files[0])
+    except (OSError, ValueError):
+        return None
+    summary, pgd = report.get("summary") or {}, (report.get("config") or {}).get("pgd") or {}
+    rows = summary.get("pgd_accuracy")
+    if pgd.get("norm", "linf") != norm or not isinstance(rows, list) or summary.get("clean_accuracy") is None:
+        return None
+    rows = sorted((float(r["eps"]), float(r["accuracy"])) for r in rows)
+    return {"eps": [0.0, *(e for e, _ in rows)], "accuracy": [float(summary["clean_accuracy"]), *(a for _, a in rows)],
+            "n_images": summary.get("n_images"), "steps": pgd.get("steps"), "restarts": pgd.get("restarts", 1)}

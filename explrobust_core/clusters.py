@@ -18,7 +18,8 @@ from .embedding import cluster_view
 from .explain import explanation_maps_in_batches
 from .metrics import explanation_loss
 from .models import predict
-from .sampling import PairSet, cluster_explanation_loss, reference_features, sample_pairs, way3_pairs, way3_pairset
+from .sampling import (PairSet, cluster_explanation_loss, penultimate_and_predictions, reference_features,
+                       sample_pairs, way3_pairs, way3_pairset)
 
 COLOUR_BY = {"cluster": "k-means cluster", "label": "true label", "correct": "correctness"}
 
@@ -115,8 +116,10 @@ def cluster_pairs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         >>> view.crossing()  # Way3 pairs always cross clusters
         1.0
     """
-    features = reference_features(model, images, source=source, explainer=explainer)
-    pred = predict(model, images, 512)
+    both = penultimate_and_predictions(model, images) if source == "penultimate" else None  # one forward pass
+    if both is None:
+        both = reference_features(model, images, source=source, explainer=explainer), predict(model, images, 512)
+    features, pred = both
     clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
     if way == 3:
         pairs = way3_pairset(clusters, dataset=dataset, split=split, seed=seed, reference=reference,

@@ -19,7 +19,7 @@ from torch import nn
 from .accuracy import NEEDS, DatasetImages, accuracy_vs_eps, attack_installed
 from .attacks.classification import CLASSIFICATION_ATTACKS, PGDConfig
 from .attacks.explanation import EXPLANATION_ATTACKS, attack_summary, needs_targets, run_explanation_attack
-from .batching import cpu_batch_cap, map_batches
+from .batching import cpu_batch_cap
 from .data import ImageDataset, spread_indices
 from .models import device_of, predict
 from .registry import Config, ConfigError, format_validation_error
@@ -273,7 +273,7 @@ def predictions(model: nn.Module, dataset: ImageDataset, indices: list[int], bat
     return predict(model, dataset, batch_size, indices=indices), dataset.all_labels()[torch.as_tensor(indices, dtype=torch.long)]
 
 
-def _stored_pairs(model, dataset, cfg: EvaluationConfig, device, summary: dict[str, Any]):
+def _stored_pairs(model, dataset, cfg: EvaluationConfig, summary: dict[str, Any]):
     """The stored pairs whose victim the model classifies correctly (the others are counted)."""
     from .sampling import load_pairs
 
@@ -317,7 +317,7 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     n = min(cfg.n_images, len(dataset))
     indices = spread_indices(len(dataset), n) if cfg.subset == "spread" else list(range(n))
     # on the CPU a batch is capped by the model's size (an out-of-memory there is the OS's, not torch's, and
-    # cannot be caught); on a GPU a batch that runs out of memory is halved (map_batches)
+    # cannot be caught); on a GPU a batch that runs out of memory is halved (batching.map_batches)
     batch_size = cfg.batch_size if device.type == "cuda" else min(
         cfg.batch_size, cpu_batch_cap(model, math.prod(dataset.info.input_shape)))
     pred, labels = predictions(model, dataset, indices, batch_size)
@@ -338,7 +338,7 @@ def evaluate_model(model: nn.Module, dataset: ImageDataset, config: EvaluationCo
     per_image: dict[str, Any] = {}
     if cfg.explanation_attack != "none":
         if cfg.pairs_file:
-            victims, pairs = _stored_pairs(model, dataset, cfg, device, summary)
+            victims, pairs = _stored_pairs(model, dataset, cfg, summary)
         else:
             chosen = torch.tensor(indices)[correct]  # dataset indices of the correctly classified images
             summary["explanation_skipped_misclassified"] = int((~correct).sum())

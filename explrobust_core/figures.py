@@ -223,7 +223,8 @@ def adversarial_gallery_figure(clean: torch.Tensor, adversarial: torch.Tensor, c
                 ax.set_axis_off()
         if title:
             fig.suptitle(title)
-        fig.tight_layout()
+        # a fixed grid of axis-free images: margins set by hand (tight_layout measures all 3·n titles: ~5× slower)
+        fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.86 if title else 0.92, wspace=0.1, hspace=0.55)
     return fig
 
 

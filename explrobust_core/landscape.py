@@ -393,7 +393,8 @@ def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
                      config: LandscapeConfig | dict | None = None, *, dims: tuple[int, ...] = (1, 2),
                      points_2d: int | None = None, target_images: torch.Tensor | None = None, attack_eps: float = 0.1,
                      pgd_steps: int = 20, ifia_steps: int = 0, curvature: bool = True, curvature_samples: int = 16,
-                     curvature_iterations: int = 20, **options) -> Result:
+                     curvature_iterations: int = 20, on_view: Callable[[str, dict[str, Any]], None] | None = None,
+                     **options) -> Result:
     """Everything the loss-landscape view shows for one model, in one result.
 
     The 1D curves (``config.points`` per axis) and the 2D surfaces (``points_2d`` per axis) share the
@@ -402,6 +403,8 @@ def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
     ``ifia_steps`` > 0) are projected into each view; curvature numbers use ``attack_eps`` as radius.
     ``extra[f"{d}d"]`` holds ``axis``, ``mean`` (loss → grid averaged over the images), ``grids``
     (per image) and ``endpoints``; ``summary`` the clean losses, endpoint losses and curvature.
+    ``on_view("1d" | "2d", view)`` is called as soon as each of those views is done (the 1D curves come before
+    the 2D surface and the curvature numbers): a caller can show them while the rest is computed.
     """
     from .attacks.classification import pgd_perturb
     from .attacks.explanation import run_explanation_attack
@@ -433,6 +436,8 @@ def landscape_report(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         view = {"axis": r.extra["axis"], "mean": r.extra["mean"], "grids": r.extra["grids"], "clean": r.summary}
         view["endpoints"] = attack_endpoints(model, x, y, r, ends) if ends else {}
         extra[f"{d}d"] = view
+        if on_view is not None:
+            on_view(f"{d}d", view)
         for name, v in r.per_image.items():
             if name.startswith("clean_"):
                 per_image[name] = v

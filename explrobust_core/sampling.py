@@ -85,6 +85,39 @@ def reference_features(model: nn.Module, images: torch.Tensor, *, source: Litera
         return torch.cat(map_batches(embed, images.shape[0], size))
 
 
+def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
+                                batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Penultimate features ``(N, D)`` (as :func:`reference_features` gives them) and predicted classes ``(N,)``,
+    both on CPU, from one forward pass per batch: the features are the input of the model's classification layer,
+    caught on the way to the logits. ``None`` for a model that names no such layer (ask both functions then)."""
+    from .batching import map_batches, start_batch_size
+    from .models import ImageClassifier, WrappedClassifier, device_of, eval_mode
+
+    if isinstance(model, ImageClassifier):
+        head = model.head
+    elif isinstance(model, WrappedClassifier) and model.head_name is not None:
+        head = model.net.get_submodule(model.head_name)
+    else:
+        return None
+    if images.shape[0] == 0:
+        return None
+    device, caught = device_of(model), []
+
+    def both(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        caught.clear()
+        logits = model(images[start:stop].to(device))
+        return caught[-1].flatten(1).cpu(), logits.argmax(1).cpu()
+
+    size = batch_size or start_batch_size(model, images[0].numel(), items=images.shape[0])
+    handle = head.register_forward_pre_hook(lambda _module, inputs: caught.append(inputs[0]))
+    try:
+        with eval_mode(model), torch.no_grad():
+            parts = map_batches(both, images.shape[0], size)
+    finally:
+        handle.remove()
+    return torch.cat([f for f, _ in parts]), torch.cat([p for _, p in parts])
+
+
 def reduce_dims(features: torch.Tensor | np.ndarray, max_dims: int = 50, seed: int = 0) -> np.ndarray:
     """PCA to at most ``max_dims`` dimensions (the identity for narrower features)."""
     from sklearn.decomposition import PCA

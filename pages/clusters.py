@@ -159,11 +159,11 @@ names_of = lambda values: [classes[int(v)] for v in values]  # noqa: E731
 table = pd.DataFrame({"image": np.arange(view.n), "x": coords[:, 0], "y": coords[:, 1],
                       "label": names_of(view.labels), "predicted": names_of(view.pred), "cluster": cluster,
                       "highlighted": highlight})
-ui.downloads(f"clusters_map_{shown_method.lower()}",
-             embedding_scatter_figure(coords[:, 0], coords[:, 1], groups, COLOUR_BY[colour_by], highlight,
-                                      pairs.pairs if lines else None, highlight_name,
-                                      title=f"{r_model}: {shown_method} of the {FEATURES[r_source]}",
-                                      xlabel=f"{shown_method} 1", ylabel=f"{shown_method} 2"), table)
+ui.downloads(f"clusters_map_{shown_method.lower()}",  # the figure is built only when downloaded
+             lambda: embedding_scatter_figure(coords[:, 0], coords[:, 1], groups, COLOUR_BY[colour_by], highlight,
+                                              pairs.pairs if lines else None, highlight_name,
+                                              title=f"{r_model}: {shown_method} of the {FEATURES[r_source]}",
+                                              xlabel=f"{shown_method} 1", ylabel=f"{shown_method} 2"), table)
 
 # --- gallery of the selection -------------------------------------------------------------------------
 st.subheader("Images and explanations")
@@ -199,7 +199,7 @@ else:
                "cluster, V/T = victim/target of a pair.")
     rows = pd.DataFrame({"image": shown, "label": names_of(view.labels[shown]), "predicted": names_of(view.pred[shown]),
                          "cluster": [int(cluster[i]) for i in shown], "role": [role.get(i, "") for i in shown]})
-    ui.downloads("clusters_gallery", overlay_grid_figure(images, maps, captions, CMAP, ALPHA, PER_ROW), rows)
+    ui.downloads("clusters_gallery", lambda: overlay_grid_figure(images, maps, captions, CMAP, ALPHA, PER_ROW), rows)
 
 # --- clusters and pairs as tables ------------------------------------------------------------------
 with st.expander("Clusters and pairs as tables", expanded=False):

@@ -3,6 +3,8 @@ and over a plane (2D, one row per model), with the clean point, attack endpoints
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -59,14 +61,24 @@ with st.form("landscape_form"):
     submitted = st.form_submit_button("Show me", type="primary")
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
 def model_landscape(model_name: str, split: str, first: int, count: int, target: int | None, config: dict,
-                    dims: tuple[int, ...], points_2d: int, eps: float, pgd: bool, ifia: bool, curvature: bool) -> dict:
-    model, card = ui.load_model(str(ui.checkpoints()[model_name].path))
-    view = landscape_of_images(model, ui.dataset(card.dataset, split), first, count, config, target=target, dims=dims,
-                               points_2d=points_2d, attack_eps=eps, pgd_steps=20 if pgd else 0,
-                               ifia_steps=30 if ifia else 0, curvature=curvature)
-    return {**view, "classes": card.classes}
+                    dims: tuple[int, ...], points_2d: int, eps: float, pgd: bool, ifia: bool, curvature: bool,
+                    on_view) -> dict:
+    """One model's landscapes, once per server and parameter set; ``on_view(model, "1d" | "2d", view)`` sees each
+    view as soon as it is done."""
+    weights, mtime_ns = ui.model_file(model_name)
+
+    def compute() -> dict:
+        model, card = ui.load_model(weights)
+        view = landscape_of_images(model, ui.dataset(card.dataset, split), first, count, config, target=target,
+                                   dims=dims, points_2d=points_2d, attack_eps=eps, pgd_steps=20 if pgd else 0,
+                                   ifia_steps=30 if ifia else 0, curvature=curvature,
+                                   on_view=lambda d, v: on_view(model_name, d, v))
+        return {**view, "classes": card.classes}
+
+    key = ("landscape", model_name, weights, mtime_ns, split, first, count, target, json.dumps(config, sort_keys=True),
+           dims, points_2d, eps, pgd, ifia, curvature)
+    return ui.computed(key, compute, max_entries=32)
 
 
 # --- compute on submit, keep the last result ------------------------------------------------------------
@@ -83,13 +95,26 @@ def run_all() -> dict:
                              explainer=explainer, seed=int(seed)).model_dump(mode="json")
     if int(points_2d) % 2 == 0:
         raise ValueError("points per 2D axis must be odd so that the grid's centre is the clean input")
-    results = {}
-    progress = st.progress(0.0, text="Computing the landscapes…")
+    results, curves = {}, []
+    progress, preview = st.progress(0.0, text="Computing the landscapes…"), st.empty()
+
+    def on_view(name: str, dim: str, view: dict) -> None:  # the 1D curves while the rest is computed
+        progress.progress((len(results) + 0.5) / len(models), text=f"{name}: {dim.upper()} done; "
+                          + ("2D surface, curvature…" if dim == "1d" else "curvature…"))
+        if dim == "1d":
+            for key, label in (("ce", "CE"), (losses[1], "L_e ×1e-7")):
+                scale = 1.0 if key == "ce" else in_paper_units(1.0)
+                values = view["mean"][key].detach().cpu().numpy() * scale
+                curves.extend({"a": a, "loss": v, "curve": f"{name} {label}"} for a, v in zip(view["axis"], values))
+            ui.live_lines(preview, curves, "a", "loss", "curve", "a (direction 1)", "loss (1D, so far)")
+
     for i, name in enumerate(models):
-        progress.progress(i / len(models), text=f"{name}: landscapes, attacks, curvature…")
+        progress.progress(i / len(models), text=f"{name}: attack endpoints, landscapes, curvature…")
         results[name] = model_landscape(name, split, int(first), int(count), int(target) if loss == "target" else None,
-                                        config, dims, int(points_2d), float(eps), mark_pgd, mark_ifia, curvature)
+                                        config, dims, int(points_2d), float(eps), mark_pgd, mark_ifia, curvature,
+                                        on_view)
     progress.empty()
+    preview.empty()
     return {"models": list(models), "results": results, "dims": dims, "loss": losses[1], "direction": direction,
             "first": int(first), "count": int(count), "split": split, "eps": float(eps)}
 
@@ -164,14 +189,19 @@ if 2 in state["dims"]:
     A, B = np.meshgrid(axis, axis, indexing="ij")
     table = pd.DataFrame({"a": A.ravel(), "b": B.ravel(),
                           **{f"{name} {loss}": g.ravel() for name, gs in grids.items() for loss, g in gs.items()}})
-    ui.show_figure(landscape_2d_figure(axis, grids, labels, ends, log_colour=log, title=f"{what}; a: {xlabel}"),
-                   "landscape_2d", table)
+    # on screen the contours (the 3-D view is interactive, below); the files also draw each surface in 3-D
+    ui.show_figure(landscape_2d_figure(axis, grids, labels, ends, log_colour=log, surface=False,
+                                       title=f"{what}; a: {xlabel}"), "landscape_2d", table,
+                   export=lambda a=axis, g=grids, e=ends: landscape_2d_figure(a, g, labels, e, log_colour=log,
+                                                                              title=f"{what}; a: {xlabel}"))
 
     @st.fragment  # its widgets rerun only this part, not the figures above
     def surface_3d() -> None:
         import plotly.graph_objects as go
 
-        with st.expander("Interactive 3-D surface"):
+        if not st.toggle("Interactive 3-D surface", key="landscape_3d_on", help="drawn on demand"):
+            return
+        with st.container(border=True):
             c1, c2 = st.columns(2)
             pick = c1.selectbox("Model", list(grids), key="landscape_3d_model")
             which = c2.selectbox("Loss", list(labels), format_func=labels.get, key="landscape_3d_loss")

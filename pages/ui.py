@@ -10,6 +10,7 @@ import streamlit as st
 
 from explrobust_core.zoo import CheckpointEntry, list_checkpoints, load_checkpoint_cached, shipped_zoo_dir, user_zoo_dir
 
+from pages.ui_cache import computed, live_lines, warm_imports  # noqa: F401 (the pages' API)
 from pages.ui_export import EXPORTS, add_export, downloads, export_all, show_figure  # noqa: F401 (the pages' API)
 from pages.ui_forms import config_inputs, result_of, widget_bounds  # noqa: F401 (the pages' API)
 
@@ -177,6 +178,7 @@ def _repair_folder_navigation() -> None:
 
 def page_header(title: str, what: str, how: str) -> None:
     """The page title and its two teaching lines; starts a fresh list of this run's exportable files."""
+    warm_imports()
     _repair_folder_navigation()
     st.title(title)
     st.caption(f"{what}  \n{how}")

@@ -15,7 +15,8 @@ _MIME = {"png": "image/png", "pdf": "application/pdf", "csv": "text/csv", "json"
 def downloads(stem: str, fig=None, data=None) -> None:
     """Download buttons for one figure (PNG, PDF) and its numbers (CSV, JSON); the files also go into
     the page's zip (``export_all``). ``fig`` is a matplotlib figure: it leaves pyplot's registry here and
-    is rendered to PNG/PDF only when a button is clicked (300 dpi PDFs on every rerun would be slow)."""
+    is rendered to PNG/PDF only when a button is clicked (300 dpi PDFs on every rerun would be slow) — or a
+    function making one, for a figure that is not on screen: then it is even built only on a click."""
     import functools
 
     from explrobust_core.figures import figure_bytes
@@ -23,7 +24,9 @@ def downloads(stem: str, fig=None, data=None) -> None:
 
     check_name(stem, "export name")
     files: dict[str, bytes | Callable[[], bytes]] = {}
-    if fig is not None:
+    if callable(fig):
+        files.update({ext: functools.partial(_built_figure_bytes, fig, ext) for ext in ("png", "pdf")})
+    elif fig is not None:
         import matplotlib.pyplot as plt
 
         plt.close(fig)  # no leak across reruns; a closed Figure still renders
@@ -36,6 +39,18 @@ def downloads(stem: str, fig=None, data=None) -> None:
                             on_click="ignore", width="stretch")
     for ext, blob in files.items():
         add_export(f"{stem}.{ext}", blob)
+
+
+def _built_figure_bytes(make_figure: Callable, fmt: str) -> bytes:
+    import matplotlib.pyplot as plt
+
+    from explrobust_core.figures import figure_bytes
+
+    fig = make_figure()
+    try:
+        return figure_bytes(fig, fmt)
+    finally:
+        plt.close(fig)
 
 
 def add_export(file_name: str, blob: bytes | Callable[[], bytes]) -> None:
@@ -55,7 +70,20 @@ def export_all(page: str) -> None:
                        on_click="ignore")
 
 
-def show_figure(fig, stem: str, data=None) -> None:
-    """Show a matplotlib figure and its download buttons."""
-    st.pyplot(fig, clear_figure=False)
-    downloads(stem, fig, data)
+DISPLAY_DPI = 150  # on screen (Streamlit's default, 200, draws and sends ~1.8× the pixels); downloads: 300
+
+
+def show_figure(fig, stem: str, data=None, export=None, crop: bool = True) -> None:
+    """Show a matplotlib figure and its download buttons (of ``export``, a function building a richer figure
+    for the files only when one is downloaded, when given; else of ``fig``). ``crop=False`` for a figure whose
+    margins are set by hand: cropping to the drawn content costs one more measuring pass over every text."""
+    import io
+
+    buf = io.BytesIO()  # what st.pyplot does, at DISPLAY_DPI
+    fig.savefig(buf, format="png", dpi=DISPLAY_DPI, bbox_inches="tight" if crop else None)
+    st.image(buf.getvalue(), width="stretch")
+    if export is not None:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    downloads(stem, export or fig, data)

@@ -100,3 +100,21 @@ def test_max_sensitivity_row_says_when_quantus_is_missing(monkeypatch):
     assert entry["skipped"] == bench_metrics.NOT_INSTALLED and "not installed" in entry["skipped"]
     assert entry["ratio"] is None and entry["peer"] is None and entry["ours"]["n"] == 1
     assert report["rows"][0]["quantus"] is None
+
+
+def test_dashboard_page_rows_are_marked_against_their_time_aims():
+    import bench_dashboard
+
+    assert set(run_all.TIME_AIMS) == {f"dashboard_page/{name}" for name in bench_dashboard.PAGES}
+    fast = run_all.mark_aims(C.table_entry("dashboard_page/attack_lab", "Attack lab", C.stats([2.0, 2.5, 2.8]),
+                                           kind="absolute"))
+    assert fast["aim"] == "≤ 3 s" and fast["met"] is True and fast["within_noise"] is False
+    split = run_all.mark_aims(C.table_entry("dashboard_page/clusters", "Clusters", C.stats([2.0, 3.5, 4.0]),
+                                            kind="absolute"))
+    assert split["met"] is False and split["within_noise"] is True  # median 3.5 s > 3 s; the fastest run was under
+    md = run_all.render_markdown(_report([fast, split]))
+    assert "≤ 3 s" in md and "✅ met" in md and "❌ not met (within noise)" in md
+    args = bench_dashboard.parse_args(["--part", "pages", "--pages", "clusters,landscape"])
+    assert args.parts == ["pages"] and args.page_names == ["clusters", "landscape"] and args.repeats == 3
+    with pytest.raises(SystemExit):
+        bench_dashboard.parse_args(["--pages", "nope"])

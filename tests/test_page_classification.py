@@ -15,6 +15,7 @@ def test_pgd_curves_gallery_and_minimal_eps():
     by_label(at.slider, "Points on the ε grid").set_value(4)  # ε = 0, 0.1, 0.2, 0.3
     by_label(at.number_input, "PGD steps").set_value(10)
     by_label(at.slider, "Bisection rounds").set_value(4)
+    by_label(at.checkbox, "Minimal flipping").check()  # on request (off by default: it doubles the wait)
     assert not show_me(at).error
     table = at.dataframe[0].value.set_index("model")
     acc = table[[c for c in table.columns if c.startswith("acc @")]].to_numpy()
@@ -87,6 +88,7 @@ def test_browser_classification(browser_page):
     # a lighter run than the defaults: the test server shares two CPU cores with the rest of the suite
     page.get_by_role("spinbutton", name="Test images").fill("32")
     page.get_by_role("spinbutton", name="PGD steps").fill("10")
+    page.get_by_text("Minimal flipping ε per image").click()  # on request
     page.get_by_role("button", name="Show me").click()
     browser_page.wait_idle()
     expect(page.get_by_test_id("stDataFrame")).to_have_count(1, timeout=300_000)

@@ -57,10 +57,13 @@ def choice_in(argv: Sequence[str]) -> str | None:
     pre.add_argument("--target-indices", "--target-index", dest="targets", default=None)
     pre.add_argument("--reg_weight", default=None)
     known = pre.parse_known_args(list(argv[1:]))[0]
-    defaults = {"explain": "gradient", "attack-classifier": "pgd",
-                "attack-explanation": "targeted" if known.targets else "ifia",
-                "train": "sep" if known.reg_weight is not None else "natural"}
-    return known.choice or defaults[argv[0]]
+    if known.choice or argv[0] != "attack-explanation":
+        return known.choice or {"explain": "gradient", "attack-classifier": "pgd",
+                                "train": "sep" if known.reg_weight is not None else "natural"}[argv[0]]
+    from ..attacks.explanation import default_attack  # the registry's first attack of the kind asked for
+
+    return default_attack(targeted=bool(known.targets))
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
