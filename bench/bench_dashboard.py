@@ -75,7 +75,7 @@ PAGES: dict[str, tuple[str, str, float]] = {
 }
 PAGE_WHAT = {
     "attack_lab": "Attack lab: IFIA top-k, 1 image, 100 steps",
-    "classification": "Classification robustness: PGD L∞, 7 ε, 128 images, minimal flipping ε",
+    "classification": "Classification robustness: PGD-10 L∞, 4 ε, 64 images, the stored curves beside",
     "landscape": "Loss landscape: 1D + 2D, PGD/IFIA endpoints, curvature",
     "clusters": "Clusters: Way3 on 1,000 images, PCA map, 24-image gallery",
 }
