@@ -594,15 +594,16 @@ def test_zoo_page_imports_a_robustbench_file_and_shows_its_source(tmp_path, zoo)
         assert_same_logits(model, ref(x), x)
 
 
-def test_imported_image_folder_model_on_the_explorer_and_the_attack_lab(tmp_path, zoo):
-    """An imported WRN over a folder of 32×32 colour PNGs: the pages read the folder the card records."""
+def test_imported_image_folder_model_on_every_page(tmp_path, zoo):
+    """An imported WRN over a folder of 32×32 colour PNGs: every page reads the folder the card records and
+    answers its default Show me (Clusters with k and pairs that fit 8 images)."""
     import sys
 
     repo = Path(__file__).resolve().parent.parent
     for path in (repo, repo / "tests"):
         if str(path) not in sys.path:
             sys.path.insert(0, str(path))
-    from apptest_pages import by_label, open_page
+    from apptest_pages import by_label, open_page, show_me
     from pages import ui
 
     folder = make_folder(tmp_path / "pngs", per_class=4)
@@ -619,3 +620,13 @@ def test_imported_image_folder_model_on_the_explorer_and_the_attack_lab(tmp_path
     next(b for b in at.button if b.label == "Show me").click().run()
     assert not at.exception and not at.error
     assert list(at.dataframe[0].value["model"]) == ["imagefolder/tiny"]
+    for page, title in (("classification", "Classification robustness"), ("landscape", "Loss landscape")):
+        at = show_me(open_page(page, title, ["imagefolder/tiny"]))
+        assert not at.error and at.get("image") and at.dataframe, page
+    at = open_page("clusters", "Clusters", ["imagefolder/tiny"])
+    by_label(at.slider, "Clusters k").set_value(2)
+    by_label(at.number_input, "Pairs").set_value(10)
+    at = show_me(at)
+    assert not at.error and at.get("plotly_chart") and at.get("image")
+    at = open_page("study", "Robustness study", ["imagefolder/tiny"])  # no evaluation of it yet: says so
+    assert not at.exception and not at.error
