@@ -158,6 +158,17 @@ class EvaluationConfig(Config):
                 self.__dict__[name] = resolved  # not by assignment, which would validate again
         return self
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """An assignment that fails validation leaves the config as it was (pydantic has written the new value
+        when the after-validator above refuses it)."""
+        before = dict(self.__dict__)
+        try:
+            super().__setattr__(name, value)
+        except Exception:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
     @model_serializer(mode="wrap")
     def _stored_under_the_attack_name(self, handler):
         """Stored as before this field existed (``{"explanation_attack": "ifia", "ifia": {…}}``), so stored

@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 from torch.overrides import TorchFunctionMode
 
@@ -64,18 +63,24 @@ def relu(x: torch.Tensor) -> torch.Tensor:
 
 class _SigmoidGate(torch.autograd.Function):
     """``grad · s`` with s = σ(βx): Softplus(β)'s first derivative applied to ``grad``, differentiable in
-    ``grad`` and in ``x`` (d s / dx = β·s·(1 − s)). Third derivatives are not needed anywhere."""
+    ``grad`` and in ``x`` (d s / dx = β·s·(1 − s)). Its own backward takes a fused kernel when no graph is
+    being built (an attack's or SEP's double backward) and differentiable ops when one is (a Hessian–vector
+    product of an explanation change, the landscape's curvature: third derivatives)."""
 
     @staticmethod
     def forward(ctx, grad, x, s, beta):
-        ctx.save_for_backward(grad, s)
+        ctx.save_for_backward(grad, x, s)
         ctx.beta = beta
         return grad * s
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, gg):
-        grad, s = ctx.saved_tensors
+        grad, x, s = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: every factor attached, so higher derivatives are right
+            s = torch.sigmoid(x * ctx.beta)
+            d_grad = gg * s if ctx.needs_input_grad[0] else None
+            d_x = gg * grad * (ctx.beta * s * (1 - s)) if ctx.needs_input_grad[1] else None
+            return d_grad, d_x, None, None
         d_grad = gg * s if ctx.needs_input_grad[0] else None
         d_x = torch.ops.aten.sigmoid_backward(gg * grad, s) * ctx.beta if ctx.needs_input_grad[1] else None
         return d_grad, d_x, None, None
@@ -102,6 +107,8 @@ class _SmoothReLU(torch.autograd.Function):
 
 def smooth_relu(x: torch.Tensor, beta: float) -> torch.Tensor:
     """Softplus(β)(x) = log(1 + exp(βx)) / β with a cheap double backward."""
+    if x.dtype in (torch.float16, torch.bfloat16) or torch.is_autocast_enabled(x.device.type):
+        return F.softplus(x, beta=beta)  # autocast runs torch's softplus in float32; ours would stay in half
     return _SmoothReLU.apply(x, float(beta))
 
 

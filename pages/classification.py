@@ -77,7 +77,7 @@ def model_curve(model_name: str, weights: str, mtime_ns: int, dataset: str, indi
                 "clean_conf": curve.clean_conf, "adv_pred": curve.adv_pred, "gallery": curve.examples,
                 "gallery_conf": curve.example_conf, "min_eps": curve.min_eps}
 
-    return ui.computed(("classification", model_name, weights, mtime_ns, dataset, indices, attack, config_json,
+    return ui.computed(("classification", model_name, weights, mtime_ns, data.ui_key, indices, attack, config_json,
                         pgd_json, eps_grid, flip, iterations), compute)
 
 

@@ -98,8 +98,8 @@ def explain(path: str, images: torch.Tensor, method: str) -> tuple[torch.Tensor,
 
 
 @st.cache_data(show_spinner="Explaining…", max_entries=256)
-def explain_dataset_images(path: str, modified: float, split: str, indices: tuple[int, ...], method: str):
-    """Cached per model file, images and method: paging back, colour map and opacity recompute nothing."""
+def explain_dataset_images(path: str, modified: float, dataset_key: str, indices: tuple[int, ...], method: str):
+    """Cached per model file, dataset, images and method: paging back, colour map and opacity recompute nothing."""
     return explain(path, data.batch(list(indices))[0], method)
 
 
@@ -108,7 +108,7 @@ shown_maps, rows = [], []
 for name in models:
     path = entries[name].path
     try:
-        probs, maps = explain_dataset_images(str(path), path.stat().st_mtime, split, tuple(shown), method)
+        probs, maps = explain_dataset_images(str(path), path.stat().st_mtime, data.ui_key, tuple(shown), method)
         if own is not None:  # the upload lives in this session only: not cached
             own_probs, own_maps = explain(str(path), own.tensor.to(x.dtype), method)
             probs, maps = torch.cat([probs, own_probs]), torch.cat([maps, own_maps])

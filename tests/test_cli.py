@@ -172,6 +172,20 @@ def test_a_project_error_is_one_line_and_a_bug_is_a_traceback(error, monkeypatch
     assert "in bug" in err and err.rstrip().endswith("please report it with the traceback above")
 
 
+def test_out_of_memory_is_one_line_not_a_bug(monkeypatch, capsys):
+    import torch
+
+    from explrobust_core.cli import info, main
+
+    def out_of_memory():
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(info, "info_report", out_of_memory)
+    assert main(["info"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ran out of memory" in err and "Traceback" not in err
+
+
 def test_the_error_base_keeps_the_builtin_bases():
     from explrobust_core.data import DatasetNotFoundError
     from explrobust_core.registry import ConfigError, MissingExtraError, UnknownNameError

@@ -107,8 +107,11 @@ def test_assigning_another_attack_checks_the_settings_held():
     assert cfg.explanation_attack_config == {} and cfg.attack_config() is None
     cfg.explanation_attack = "targeted"  # from no settings: the targeted attack's defaults
     assert cfg.attack_config() == TargetedConfig()
+    held = make_evaluation_config()
+    before = held.model_dump()
     with pytest.raises(ValidationError, match="targeted.k"):
-        make_evaluation_config().explanation_attack = "targeted"  # IFIA's settings do not fit it
+        held.explanation_attack = "targeted"  # IFIA's settings do not fit it
+    assert held.explanation_attack == "ifia" and held.model_dump() == before  # a refusal changes nothing
 
 
 def test_the_evaluation_curve_is_pgd_per_batch(mnist_convnet, mnist_test):

@@ -74,6 +74,24 @@ def test_smooth_relu_equals_softplus_up_to_second_derivatives(beta):
     torch.testing.assert_close(h_ours, h_ref, rtol=0, atol=1e-6 * beta)
 
 
+@pytest.mark.parametrize("beta", [1.0, 10.0])
+def test_smooth_relu_third_derivative_equals_softplus(beta):
+    # the landscape's curvature of an explanation change is a Hessian–vector product of a gradient: third order
+    torch.manual_seed(0)
+    x = torch.randn(60, dtype=torch.float64).requires_grad_(True)
+    w, v = torch.randn(60, dtype=torch.float64), torch.randn(60, dtype=torch.float64)
+
+    def third(f):
+        (g,) = torch.autograd.grad((f(x) * w).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g * v).sum(), x, create_graph=True)
+        return torch.autograd.grad((h * v).sum(), x)[0]
+
+    ref = third(lambda t: F.softplus(t, beta=beta))
+    torch.testing.assert_close(third(lambda t: smooth_relu(t, beta)), ref, rtol=1e-7, atol=1e-9 * beta ** 3)
+    first = lambda t: torch.autograd.grad(smooth_relu(t, 3.0).sum(), t, create_graph=True)[0]  # noqa: E731
+    assert torch.autograd.gradgradcheck(first, (x[:20].detach().clone().requires_grad_(True),))
+
+
 def test_smooth_relu_gradgradcheck():
     x = torch.randn(40, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: smooth_relu(t, 3.0), (x,))

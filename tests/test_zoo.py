@@ -257,6 +257,16 @@ def add_by_train_cli(name: str, tmp_path: Path) -> Path:
 PATHS = {"upload": add_by_upload, "job": add_by_job, "train": add_by_train_cli}
 
 
+def test_train_out_into_the_user_zoo_is_refused_before_training(zoos, capsys):
+    from explrobust_core.cli import main
+
+    user, added = zoos
+    assert main(["train", "--name", "sneaky", "--dataset", "digits", "--epochs", "1", "--out", str(user / "digits"),
+                 "--device", "cpu", "--quiet"]) == 2
+    assert "lies in the user zoo" in capsys.readouterr().err
+    assert added == [] and not (user / "digits" / "sneaky.safetensors").exists()
+
+
 @pytest.mark.parametrize("path", sorted(PATHS))
 def test_each_way_in_goes_through_add_to_user_zoo(zoos, tmp_path, path):
     user, added = zoos

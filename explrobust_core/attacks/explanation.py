@@ -519,7 +519,9 @@ def targeted(model: nn.Module, images: torch.Tensor, cfg: TargetedConfig, labels
             maps, logits = _maps_and_logits(net, x_adv, keep, cfg, create_graph=True)  # one forward for both terms
             out = torch.softmax(logits, 1)
             loss = cfg.expl_weight * explanation_loss(maps, target_map) + cfg.output_weight * (out - p0).pow(2).mean(1)
-            loss.sum().backward()  # per-image terms: Adam's elementwise steps keep the images independent
+            # per-image terms: Adam's elementwise steps keep the images independent; only the images get a
+            # gradient (not the model's parameters, BatchNorm's included: a shared model stays clean)
+            loss.sum().backward(inputs=[x_adv])
             opt.step()
             with torch.no_grad():
                 if cfg.eps is not None:

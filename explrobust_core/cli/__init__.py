@@ -85,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OSError (a path the file system refuses: permissions, a full disk, a name too long).
         print(f"explrobust: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
-    except Exception:  # anything else is a bug in explrobust: the whole traceback, to report it
+    except Exception as err:  # anything else is a bug in explrobust: the whole traceback, to report it
+        if type(err).__name__ == "OutOfMemoryError":  # torch's (a RuntimeError): the machine's limit, not a bug
+            print("explrobust: error: the accelerator ran out of memory even at one image per batch; use fewer or "
+                  "smaller images, or --device cpu", file=sys.stderr)
+            return 2
         traceback.print_exc()
         print("explrobust: internal error (a bug): please report it with the traceback above", file=sys.stderr)
         return 1

@@ -65,7 +65,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
 
     from ..registry import format_validation_error
     from ..training.trainer import StopFlag, train
-    from ..zoo import add_to_user_zoo, user_zoo_folder
+    from ..zoo import add_to_user_zoo, is_inside_user_zoo, user_zoo_folder
 
     try:
         cfg = train_config(ns)
@@ -73,6 +73,9 @@ def cmd_train(ns: argparse.Namespace) -> int:
         raise ConfigError(format_validation_error(err, "training config")) from None
     # without --out the model joins the user zoo the one way every model does (add_to_user_zoo); a name it would
     # refuse is refused before any training
+    if ns.out and is_inside_user_zoo(ns.out):  # --out would skip the user zoo's lock and name checks
+        raise ConfigError(f"--out {ns.out} lies in the user zoo; leave --out away to add the model there "
+                          "(its name checked first), or write it elsewhere")
     out = Path(ns.out) if ns.out else user_zoo_folder(cfg.dataset, cfg.name)
     check_output(str(out), "--out", "directory")
     command = "explrobust " + " ".join(ns.argv)
