@@ -35,9 +35,11 @@ def tiny(name: str, **over):
     return parse_spec({"kind": "train", "train": train})
 
 
-def slow(name: str, epochs: int = 3, images: int | None = 480):
-    """PGD training with small batches (about a second an epoch of 480 images): long enough to interrupt."""
-    return tiny(name, objective="pgd_at", objective_config={"eps": 0.1, "steps": 10}, epochs=epochs, batch_size=16,
+def slow(name: str, epochs: int = 3, images: int | None = 960):
+    """PGD-30 training with small batches (a few seconds an epoch of 960 images on an idle core): long enough for
+    the driver to see an epoch end, and to interrupt, before the job is done. (PGD-10 on 480 images, about a second
+    an epoch once, got fast enough to finish before a Ray actor first answered a poll.)"""
+    return tiny(name, objective="pgd_at", objective_config={"eps": 0.1, "steps": 30}, epochs=epochs, batch_size=16,
                 max_train_images=images)
 
 
