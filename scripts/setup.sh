@@ -16,4 +16,4 @@ if [ "${1:-}" = "--dev" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
   fi
 fi
-.venv/bin/pip install --disable-pip-version-check -q "${reqs[@]}"
+.venv/bin/pip install --disable-pip-version-check --no-cache-dir -q "${reqs[@]}"
