@@ -15,9 +15,11 @@ PGD adversarial training CE on x_adv plus λ · mean over images of ``explanatio
 with maps m = ``attribution_to_map`` of our differentiable gradient × input. The *peer* computes the
 same objective the way the seed code did: the maps come from a ``captum.attr.InputXGradient`` whose
 instance attribute ``gradient_func`` is replaced by a copy of captum's ``compute_gradients`` that
-passes ``create_graph=True`` to ``torch.autograd.grad`` (captum's files are not touched). Everything
-else is shared: the same ``pgd_perturb`` call inside ``eval_mode`` with the same generator seed, the
-same ζ draw, CE, ``attribution_to_map`` and ``explanation_loss`` — only the attribution path differs.
+passes ``create_graph=True`` to ``torch.autograd.grad`` (captum's files are not touched), and the training
+attack is Madry PGD written in plain torch ops (``plain_pgd``: ``pgd_perturb``'s steps, without explrobust's
+kernels, which ``pgd_perturb`` now runs under). Everything else is shared: ``eval_mode``, the same generator
+seed, the same ζ draw, CE, ``attribution_to_map`` and ``explanation_loss``. The ``stability_term`` row isolates
+the attribution path.
 
 Rows (ConvNet on a batch of real ``mnist5k`` training images, Adam, fixed seeds):
 
@@ -99,6 +101,32 @@ def differentiable_input_x_gradient(model: torch.nn.Module):
     return ixg
 
 
+def plain_pgd(model, x, y, eps: float, steps: int, step_size: float | None, gen: torch.Generator) -> torch.Tensor:
+    """The training attack as the seed's script would run it: Madry L∞ PGD in plain torch ops (no explrobust
+    kernels), written out step for step as ``pgd_perturb`` computes it (uniform random start from ``gen``, sign
+    steps, projection, the last iterate that misclassified, else the final one), so both sides see the same
+    adversarial batch and the agreement check can hold to the bit."""
+    step = 2.5 * eps / steps if step_size is None else step_size
+    x = x.detach()
+    u = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    x_adv = (x + (2 * u - 1) * eps).clamp(0, 1)
+    best, fooled = x_adv.clone(), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for i in range(steps + 1):
+        x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(x_adv)
+            now = logits.detach().argmax(1) != y
+            best = torch.where(now.view(-1, 1, 1, 1), x_adv.detach(), best)
+            fooled |= now
+            if i == steps:
+                break
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="none").sum(), x_adv)
+        with torch.no_grad():
+            delta = torch.maximum(torch.minimum(x_adv + step * grad.sign() - x, torch.tensor(eps)), torch.tensor(-eps))
+            x_adv = (x + delta).clamp(0, 1)
+    return torch.where(fooled.view(-1, 1, 1, 1), best, x_adv.detach())
+
+
 # --------------------------------------------------------------------------- timing and comparison
 
 
@@ -157,7 +185,6 @@ def run(args: argparse.Namespace) -> dict:
     # captum warns that x did not require grad on every call (the seed's path); keep stderr readable
     warnings.filterwarnings("ignore", message="Input Tensor .* did not already require gradients")
 
-    from explrobust_core.attacks.classification import pgd_perturb
     from explrobust_core.data import load_dataset
     from explrobust_core.explain import attribute
     from explrobust_core.metrics import attribution_to_map, explanation_loss
@@ -201,7 +228,7 @@ def run(args: argparse.Namespace) -> dict:
 
     def peer_objective(model, g):
         with eval_mode(model):
-            x_adv, _ = pgd_perturb(model, x, y, eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, generator=g)
+            x_adv = plain_pgd(model, x, y, cfg.eps, cfg.steps, cfg.step_size, g)
         ce = F.cross_entropy(model(x_adv), y)
         loss, stability = peer_stability(model, g, ce)
         return loss, {"ce_adv": ce.item(), "explanation_stability": stability.item()}
@@ -265,7 +292,8 @@ def run(args: argparse.Namespace) -> dict:
     model_info = {"arch": arch, "input_shape": [1, 28, 28], "num_classes": 10, "mean": mean, "std": std,
                   "parameters": count_parameters(init_model), "mode": "train (PGD inside eval_mode)"}
     peer_desc = ("captum.attr.InputXGradient with instance gradient_func = compute_gradients + create_graph=True, "
-                 "target=y; same pgd_perturb/eval_mode/generator, attribution_to_map, explanation_loss")
+                 "target=y; the training PGD in plain torch (plain_pgd: pgd_perturb's steps without explrobust's "
+                 "kernels, the same generator); the same eval_mode, attribution_to_map, explanation_loss")
     plan = [
         ("sep_step", "zero_grad + SEP forward (PGD, CE(x_adv), λ·stability) + backward + Adam step",
          {"ours": step_fns("ours", model_ours, ours_objective), "peer": step_fns("peer", model_peer, peer_objective)}),

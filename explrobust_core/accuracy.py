@@ -166,23 +166,35 @@ def accuracy_vs_eps(model: nn.Module, images: torch.Tensor | DatasetImages, labe
     return curve
 
 
-def stored_accuracy_curve(weights: str | Path, norm: str = "linf") -> dict | None:
+def stored_accuracy_curve(weights: str | Path, norm: str = "linf", attack: str = "pgd") -> dict | None:
     """The accuracy-vs-ε curve a stored evaluation of this checkpoint recorded (``<stem>.eval.json`` beside the
-    weights, as ``models_zoo/build.sh`` writes it), for PGD with ``norm``: ``{"eps": [0, …], "accuracy": [clean,
-    …], "n_images", "steps", "restarts"}``; ``None`` when there is none (or it used another norm)."""
-    from .study import _read_json, result_files_beside
+    weights, as ``models_zoo/build.sh`` writes it), made by ``attack`` with ``norm``: ``{"attack", "eps": [0, …],
+    "accuracy": [clean, …], "n_images", "steps", "restarts"}`` (``steps``/``restarts``: PGD's; None for another
+    attack); ``None`` when there is none, or it used another attack or norm."""
+    from .io import read_json_object
+    from .study import result_files_beside
 
     files = result_files_beside(Path(weights))
     if not files:
         return None
     try:
-        report = _read_json(files[0])
+        report = read_json_object(files[0], what="stored evaluation")
     except (OSError, ValueError):
         return None
-    summary, pgd = report.get("summary") or {}, (report.get("config") or {}).get("pgd") or {}
+    summary, config = report.get("summary") or {}, report.get("config") or {}
+    # the curve keeps its key (pgd_accuracy) whichever attack made it; the summary and the config name the attack
+    made_by = summary.get("classification_attack") or config.get("classification_attack") or "pgd"
+    settings = config.get(made_by) or {}
     rows = summary.get("pgd_accuracy")
-    if pgd.get("norm", "linf") != norm or not isinstance(rows, list) or summary.get("clean_accuracy") is None:
+    if (made_by != attack or not isinstance(settings, dict) or str(settings.get("norm", "linf")).lower() != norm
+            or not isinstance(rows, list) or summary.get("clean_accuracy") is None):
         return None
-    rows = sorted((float(r["eps"]), float(r["accuracy"])) for r in rows)
-    return {"eps": [0.0, *(e for e, _ in rows)], "accuracy": [float(summary["clean_accuracy"]), *(a for _, a in rows)],
-            "n_images": summary.get("n_images"), "steps": pgd.get("steps"), "restarts": pgd.get("restarts", 1)}
+    try:
+        points = dict(sorted((float(r["eps"]), float(r["accuracy"])) for r in rows))
+    except (KeyError, TypeError, ValueError):  # a hand-edited or foreign file: no stored curve
+        return None
+    points.setdefault(0.0, float(summary["clean_accuracy"]))  # ε = 0 is the clean accuracy, unless a row holds it
+    eps = sorted(points)
+    pgd = made_by == "pgd"
+    return {"attack": made_by, "eps": eps, "accuracy": [points[e] for e in eps], "n_images": summary.get("n_images"),
+            "steps": settings.get("steps") if pgd else None, "restarts": settings.get("restarts", 1) if pgd else None}

@@ -118,7 +118,7 @@ def cluster_pairs(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     """
     both = penultimate_and_predictions(model, images) if source == "penultimate" else None  # one forward pass
     if both is None:
-        both = reference_features(model, images, source=source, explainer=explainer), predict(model, images, 512)
+        both = reference_features(model, images, source=source, explainer=explainer), predict(model, images)
     features, pred = both
     clusters = way3_pairs(features, n_prototypes=n_pairs, k=k, seed=seed)
     if way == 3:

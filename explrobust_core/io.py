@@ -120,6 +120,19 @@ def read_bounded(path: str | os.PathLike, limit: int, what: str = "file",
     return data
 
 
+def read_json_object(path: str | os.PathLike, limit: int = 64 << 20, what: str = "JSON file") -> dict[str, Any]:
+    """A JSON object read from a regular file of at most ``limit`` bytes (:func:`read_bounded`); a
+    :class:`UnreadableFileError` (a ``ValueError``) for anything else, including JSON that is not an object."""
+    data = read_bounded(path, limit, what)
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnreadableFileError(f"{what} {path} is not valid JSON: {err}") from None
+    if not isinstance(parsed, dict):
+        raise UnreadableFileError(f"{what} {path} does not hold a JSON object")
+    return parsed
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

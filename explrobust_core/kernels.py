@@ -120,6 +120,8 @@ class _ChannelsLastMaxPool2d(torch.autograd.Function):
         indices = indices.contiguous()
         ctx.save_for_backward(x, indices)
         ctx.args = (kernel_size, stride, padding, dilation, ceil_mode)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            return out  # torch's own kernel keeps a channels-last input's layout too
         return out.contiguous(memory_format=torch.contiguous_format)
 
     @staticmethod

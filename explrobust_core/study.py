@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .io import RUNS_ENV, atomic_write_json, check_name, runs_dir
+from .io import RUNS_ENV, atomic_write_json, check_name, read_json_object, runs_dir
 
 STUDY_SUBDIR = "study"
 
@@ -236,15 +236,6 @@ class Collection:
     problems: list[str] = field(default_factory=list)  # unreadable or stale files, with the reason
 
 
-def _read_json(path: Path, limit: int = 64 << 20) -> dict[str, Any]:
-    if path.stat().st_size > limit:
-        raise ValueError(f"{path} is implausibly large")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return data
-
-
 def _is_under(path: Path, root: Path) -> bool:
     try:
         path.resolve().relative_to(root.resolve())
@@ -302,7 +293,7 @@ def collect(entries: Iterable[Any], runs: str | os.PathLike | None = None,
             found[rec.protocol] = rec
         for path in result_files_beside(Path(entry.path)):  # a result file beats the card's copy of it
             try:
-                data = _read_json(path)
+                data = read_json_object(path)
                 if data.get("kind") != "evaluation" or not isinstance(data.get("summary"), dict):
                     raise ValueError("not an evaluation result")
                 config = data.get("config") or {}
@@ -313,7 +304,7 @@ def collect(entries: Iterable[Any], runs: str | os.PathLike | None = None,
                 out.problems.append(f"{path}: unreadable evaluation ({err})")
         for path in user_result_files(card.dataset, card.name, runs):  # the user's own runs beat shipped ones
             try:
-                data = _read_json(path)
+                data = read_json_object(path)
                 meta = data.get("study") or {}
                 if data.get("kind") != "evaluation" or not isinstance(data.get("summary"), dict):
                     raise ValueError("not an evaluation result")
@@ -515,7 +506,7 @@ def correlation(x: Sequence[float], y: Sequence[float], method: str = "spearman"
 def _per_image_of(path: str, mtime_ns: int) -> dict[str, Any]:
     """A result file's per-image table, read once per version of the file (the page asks on every rerun, for
     the common pairs and the two-level interval)."""
-    return _read_json(Path(path)).get("per_image") or {}
+    return read_json_object(Path(path)).get("per_image") or {}
 
 
 def pair_table(path: str | os.PathLike | None, measure: str) -> dict[tuple[int, int], float] | None:

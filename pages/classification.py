@@ -17,6 +17,7 @@ RESULT = "classification_result"
 CHUNK = 256  # images per attack call: bounds memory on large images, still one batch per call
 GALLERY = 8  # adversarial examples kept per model and ε for the gallery
 ATTACKS = {"pgd": "PGD (iterated)", "fgsm": "FGSM (one step)", "autoattack": "AutoAttack (standard)"}
+ATTACK_NAMES = {"pgd": "PGD", "fgsm": "FGSM", "autoattack": "AutoAttack"}  # short names for labels
 
 ui.page_header(
     "Classification robustness",
@@ -81,14 +82,14 @@ def model_curve(model_name: str, weights: str, mtime_ns: int, dataset: str, indi
                         pgd_json, eps_grid, flip, iterations), compute)
 
 
-def stored_curves(threat: str) -> dict:
-    """Each chosen model's stored PGD evaluation (its zoo result file), labelled with its size."""
+def stored_curves(threat: str, attack: str) -> dict:
+    """Each chosen model's stored evaluation by ``attack`` (its zoo result file), labelled with its size."""
     out = {}
     for name in models:
-        stored = stored_accuracy_curve(ui.model_file(name)[0], threat)
+        stored = stored_accuracy_curve(ui.model_file(name)[0], threat, attack)
         if stored is not None:
-            out[f"{name} (stored, {stored['n_images']} images, PGD-{stored['steps']})"] = (stored["eps"],
-                                                                                        stored["accuracy"])
+            made_by = f"PGD-{stored['steps']}" if attack == "pgd" else ATTACK_NAMES.get(attack, attack)
+            out[f"{name} (stored, {stored['n_images']} images, {made_by})"] = (stored["eps"], stored["accuracy"])
     return out
 
 
@@ -100,7 +101,7 @@ def run_all() -> dict:
     CLASSIFICATION_ATTACKS.get("pgd").resolve(pgd, eps=float(eps_max))  # clear messages
     eps_grid = tuple(float(e) for e in np.round(np.linspace(0.0, float(eps_max), int(n_eps)), 6))
     indices = sample_indices(int(n_images), int(seed))
-    stored = stored_curves(norm) if attack == "pgd" else {}
+    stored = stored_curves(norm, attack)
     live, preview = {**stored}, st.empty()  # the curves so far, drawn as each ε is done
 
     def draw() -> None:
@@ -127,7 +128,7 @@ shown = ui.result_of(RESULT, submitted, run_all, "Press **Show me** to attack a 
 runs, cfg, indices, y = shown["runs"], shown["config"], shown["indices"], shown["labels"]
 threat = "L∞" if cfg["norm"] == "linf" else "L2"
 what = (f"PGD-{cfg['steps']} ({cfg['restarts']} restart{'s' if cfg['restarts'] > 1 else ''})"
-        if shown["attack"] == "pgd" else {"fgsm": "FGSM", "autoattack": "AutoAttack"}[shown["attack"]])
+        if shown["attack"] == "pgd" else ATTACK_NAMES[shown["attack"]])
 st.subheader(f"{what}, {threat}, on {len(indices)} {shown['dataset']} test images")
 
 

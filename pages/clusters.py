@@ -57,9 +57,9 @@ with st.form("clusters_form"):
 
 
 @st.cache_data(max_entries=8, show_spinner="Sampling pairs and clustering…")
-def compute(model_name: str, split: str, n_images: int, way: int, n_pairs: int, k: int, source: str, explainer: str,
+def compute(model_name: str, mtime_ns: int, split: str, n_images: int, way: int, n_pairs: int, k: int, source: str, explainer: str,
             seed: int) -> dict:
-    path = str(ui.checkpoints()[model_name].path)
+    path = str(ui.checkpoints()[model_name].path)  # mtime_ns: a file replaced on disk is computed anew
     with ui.model_in_use(path) as (model, card):
         data = ui.dataset(card.dataset, split)
         x, y = data.batch(range(min(int(n_images), len(data))))
@@ -76,13 +76,13 @@ def umap_coords(params: tuple) -> np.ndarray:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def gallery_maps(model_path: str, dataset: str, split: str, indices: tuple[int, ...], explainer: str):
+def gallery_maps(model_path: str, mtime_ns: int, dataset: str, split: str, indices: tuple[int, ...], explainer: str):
     x, _ = ui.dataset(dataset, split).batch(list(indices))
     with ui.model_in_use(model_path) as (model, _):
         return x, batched_maps(model, x, explainer)
 
 
-params = (model_name, split, int(n_images), int(way), int(n_pairs), int(k), source, explainer, int(seed))
+params = (model_name, ui.model_file(model_name)[1], split, int(n_images), int(way), int(n_pairs), int(k), source, explainer, int(seed))
 # e.g. k larger than the number of images, a missing dataset: a message
 result = ui.result_of(RESULT, submitted, lambda: {"params": params, **compute(*params)},
                       "Press **Show me** to sample the pairs and draw the map.")
@@ -90,7 +90,7 @@ if submitted:
     st.session_state.pop(UMAP_NOTE, None)
 
 params = result["params"]
-r_model, r_split, _, r_way, _, r_k, r_source, r_explainer, r_seed = params
+r_model, r_mtime, r_split, _, r_way, _, r_k, r_source, r_explainer, r_seed = params
 view, classes = result["view"], result["classes"]
 pairs, cluster, spread = view.pairs, view.cluster, view.spread
 
@@ -184,7 +184,7 @@ if not shown:
     st.info("No images to show.")
 else:
     try:
-        images, maps = gallery_maps(result["model_path"], result["dataset"], r_split, tuple(shown), r_explainer)
+        images, maps = gallery_maps(result["model_path"], r_mtime, result["dataset"], r_split, tuple(shown), r_explainer)
     except ValueError as err:  # an explainer that does not fit this architecture
         st.error(str(err))
         st.stop()

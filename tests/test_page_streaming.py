@@ -60,6 +60,18 @@ def test_stored_accuracy_curve_reads_the_zoo_evaluation(tmp_path):
     assert curve["accuracy"] == [stored["summary"]["clean_accuracy"], *(a for _, a in rows)]
     assert curve["n_images"] == stored["summary"]["n_images"] and curve["steps"] == stored["config"]["pgd"]["steps"]
     assert stored_accuracy_curve(ZOO / "natural.safetensors", norm="l2") is None  # another threat model
+    assert curve["attack"] == "pgd" and stored_accuracy_curve(ZOO / "natural.safetensors", attack="autoattack") is None
+    # a curve made by AutoAttack (stored under the same key) is AutoAttack's, not PGD's; a row at ε = 0 is kept once
+    other = tmp_path / "aa.safetensors"
+    shutil.copy(ZOO / "natural.safetensors", other)
+    made = dict(stored, summary={**stored["summary"], "classification_attack": "autoattack",
+                                 "pgd_accuracy": [{"eps": 0.0, "accuracy": 0.5}, *stored["summary"]["pgd_accuracy"]]},
+                config={**stored["config"], "classification_attack": "autoattack", "autoattack": {"norm": "Linf"}})
+    (tmp_path / "aa.eval.json").write_text(json.dumps(made))
+    assert stored_accuracy_curve(other) is None
+    aa = stored_accuracy_curve(other, attack="autoattack")
+    assert aa["attack"] == "autoattack" and aa["eps"] == curve["eps"] and aa["accuracy"][0] == 0.5
+    assert aa["accuracy"][1:] == curve["accuracy"][1:] and aa["steps"] is None
     lone = tmp_path / "lone.safetensors"  # a checkpoint with no evaluation beside it
     shutil.copy(ZOO / "natural.safetensors", lone)
     assert stored_accuracy_curve(lone) is None
