@@ -63,6 +63,8 @@ AIMS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "ifia_topk/gradient": _BATCHED,
     "ifia_topk/gradient/2_threads": _BATCHED,
     "ifia_topk/integrated_gradients": _BATCHED,
+    "pgd": _AS_FAST,
+    "max_sensitivity": ("≥ 2× faster than Quantus", lambda r: r >= 2.0),
     "sep_step": ("≥ 1.3× faster than the override", lambda r: r >= 1.3),
     "attack_step_cost": ("≤ 3× (the ~2–3× double-backprop floor)", lambda r: r <= 3.0),
 }
