@@ -201,7 +201,8 @@ class _InputOnlyConv2d(torch.autograd.Function):
             extra = [ctx.input_shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
                                                + dilation[i] * (kernel[i] - 1) + 1) for i in range(2)]
             grad_input = F.conv_transpose2d(grad, weight, None, stride, padding, extra, groups, dilation)
-        else:  # first order only: torch's input-gradient kernel, faster on small batches (the input: its shape)
+        else:  # first order only: torch's input-gradient kernel, faster on small batches (the input gives only its
+            # shape: an expanded one-element tensor, as torch.nn.grad.conv2d_input passes on every device)
             shape_only = grad.new_empty(1).expand(ctx.input_shape)
             grad_input = torch.ops.aten.convolution_backward(grad, shape_only, weight, None, list(stride),
                                                              list(padding), list(dilation), False, [0, 0], groups,

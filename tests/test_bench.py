@@ -100,6 +100,9 @@ def test_max_sensitivity_row_says_when_quantus_is_missing(monkeypatch):
     assert entry["skipped"] == bench_metrics.NOT_INSTALLED and "not installed" in entry["skipped"]
     assert entry["ratio"] is None and entry["peer"] is None and entry["ours"]["n"] == 1
     assert report["rows"][0]["quantus"] is None
+    # the floor beside it: the explanations alone, which ours cannot beat (ours / floor is reported)
+    assert report["rows"][0]["explanations_only"]["n"] == 1 and report["rows"][0]["ours_vs_explanations_only"] > 0
+    assert "the explanations alone" in entry["note"]
 
 
 def test_dashboard_page_rows_are_marked_against_their_time_aims():
