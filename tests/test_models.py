@@ -188,3 +188,39 @@ def test_predict_halves_a_batch_that_runs_out_of_memory_and_restores_the_mode(di
     assert torch.equal(predict(model, x, batch_size=40), expected)
     assert max(n for n, _ in seen if n <= 8) == 5 and not any(training for _, training in seen)
     assert model.training  # the caller's mode is left as it was
+
+
+def test_pool_before_relu_gives_the_models_logits_and_gradients_bit_for_bit():
+    """The ReLU → MaxPool2d pairs swapped (max pooling commutes with ReLU): logits, input gradients and parameter
+    gradients equal the model's exactly, on inputs with ties and all-negative windows; the model is not changed,
+    and other models come back as they are."""
+    import copy
+
+    from explrobust_core.models import build_model, pool_before_relu
+
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(1, 12, 12), num_classes=4, mean=[0.5], std=[0.25],
+                        config={"width1": 6, "width2": 8, "hidden": 16})
+    before = copy.deepcopy(model.state_dict())
+    order = [type(m) for m in model.features]
+    view = pool_before_relu(model)
+    assert view is not model and [type(m) for m in view.features][:3] == [nn.Conv2d, nn.MaxPool2d, nn.ReLU]
+    assert [type(m) for m in model.features] == order  # the model keeps its own order
+    assert dict(view.named_parameters()).keys() == dict(model.named_parameters()).keys()
+    assert all(a is b for a, b in zip(view.parameters(), model.parameters()))  # shared, not copied
+    x = torch.rand(5, 1, 12, 12)
+    x[0] = 0.0  # flat image: ties in every window, all-negative windows after the first convolution's bias
+    x[1, :, :6] = 1.0
+    grads = []
+    for net in (model, view):
+        model.zero_grad()
+        inp = x.clone().requires_grad_(True)
+        out = net(inp)
+        (g,) = torch.autograd.grad(out[:, 1].sum(), inp, retain_graph=True)
+        out.logsumexp(1).sum().backward()
+        grads.append((out.detach(), g, [p.grad.clone() for p in model.parameters()]))
+    (o1, g1, p1), (o2, g2, p2) = grads
+    assert torch.equal(o1, o2) and torch.equal(g1, g2) and all(torch.equal(a, b) for a, b in zip(p1, p2))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    other = build_model("resnet18", input_shape=(3, 16, 16), num_classes=3, mean=[0.5] * 3, std=[0.25] * 3)
+    assert pool_before_relu(other) is other

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..cancellation import raise_if_cancelled
 from ..kernels import fast_kernels
-from ..models import eval_mode
+from ..models import eval_mode, pool_before_relu
 from ..registry import Config, ConfigError, MissingExtraError, Registry
 from ..results import Result
 
@@ -119,6 +119,7 @@ def pgd_perturb(
     ``loss_fn(logits, labels) → per-image loss to increase`` overrides ``loss``/``targeted``
     (TRADES passes its KL term). Runs in the model's current mode; callers use ``eval_mode``.
     """
+    model = pool_before_relu(model)  # the same logits and gradients, less work (the zoo's ConvNet)
     eps_t = _per_image(eps, x)
     step_t = _per_image(2.5 * eps_t / steps if step_size is None else step_size, x)
     objective = loss_fn or (lambda z, y: attack_loss(z, y, loss, targeted))
@@ -277,9 +278,10 @@ def run_classification_attack(
     labels = labels.to(images.device)
     with eval_mode(model):
         x_adv, success = entry.obj(model, images, labels, cfg)
+        net = pool_before_relu(model)
         with torch.no_grad(), fast_kernels(first_order_input=images):  # the same logits, faster CPU pooling
-            clean_pred = model(images).argmax(1)
-            adv_pred = model(x_adv).argmax(1)
+            clean_pred = net(images).argmax(1)
+            adv_pred = net(x_adv).argmax(1)
     delta = (x_adv - images).flatten(1)
     per_image = {
         "label": labels, "clean_pred": clean_pred, "adv_pred": adv_pred, "success": success,

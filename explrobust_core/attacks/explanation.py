@@ -27,7 +27,7 @@ from ..kernels import fast_kernels
 from ..metrics import (COMPARISONS, EXPLANATION_LOSS_UNIT, attribution_to_map, center_of_mass, center_of_mass_shift,
                        explanation_loss, higher_is_robust, in_paper_units, kendall_tau, metric_label, spearman_rho,
                        topk_intersection)
-from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, softplus_view
+from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, pool_before_relu, softplus_view
 from ..registry import Config, Registry
 from ..results import Result, summarize
 
@@ -220,10 +220,18 @@ def attack_view(model: nn.Module, sample: torch.Tensor, beta: float) -> tuple[nn
     return model, "the model itself (no ReLU-family activations)"
 
 
+def _lean(net: nn.Module, explainer: str) -> nn.Module:
+    """``net`` with its ReLU → pooling pairs swapped (:func:`~explrobust_core.models.pool_before_relu`: the same
+    maps and logits, less work) when the explainer only differentiates the model; as it is for the rest (rules on
+    modules, e.g. DeepLift) and for the Softplus view (it is not rewritten)."""
+    return pool_before_relu(net) if "differentiable" in EXPLAINERS.get(explainer).tags else net
+
+
 def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice, create_graph: bool = False):
     # the explainer itself: ``labels`` are already one class index per image, and attribute()'s target checks
     # read them back to the host, a synchronisation on every step of the loops below
     entry = EXPLAINERS.get(cfg.explainer)
+    net = _lean(net, cfg.explainer)
     with fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x):  # input only
         attr = entry.obj(net, x, labels, entry.make_config(cfg.explainer_options), create_graph)
     return attribution_to_map(attr)
@@ -234,8 +242,8 @@ def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg:
     """Maps and logits from one forward pass where the explainer allows it (gradient, gradient × input):
     the label check of a candidate then costs nothing extra."""
     with fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x):  # input only
-        attr, logits = attribute_with_logits(net, x, cfg.explainer, labels, create_graph=create_graph,
-                                             config=cfg.explainer_options)
+        attr, logits = attribute_with_logits(_lean(net, cfg.explainer), x, cfg.explainer, labels,
+                                             create_graph=create_graph, config=cfg.explainer_options)
     maps = attribution_to_map(attr)
     return (maps, logits) if create_graph else (maps.detach(), logits.detach())
 
