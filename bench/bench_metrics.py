@@ -72,13 +72,11 @@ def run(args: argparse.Namespace) -> dict:
                                batch_size=args.batch_size, perturbations=perturbations).numpy()
 
     def explanations_only():  # the floor: the explanations any Max-Sensitivity needs, in the same 64-row calls
-        rows = x.repeat_interleave(args.samples, 0)
-        noise = torch.empty_like(rows).uniform_(-args.radius, args.radius)
-        for i0 in range(0, args.n_images, args.batch_size):
-            explain_fn(x[i0:i0 + args.batch_size], y[i0:i0 + args.batch_size])
-        for r0 in range(0, rows.shape[0], args.batch_size):
-            explain_fn(rows[r0:r0 + args.batch_size] + noise[r0:r0 + args.batch_size],
-                       y.repeat_interleave(args.samples, 0)[r0:r0 + args.batch_size])
+        rows, targets = x.repeat_interleave(args.samples, 0), y.repeat_interleave(args.samples, 0)
+        rows = rows + torch.empty_like(rows).uniform_(-args.radius, args.radius)
+        for inputs, labels in ((x, y), (rows, targets)):
+            for i0 in range(0, inputs.shape[0], args.batch_size):
+                explain_fn(inputs[i0:i0 + args.batch_size], labels[i0:i0 + args.batch_size])
 
     sides = {"ours": ours, "explanations": explanations_only}
     if quantus is not None:

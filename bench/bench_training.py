@@ -122,8 +122,7 @@ def plain_pgd(model, x, y, eps: float, steps: int, step_size: float | None, gen:
                 break
             (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="none").sum(), x_adv)
         with torch.no_grad():
-            delta = torch.maximum(torch.minimum(x_adv + step * grad.sign() - x, torch.tensor(eps)), torch.tensor(-eps))
-            x_adv = (x + delta).clamp(0, 1)
+            x_adv = (x + (x_adv + step * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1)
     return torch.where(fooled.view(-1, 1, 1, 1), best, x_adv.detach())
 
 

@@ -57,8 +57,8 @@ with st.form("clusters_form"):
 
 
 @st.cache_data(max_entries=8, show_spinner="Sampling pairs and clustering…")
-def compute(model_name: str, mtime_ns: int, split: str, n_images: int, way: int, n_pairs: int, k: int, source: str, explainer: str,
-            seed: int) -> dict:
+def compute(model_name: str, mtime_ns: int, split: str, n_images: int, way: int, n_pairs: int, k: int, source: str,
+            explainer: str, seed: int) -> dict:
     path = str(ui.checkpoints()[model_name].path)  # mtime_ns: a file replaced on disk is computed anew
     with ui.model_in_use(path) as (model, card):
         data = ui.dataset(card.dataset, split)
@@ -82,7 +82,8 @@ def gallery_maps(model_path: str, mtime_ns: int, dataset: str, split: str, indic
         return x, batched_maps(model, x, explainer)
 
 
-params = (model_name, ui.model_file(model_name)[1], split, int(n_images), int(way), int(n_pairs), int(k), source, explainer, int(seed))
+params = (model_name, ui.model_file(model_name)[1], split, int(n_images), int(way), int(n_pairs), int(k), source,
+          explainer, int(seed))
 # e.g. k larger than the number of images, a missing dataset: a message
 result = ui.result_of(RESULT, submitted, lambda: {"params": params, **compute(*params)},
                       "Press **Show me** to sample the pairs and draw the map.")
@@ -184,7 +185,8 @@ if not shown:
     st.info("No images to show.")
 else:
     try:
-        images, maps = gallery_maps(result["model_path"], r_mtime, result["dataset"], r_split, tuple(shown), r_explainer)
+        images, maps = gallery_maps(result["model_path"], r_mtime, result["dataset"], r_split, tuple(shown),
+                                    r_explainer)
     except ValueError as err:  # an explainer that does not fit this architecture
         st.error(str(err))
         st.stop()

@@ -173,6 +173,26 @@ class BrowserPage:
         expect(self.page.get_by_role("heading", name=title).first).to_be_visible(timeout=timeout_ms)
         self.wait_idle(timeout_ms)
 
+    def pick(self, box, option, shows, attempts: int = 3) -> None:
+        """Choose ``option`` (a locator's text) in the select or multiselect ``box`` until ``shows()`` says it took.
+
+        A pick can be lost: an Enter before the filtered list is drawn, a list closed by a rerun of the page. So
+        type the text (the list then holds that option however long it is), click the option itself, wait for the
+        run, and pick again while ``shows()`` is false."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+        for _ in range(attempts):
+            box.click()
+            box.fill(option)
+            try:
+                self.page.get_by_role("option").filter(has_text=option).first.click(timeout=15_000)
+            except PlaywrightTimeoutError:
+                pass
+            box.press("Escape")
+            self.wait_idle()
+            if shows():
+                return
+
     def assert_no_exception(self) -> None:
         shown = self.page.locator("[data-testid='stException']")
         assert shown.count() == 0, shown.first.inner_text()

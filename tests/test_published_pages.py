@@ -54,7 +54,6 @@ def resnet18_at_224(tmp_path, monkeypatch):
 
 @pytest.mark.browser
 def test_browser_uploads_a_robustbench_file_and_uses_it_on_the_explorer_and_the_attack_lab(tmp_path, chromium):
-    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
     from playwright.sync_api import expect
 
     from conftest import BrowserPage, streamlit_server
@@ -74,17 +73,7 @@ def test_browser_uploads_a_robustbench_file_and_uses_it_on_the_explorer_and_the_
             page.get_by_role("textbox", name="Name").fill("rb_wrn")
             for label, value in (("Dataset", "imagefolder"), ("Layout of the file", "robustbench")):
                 box = page.get_by_role("combobox", name=label, exact=True)
-                for _ in range(3):  # a pick can be lost (an Enter before the list is drawn, a list closed by a rerun):
-                    # click the option itself, and pick again until the box shows it
-                    box.click()
-                    box.fill(value)
-                    try:
-                        page.get_by_role("option").filter(has_text=value).first.click(timeout=15_000)
-                    except PlaywrightTimeoutError:
-                        box.press("Escape")
-                    tab.wait_idle()
-                    if value in box.input_value():  # the box shows the chosen option
-                        break
+                tab.pick(box, value, lambda: value in box.input_value())  # the box shows the chosen option
                 expect(box).to_have_value(re.compile(re.escape(value)))
             page.get_by_role("textbox", name="Published architecture").fill("wrn-10-1")
             page.get_by_role("textbox", name="Data root (optional)").fill(str(folder))
@@ -101,19 +90,7 @@ def test_browser_uploads_a_robustbench_file_and_uses_it_on_the_explorer_and_the_
             chooser.press("Backspace")
             expect(chosen).not_to_contain_text("mnist5k/natural", timeout=30_000)
             tab.wait_idle()
-            for _ in range(4):  # a pick that lands while the page reruns can be dropped: pick again until it shows
-                try:  # type the name (the list shows that one option, however long the zoo), then Enter picks it
-                    chooser.click()
-                    chooser.fill("imagefolder/rb_wrn")
-                    expect(page.get_by_role("option", name="imagefolder/rb_wrn", exact=True)).to_be_visible(
-                        timeout=20_000)
-                    chooser.press("Enter")
-                    chooser.press("Escape")
-                except PlaywrightTimeoutError:  # the list closed under a rerun: start the pick again
-                    chooser.press("Escape")
-                tab.wait_idle()
-                if "imagefolder/rb_wrn" in chosen.inner_text():
-                    break
+            tab.pick(chooser, "imagefolder/rb_wrn", lambda: "imagefolder/rb_wrn" in chosen.inner_text(), attempts=4)
             expect(chosen).to_contain_text("imagefolder/rb_wrn", timeout=30_000)
             tab.wait_idle()
             tab.assert_no_exception()
