@@ -102,6 +102,9 @@ def limit_threads(n: int) -> None:
     make times balloon (a 784×60 QR: 3 ms on one thread, 40–800 ms on two under load)."""
     for var in THREAD_ENV:
         os.environ[var] = str(n)
+    from explrobust_core.cpu_memory import reuse_freed_memory
+
+    reuse_freed_memory()  # as the CLI, the dashboard and job workers do: both sides of every row share it
     import torch
 
     torch.set_num_threads(n)

@@ -65,7 +65,8 @@ AIMS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "ifia_topk/gradient/2_threads": _BATCHED,
     "ifia_topk/integrated_gradients": _BATCHED,
     "pgd": _AS_FAST,
-    "max_sensitivity": ("≥ 2× faster than Quantus", lambda r: r >= 2.0),
+    # issue 14's aim, on the row where each library uses its own explainer (what a user of each waits for)
+    "max_sensitivity/own_explainers": ("≥ 2× faster than Quantus", lambda r: r >= 2.0),
     "sep_step": ("≥ 1.3× faster than the override", lambda r: r >= 1.3),
     "attack_step_cost": ("≤ 3× (the ~2–3× double-backprop floor)", lambda r: r <= 3.0),
 }

@@ -732,8 +732,10 @@ def _run_evaluation(store: JobStore, job: Job, spec: EvaluateJobSpec, reporter: 
 
 def run_worker(job_id: str, store: JobStore | None = None) -> int:
     """The worker entrypoint: run one job to its end and record how it ended."""
+    from .cpu_memory import reuse_freed_memory
     from .training.trainer import StopFlag
 
+    reuse_freed_memory()
     store = store or JobStore()
     with store.transaction() as db:  # run only the attempt this process was started for
         mine = db.execute("UPDATE jobs SET pid = ? WHERE id = ? AND status = 'running' AND (pid IS NULL OR pid = ?)",

@@ -82,7 +82,8 @@ def pool_before_relu(model: nn.Module) -> nn.Module:
 
     Only :class:`ImageClassifier` models whose ``features`` are an ``nn.Sequential`` are rewritten (the zoo's
     ConvNet and RAR CNN); any other model is returned as it is. The view shares every module and parameter with
-    ``model``, which is not changed. It is for PGD, predictions and training steps. It is not for rules that
+    ``model``, which is not changed. It is for PGD, predictions, training steps and the differentiable explainers
+    (``explain.py`` applies it to every model they are given). It is not for rules that
     treat the ReLU and pooling modules one by one (captum's DeepLift), nor for hooks on the ReLU modules.
     """
     if not isinstance(model, ImageClassifier) or not isinstance(model.features, nn.Sequential):

@@ -115,7 +115,10 @@ class JobRunner:
         self.thread.start()  # in the constructor: the job runs even if the driver that created it is gone
 
     def _run(self) -> None:
+        from .cpu_memory import reuse_freed_memory
         from .jobs import _Reporter, run_job
+
+        reuse_freed_memory()  # the actor's process, as a local job worker's
 
         log = self.store.job_dir(self.job_id) / "job.log"
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,12 @@ folder-based navigation (a deep link opened first on a fresh server), so the use
 
 import streamlit as st
 
+from explrobust_core.cpu_memory import reuse_freed_memory
+
 
 def navigation():
     """Set up the page and draw the navigation; returns the page the URL asks for (``.run()`` it)."""
+    reuse_freed_memory()  # the server process's setting (idempotent): attacks and maps allocate less fresh memory
     st.set_page_config(page_title="explrobust", page_icon=":material/troubleshoot:", layout="wide")
     sections = {
         "Start": [

@@ -96,7 +96,8 @@ def test_max_sensitivity_row_says_when_quantus_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "quantus", None)  # `import quantus` now raises ImportError
     args = bench_metrics.parse_args(["--quick", "--n-images", "2", "--samples", "1", "--repeats", "1"])
     report = bench_metrics.run(args)
-    (entry,) = report["table"]
+    entry, own = report["table"]  # our explainer on both sides; each library's own explainer
+    assert own["key"] == "max_sensitivity/own_explainers" and own["skipped"] == bench_metrics.NOT_INSTALLED
     assert entry["skipped"] == bench_metrics.NOT_INSTALLED and "not installed" in entry["skipped"]
     assert entry["ratio"] is None and entry["peer"] is None and entry["ours"]["n"] == 1
     assert report["rows"][0]["quantus"] is None

@@ -5,13 +5,15 @@ numerical gradcheck; inputs are jittered so no comparison sits on a ReLU kink or
 where ties are the point (then only values and indices are compared).
 """
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from explrobust_core import kernels
-from explrobust_core.kernels import FastKernels, max_pool2d, smooth_relu
+from explrobust_core.kernels import FastKernels, max_pool2d, smooth_relu, softplus
 from explrobust_core.models import build_model, softplus_view
 
 
@@ -72,6 +74,25 @@ def test_smooth_relu_equals_softplus_up_to_second_derivatives(beta):
     (h_ours,) = torch.autograd.grad((g_ours * w).sum(), x)
     (h_ref,) = torch.autograd.grad((g_ref * w).sum(), x)
     torch.testing.assert_close(h_ours, h_ref, rtol=0, atol=1e-6 * beta)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0, 10.0, 100.0])
+def test_float32_cpu_softplus_within_three_ulps_of_torchs(beta):
+    # the CPU float32 forward is our own formula (kernels.softplus): across both tails and the threshold βx = 20
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(20_000) * scale for scale in (1e-6, 1e-2, 0.5, 3.0, 30.0)])
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 20 / beta, 20 / beta * (1 + 1e-6), 20 / beta * (1 - 1e-6),
+                                    float("inf"), -float("inf"), 88.0, -88.0])])
+    ours, ref = softplus(x, beta), F.softplus(x, beta=beta)
+    assert ours.dtype == torch.float32 and not torch.equal(ours, ref)  # not torch's own kernel
+    finite = torch.isfinite(ref)
+    assert torch.equal(ours[~finite], ref[~finite])
+    # in float64, so that the unit in the last place of a tiny result does not round to 0 (measured: ≤ 2.6)
+    ulp = 2.0 ** -23 * ref.double().abs().clamp_min(torch.finfo(torch.float32).tiny)
+    assert ((ours.double() - ref.double()).abs()[finite] <= 3 * ulp[finite]).all()
+    above = x * beta > 20
+    assert torch.equal(ours[above], x[above])  # the identity above the threshold, as torch's
+    assert torch.isnan(softplus(torch.tensor([float("nan")]), beta)).all()
 
 
 @pytest.mark.parametrize("beta", [1.0, 10.0])
@@ -176,6 +197,51 @@ def test_input_only_convolution_matches_torch_to_second_order(stride, padding, d
     assert w.grad is None and b.grad is None and x.grad is not None  # the weights stay constants
 
 
+@pytest.mark.parametrize("stride,padding,dilation,size", [(1, 1, 1, 9), (2, 1, 1, 9), (2, 0, 2, 10), (3, 2, 1, 11)])
+def test_first_layer_input_gradient_by_fold_matches_torch_to_second_order(stride, padding, dilation, size):
+    # an attack's gradient step (second_order) takes fold(Wᵀ·g) for layers of one input channel
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, size, size + 1, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 1, 3, 3, dtype=torch.float64)
+
+    def derivatives(mode):
+        with mode:
+            out = F.conv2d(x, w, None, stride, padding, dilation)
+            (g,) = torch.autograd.grad((out.tanh() * out).sum(), x, create_graph=True)
+        (h,) = torch.autograd.grad((g.sin() * g).sum(), x)
+        return out, g, h
+
+    ours = derivatives(FastKernels(weight_gradients=False, second_order=True))
+    assert "Col2Im" in type(ours[1].grad_fn).__name__  # the fold path ran
+    for a, b in zip(ours, derivatives(contextlib.nullcontext())):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    first = derivatives(FastKernels(weight_gradients=False))[1]  # first order: torch's own kernel
+    assert "Col2Im" not in type(first.grad_fn).__name__
+
+
+def test_fold_input_gradient_is_the_same_for_any_batch_size():
+    torch.manual_seed(0)
+    w, g = torch.randn(32, 1, 3, 3), torch.randn(8, 32, 28, 28)
+    whole = kernels._input_gradient_by_fold(g, w, torch.Size([8, 1, 28, 28]), (1, 1), (1, 1), (1, 1))
+    for threads in (1, 2):  # the same bits image by image, on one thread and on two
+        with _threads(threads):
+            for start, stop in ((0, 1), (3, 4), (2, 7)):
+                part = kernels._input_gradient_by_fold(g[start:stop], w, torch.Size([stop - start, 1, 28, 28]),
+                                                       (1, 1), (1, 1), (1, 1))
+                assert torch.equal(part, whole[start:stop])
+    assert not kernels._fold_applies(torch.zeros(2, 3, 8, 8), torch.zeros(4, 3, 3, 3), 1)  # RGB: torch's kernel
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_attack_mode_leaves_the_parameters_alone():
     torch.manual_seed(0)
     model = build_model("convnet", input_shape=(1, 28, 28), num_classes=10, mean=[0.13], std=[0.31]).double().eval()
@@ -221,3 +287,14 @@ def test_small_first_order_passes_get_no_mode():
         assert not isinstance(small, FastKernels)
     with fast_kernels(first_order_input=torch.zeros(64, 1, 28, 28)) as large:
         assert isinstance(large, FastKernels)
+
+
+def test_freed_memory_is_kept_for_reuse_on_glibc():
+    import platform
+
+    from explrobust_core.cpu_memory import reuse_freed_memory
+
+    took = reuse_freed_memory()
+    assert reuse_freed_memory() is took  # idempotent
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert took

@@ -224,3 +224,28 @@ def test_pool_before_relu_gives_the_models_logits_and_gradients_bit_for_bit():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     other = build_model("resnet18", input_shape=(3, 16, 16), num_classes=3, mean=[0.5] * 3, std=[0.25] * 3)
     assert pool_before_relu(other) is other
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_attack_view_pools_first_with_the_softplus_views_maps_and_second_derivatives(dtype, tol):
+    """The attacks' Softplus view pools before the Softplus (it commutes with max pooling): its logits, gradient
+    maps and the gradient of a map objective (the attack's double backprop) are the plain Softplus view's."""
+    from explrobust_core.attacks.explanation import attack_view
+    from explrobust_core.models import build_model, softplus_view
+
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(1, 12, 12), num_classes=4, mean=[0.5], std=[0.25],
+                        config={"width1": 6, "width2": 8, "hidden": 16}).to(dtype).eval()
+    x = torch.rand(6, 1, 12, 12, dtype=dtype)
+    view, _ = attack_view(model, x, 10.0)
+    assert [type(m) for m in view.model.features][1:3] == [nn.MaxPool2d, nn.ReLU]
+    mask = torch.rand(6, 144, dtype=dtype) < 0.2
+    results = []
+    for net in (view, softplus_view(model, 10.0)):
+        inp = x.clone().requires_grad_(True)
+        logits = net(inp)
+        (g,) = torch.autograd.grad(logits[:, 1].sum(), inp, create_graph=True)
+        (h,) = torch.autograd.grad((g.abs().flatten(1) * mask).sum(), inp)
+        results.append((logits.detach(), g.detach(), h))
+    for ours, plain in zip(*results):
+        torch.testing.assert_close(ours, plain, rtol=tol, atol=tol * plain.abs().max().item())

@@ -23,6 +23,7 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
+from ..cpu_memory import reuse_freed_memory
 from ..errors import ExplrobustError
 from ..registry import format_validation_error
 from . import info, jobs, measure, ray_local, replicate, study, train, zoo
@@ -67,6 +68,7 @@ def choice_in(argv: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    reuse_freed_memory()
     try:
         parser = build_parser(argv[0] if argv else None, choice_in(argv))
         if (argv[:1] == ["jobs"] and "submit" in argv) or (argv[:1] == ["sweep"] and "run" in argv):  # `train` flags
