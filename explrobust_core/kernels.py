@@ -100,7 +100,8 @@ def softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
     ln from log2. The result is within 3 units in the last place of torch's (tests/test_kernels.py; measured
     ≤ 2.6, where torch's own is up to 33 from the exact value for β = 10, from rounding βx). Above the
     threshold (βx > 20) the added term is below e⁻²⁰·x/20, under half a float32 ulp of x, so the sum is x as
-    torch's. Other dtypes and devices (a GPU's softplus is one fused kernel) use torch's.
+    torch's. Other dtypes and devices (a GPU's softplus is one fused kernel) use torch's. A forward only (it works
+    in place on its temporaries): :func:`smooth_relu` is the differentiable Softplus.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return F.softplus(x, beta=beta)
@@ -244,9 +245,9 @@ _FOLD_MAX_IN_CHANNELS = 1
 _FOLD_MAX_COLUMNS = 1 << 24
 
 
-def _input_gradient_by_fold(grad: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size, stride, padding,
-                            dilation) -> torch.Tensor:
-    """A convolution's input gradient as ``fold(Wᵀ·grad)`` (the transpose of conv = W·unfold(x)).
+class _InputGradientByFold(torch.autograd.Function):
+    """A convolution's input gradient as ``fold(Wᵀ·grad)`` (the transpose of conv = W·unfold(x)); its own backward is
+    the convolution itself (the adjoint of the transpose), one forward-sized convolution.
 
     Why: torch's CPU kernels for the input gradient of a layer with one input channel are several times
     slower than its forward (torch 2.14, one thread, 64×32×28×28 → 64×1×28×28: 2.7–3.3 ms against 0.44 ms for
@@ -255,11 +256,27 @@ def _input_gradient_by_fold(grad: torch.Tensor, weight: torch.Tensor, input_shap
     and thread count, MKL's batched product does not on two threads (so a batched attack would no longer equal
     its per-image loop). With three input channels the 1×1 convolution was slower than torch's kernel on one
     thread (13 ms against 4.6 ms on 64×3×32×32), so only one-channel layers take this path."""
-    c_out, columns = weight.shape[0], weight[0].numel()
-    as_1x1 = weight.reshape(c_out, columns).t().reshape(columns, c_out, 1, 1)
-    cols = F.conv2d(grad, as_1x1).flatten(2)  # (N, C_in·kh·kw, L)
-    return F.fold(cols, tuple(input_shape[2:]), tuple(weight.shape[2:]), dilation=dilation, padding=padding,
-                  stride=stride)
+
+    @staticmethod
+    def forward(ctx, grad, weight, input_shape, stride, padding, dilation):
+        ctx.save_for_backward(weight)
+        ctx.args = (stride, padding, dilation)
+        c_out, columns = weight.shape[0], weight[0].numel()
+        as_1x1 = weight.reshape(c_out, columns).t().reshape(columns, c_out, 1, 1)
+        cols = F.conv2d(grad, as_1x1).flatten(2)  # (N, C_in·kh·kw, L)
+        return F.fold(cols, tuple(input_shape[2:]), tuple(weight.shape[2:]), dilation=dilation, padding=padding,
+                      stride=stride)
+
+    @staticmethod
+    def backward(ctx, gg):
+        (weight,) = ctx.saved_tensors
+        stride, padding, dilation = ctx.args
+        return F.conv2d(gg, weight, None, stride, padding, dilation), None, None, None, None, None
+
+
+def _input_gradient_by_fold(grad: torch.Tensor, weight: torch.Tensor, input_shape: torch.Size, stride, padding,
+                            dilation) -> torch.Tensor:
+    return _InputGradientByFold.apply(grad, weight, input_shape, stride, padding, dilation)
 
 
 def _fold_applies(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
