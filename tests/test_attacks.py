@@ -7,7 +7,7 @@ import torch
 from captum.robust import PGD as CaptumPGD
 
 from explrobust_core.attacks.classification import minimal_flip_eps, run_classification_attack
-from explrobust_core.attacks.explanation import run_explanation_attack
+from explrobust_core.attacks.explanation import IFIAConfig, _maps_and_logits, run_explanation_attack
 from explrobust_core.explain import EXPLAINERS
 from explrobust_core.models import build_model, softplus_view
 from explrobust_core.registry import ConfigError
@@ -111,6 +111,11 @@ def test_topk_attack_beats_a_random_walk_of_the_same_size(mnist_convnet, correct
     rand = run_explanation_attack(mnist_convnet, x, "ifia", objective="random", **common)
     check_label_and_ball(topk, x, 0.1)
     check_label_and_ball(rand, x, 0.1)
+    # the reported map and prediction are kept from the step that chose the iterate: a new pass gives the same bits
+    fresh, logits = _maps_and_logits(mnist_convnet, topk.tensors["adversarial"], topk.per_image["label"],
+                                     IFIAConfig())
+    assert torch.equal(fresh, topk.tensors["attacked_map"])
+    assert torch.equal(logits.argmax(1), topk.per_image["final_pred"])
     t, r = topk.summary["topk_intersection"]["mean"], rand.summary["topk_intersection"]["mean"]
     assert t < 0.6 and r > t + 0.15, (t, r)
     assert "softplus_view" in topk.config["attack_model"]  # ReLU model → softplus view, said in the config

@@ -345,7 +345,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
         gen = torch.Generator().manual_seed(cfg.seed)
 
         best_score = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=torch.float64)
-        best_x = x.clone()
+        best_x, best_map = x.clone(), original.clone()
         sign = 1.0 if higher_is_robust(cfg.measure) else -1.0  # a distance's score is minus the distance
         kept0 = clean_logits.argmax(1) == keep
         # recorded as float32 device tensors, read back once at the end (no per-step synchronisation)
@@ -382,6 +382,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                 better = kept & (score < best_score)
                 best_score = torch.where(better, score, best_score)
                 best_x = torch.where(_mask(better, x), candidate, best_x)
+                best_map = torch.where(_mask(better, best_map), candidate_map, best_map)
                 if cfg.on_label_flip == "rollback":
                     x_adv = torch.where(_mask(kept, x), candidate, x_adv)
                 else:
@@ -391,8 +392,10 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                     progress(done, total)
 
         attacked = torch.isfinite(best_score)
-        final, final_logits = _maps_and_logits(model, best_x, keep, cfg)
-        final_pred = final_logits.argmax(1)
+        # no pass over the kept iterates: their maps were computed when they were scored (a map is the same bits
+        # in any batch), their prediction is the kept label, and an image never attacked keeps its clean ones
+        final = best_map
+        final_pred = torch.where(attacked, keep, clean_logits.argmax(1))
         if cfg.report_explainer is not None:  # the metrics compare maps of another method (ART's protocol)
             report = _ExplainerChoice.model_construct(explainer=cfg.report_explainer,
                                                       explainer_options=cfg.report_explainer_options)
