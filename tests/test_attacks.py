@@ -9,7 +9,7 @@ from captum.robust import PGD as CaptumPGD
 from explrobust_core.attacks.classification import minimal_flip_eps, run_classification_attack
 from explrobust_core.attacks.explanation import IFIAConfig, _maps_and_logits, run_explanation_attack
 from explrobust_core.explain import EXPLAINERS
-from explrobust_core.models import build_model, softplus_view
+from explrobust_core.models import softplus_view
 from explrobust_core.registry import ConfigError
 
 
