@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> dict:
     report = C.new_report("metrics: max-sensitivity, explrobust_core.metrics vs quantus.MaxSensitivity", {
         "quick": args.quick, "repeats": args.repeats, "warmup_runs": 1, "order": "interleaved, alternating",
         "n_images": args.n_images, "samples": args.samples, "radius_linf": args.radius, "norm": "relative Frobenius",
-        "clamp": None, "batch_size": args.batch_size, "explainer": "gradient_x_input (ours on both sides; quantus_own: quantus.explain, InputXGradient)",
+        "clamp": None, "batch_size": args.batch_size,
+        "explainer": "gradient_x_input (ours on both sides; quantus_own: quantus.explain, InputXGradient)",
         "model": model_info, "quantus": C.version("quantus"),
         "speedup": "quantus_median / ours_median (>1: ours is faster)",
     })

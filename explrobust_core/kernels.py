@@ -95,13 +95,15 @@ def softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
 
     Why: torch's CPU softplus, log and log1p are slow in float32 (torch 2.14, AVX-512 build, one thread,
     64×32×28×28: softplus 19 ms, log1p 18 ms, log 9 ms, against 1.4 ms for log2 and 1.1 ms for exp), and the
-    Softplus view's forward was a quarter of an explanation-attack step; this takes 6 ms. log1p(u) for u = e^{−β|x|} ∈ (0, 1] is taken as
-    ln(w) − ((w − 1) − u)/w with w = 1 + u (the rounding of 1 + u corrected to first order; w = 1 gives u),
-    ln from log2. The result is within 3 units in the last place of torch's (tests/test_kernels.py; measured
-    ≤ 2.6, where torch's own is up to 33 from the exact value for β = 10, from rounding βx). Above the
-    threshold (βx > 20) the added term is below e⁻²⁰·x/20, under half a float32 ulp of x, so the sum is x as
-    torch's. Other dtypes and devices (a GPU's softplus is one fused kernel) use torch's. A forward only (it works
-    in place on its temporaries): :func:`smooth_relu` is the differentiable Softplus.
+    Softplus view's forward was a quarter of an explanation-attack step; this takes 6 ms.
+
+    log1p(u) for u = e^{−β|x|} ∈ (0, 1] is taken as ln(w) − ((w − 1) − u)/w with w = 1 + u (the rounding of
+    1 + u corrected to first order; w = 1 gives u), ln from log2. The result is within 3 units in the last place
+    of torch's (tests/test_kernels.py; measured ≤ 2.6, where torch's own is up to 33 from the exact value for
+    β = 10, from rounding βx). Above the threshold (βx > 20) the added term is below e⁻²⁰·x/20, under half a
+    float32 ulp of x, so the sum is x as torch's. Other dtypes and devices (a GPU's softplus is one fused
+    kernel) use torch's. A forward only (it works in place on its temporaries): :func:`smooth_relu` is the
+    differentiable Softplus.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return F.softplus(x, beta=beta)
@@ -222,7 +224,7 @@ class _InputOnlyConv2d(torch.autograd.Function):
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.args
-        if ctx.by_fold:  # both orders: differentiable, its own backward an unfold and a product
+        if ctx.by_fold:  # a first layer in a pass differentiated twice: differentiable, its backward a convolution
             grad_input = _input_gradient_by_fold(grad, weight, ctx.input_shape, stride, padding, dilation)
         elif grad.requires_grad:  # a double backward follows: a transposed convolution, whose own backward is lean
             kernel = weight.shape[-2:]
@@ -246,8 +248,8 @@ _FOLD_MAX_COLUMNS = 1 << 24
 
 
 class _InputGradientByFold(torch.autograd.Function):
-    """A convolution's input gradient as ``fold(Wᵀ·grad)`` (the transpose of conv = W·unfold(x)); its own backward is
-    the convolution itself (the adjoint of the transpose), one forward-sized convolution.
+    """A convolution's input gradient as ``fold(Wᵀ·grad)`` (the transpose of conv = W·unfold(x)); its own backward
+    is the convolution itself (the adjoint of the transpose), one forward-sized convolution.
 
     Why: torch's CPU kernels for the input gradient of a layer with one input channel are several times
     slower than its forward (torch 2.14, one thread, 64×32×28×28 → 64×1×28×28: 2.7–3.3 ms against 0.44 ms for
@@ -314,7 +316,7 @@ class FastKernels(TorchFunctionMode):
         super().__init__()
         self.weight_gradients = weight_gradients
         # the passes are differentiated twice (an attack's gradient step): with ``weight_gradients=False`` the input
-        # gradients of first layers (≤ 3 input channels) then take :func:`_input_gradient_by_fold`
+        # gradients of one-channel first layers then take :func:`_input_gradient_by_fold`
         self.second_order = second_order
         # an object whose ``replace(func, args, kwargs)`` swaps activation functions (the Softplus view's),
         # returning NotImplemented for the rest: one mode does both, one Python call per torch operation

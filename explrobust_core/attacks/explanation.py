@@ -219,9 +219,10 @@ def attack_view(model: nn.Module, sample: torch.Tensor, beta: float) -> tuple[nn
     The Softplus view runs our Sequential classifiers' ``ReLU → MaxPool2d`` pairs pooling first
     (:func:`~explrobust_core.models.pool_before_relu`): Softplus is increasing, so max pooling commutes with it as
     with the ReLU, and the view is the same function with the Softplus and its two derivatives on a quarter of the
-    values (the attack step about 15 % faster on the zoo's ConvNet, bench/REPORT.md). Unlike the ReLU case it is not
-    the same bit for bit: where two values of a window round to the same Softplus value, pooling first passes the
-    gradient to the larger input rather than to the first (tests/test_models.py compares the two)."""
+    values (the attack step 18 % faster on the zoo's ConvNet in an A/B run, bench/REPORT.md). Unlike the ReLU
+    case it is not the same bit for bit: where two values of a window round to the same Softplus value, pooling
+    first passes the gradient to the larger input rather than to the first (tests/test_models.py compares the
+    two)."""
     if has_piecewise_linear_activations(model, sample):
         return softplus_view(pool_before_relu(model), beta), f"softplus_view(beta={beta:g}) of a ReLU-family model"
     return model, "the model itself (no ReLU-family activations)"
