@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> dict:
     from explrobust_core.data import load_dataset
     from explrobust_core.explain import attribute
     from explrobust_core.metrics import attribution_to_map, explanation_loss
-    from explrobust_core.models import build_model, count_parameters, eval_mode, pool_before_relu
+    from explrobust_core.models import build_model, count_parameters, eval_mode
     from explrobust_core.training.objectives import OBJECTIVES
 
     ds = load_dataset("mnist5k", "train")
@@ -243,10 +243,9 @@ def run(args: argparse.Namespace) -> dict:
 
     def ours_stability(model, g):  # the stability term exactly as objectives.sep writes it (on="clean", ReLU model)
         zeta = torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device) * cfg.sigma
-        net = pool_before_relu(model)
 
         def maps(inp):
-            return attribution_to_map(attribute(net, inp, cfg.explainer, target=y, create_graph=True))
+            return attribution_to_map(attribute(model, inp, cfg.explainer, target=y, create_graph=True))
 
         stability = explanation_loss(maps((x + zeta).clamp(0, 1)), maps(x)).mean()
         return cfg.lam * stability, stability

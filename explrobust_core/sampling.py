@@ -70,13 +70,13 @@ def reference_features(model: nn.Module, images: torch.Tensor, *, source: Litera
     memory-bounded batches (``batch_size`` images; default: what the model's size allows)."""
     from .batching import map_batches, start_batch_size
     from .explain import explanation_maps_in_batches
-    from .models import device_of, eval_mode
+    from .models import device_of, eval_mode, pool_before_relu
 
     if source != "penultimate":
         with eval_mode(model):
             return explanation_maps_in_batches(model, images, explainer, target="predicted",
                                                batch_size=batch_size).flatten(1)
-    device, net = device_of(model), _lean(model)
+    device, net = device_of(model), pool_before_relu(model)  # the same features, less work
 
     def embed(start: int, stop: int) -> torch.Tensor:
         x = images[start:stop].to(device)
@@ -94,7 +94,7 @@ def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
     both on CPU, from one forward pass per batch: the features are the input of the model's classification layer,
     caught on the way to the logits. ``None`` for a model that names no such layer (ask both functions then)."""
     from .batching import map_batches, start_batch_size
-    from .models import ImageClassifier, WrappedClassifier, device_of, eval_mode
+    from .models import ImageClassifier, WrappedClassifier, device_of, eval_mode, pool_before_relu
 
     if isinstance(model, ImageClassifier):
         head = model.head
@@ -104,7 +104,9 @@ def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
         return None
     if images.shape[0] == 0:
         return None
-    device, caught, net = device_of(model), [], _lean(model)
+    # the same features and logits bit for bit, less work: with the fast CPU pooling, the Clusters page's 1,000
+    # mnist5k images took 0.31 s instead of 0.37 s (one thread)
+    device, caught, net = device_of(model), [], pool_before_relu(model)
 
     def both(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         caught.clear()
@@ -121,15 +123,6 @@ def penultimate_and_predictions(model: nn.Module, images: torch.Tensor,
     finally:
         handle.remove()
     return torch.cat([f for f, _ in parts]), torch.cat([p for _, p in parts])
-
-
-def _lean(model: nn.Module) -> nn.Module:
-    """``model`` with its ReLU → pooling pairs swapped (:func:`~explrobust_core.models.pool_before_relu`): the same
-    features and logits bit for bit, less work. With the fast CPU pooling of :func:`fast_kernels` around each
-    batch, the Clusters page's pass over 1,000 mnist5k images took 0.31 s instead of 0.37 s (one thread)."""
-    from .models import pool_before_relu
-
-    return pool_before_relu(model)
 
 
 def reduce_dims(features: torch.Tensor | np.ndarray, max_dims: int = 50, seed: int = 0) -> np.ndarray:

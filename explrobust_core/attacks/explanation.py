@@ -228,12 +228,17 @@ def attack_view(model: nn.Module, sample: torch.Tensor, beta: float) -> tuple[nn
     return model, "the model itself (no ReLU-family activations)"
 
 
+def _input_only_kernels(x: torch.Tensor, create_graph: bool):
+    """The attacks' kernels: only the input is differentiated, once (a map) or twice (a gradient step)."""
+    return fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x,
+                        second_order=create_graph)
+
+
 def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice, create_graph: bool = False):
     # the explainer itself: ``labels`` are already one class index per image, and attribute()'s target checks
     # read them back to the host, a synchronisation on every step of the loops below
     entry = EXPLAINERS.get(cfg.explainer)
-    with fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x,
-                      second_order=create_graph):  # input only
+    with _input_only_kernels(x, create_graph):
         attr = entry.obj(net, x, labels, entry.make_config(cfg.explainer_options), create_graph)
     return attribution_to_map(attr)
 
@@ -242,8 +247,7 @@ def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg:
                      create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps and logits from one forward pass where the explainer allows it (gradient, gradient × input):
     the label check of a candidate then costs nothing extra."""
-    with fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x,
-                      second_order=create_graph):  # input only
+    with _input_only_kernels(x, create_graph):
         attr, logits = attribute_with_logits(net, x, cfg.explainer, labels,
                                              create_graph=create_graph, config=cfg.explainer_options)
     maps = attribution_to_map(attr)

@@ -150,12 +150,11 @@ def sep(model, x, y, cfg: SEPConfig, gen):
 
 def _sep(model, x, y, cfg: SEPConfig, gen):
     x_adv = _adversarial(model, x, y, cfg, gen)
-    fast = pool_before_relu(model)  # the same loss and gradients, less work
-    ce = F.cross_entropy(fast(x_adv), y)
+    ce = F.cross_entropy(pool_before_relu(model)(x_adv), y)  # the same loss and gradients, less work
     base = x if cfg.on == "clean" else x_adv
     zeta = torch.randn(base.shape, generator=gen, dtype=base.dtype).to(base.device) * cfg.sigma
     noisy = (base + zeta).clamp(0, 1) if cfg.clamp else base + zeta
-    net = fast if cfg.softplus_beta is None else softplus_view(model, cfg.softplus_beta)
+    net = model if cfg.softplus_beta is None else softplus_view(model, cfg.softplus_beta)  # explainers pool first
     options = cfg.explainer_options()
 
     def maps(inp):
