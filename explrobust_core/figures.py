@@ -644,6 +644,8 @@ def cluster_scatter_plotly(coords, groups, highlight, pairs=None, hover=None, hi
     coords, groups = np.asarray(coords, dtype=float), np.asarray(groups)
     highlight = np.asarray(highlight, dtype=bool)
     n = coords.shape[0]
+    # an int array, not lists: plotly validates lists element by element, and sends an array as one typed array
+    # (a selection event returns it as {"0": image, …}, which embedding.indices_from_selection reads)
     hover = np.stack([np.arange(n)] * 4, 1) if hover is None else np.asarray(hover)
     cats = sorted(set(groups.tolist()), key=lambda s: (len(s), s))
     palette = plotly.colors.qualitative.T10 if len(cats) <= 10 else plotly.colors.qualitative.Dark24
@@ -660,7 +662,7 @@ def cluster_scatter_plotly(coords, groups, highlight, pairs=None, hover=None, hi
         sel = index[groups == cat]
         big = highlight[sel]
         fig.add_trace(go.Scatter(
-            x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=cat, customdata=hover[sel].tolist(),
+            x=coords[sel, 0], y=coords[sel, 1], mode="markers", name=cat, customdata=hover[sel],
             marker=dict(color=palette[k % len(palette)], size=np.where(big, 10, 5),
                         symbol=np.where(big, "diamond", "circle"), line=dict(color="black", width=np.where(big, 1, 0))),
             hovertemplate="#%{customdata[0]}  label %{customdata[1]}  predicted %{customdata[2]}  "
