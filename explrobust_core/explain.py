@@ -85,7 +85,9 @@ def resolve_target(model: nn.Module, x: torch.Tensor, target: Target, labels: to
     return t
 
 
-def _score(logits: torch.Tensor, target: torch.Tensor, score: Score) -> torch.Tensor:
+def _score(logits: torch.Tensor, target: torch.Tensor | None, score: Score) -> torch.Tensor:
+    if target is None:  # the predicted class, read off this very forward pass (no pass of its own)
+        target = logits.detach().argmax(1)
     if score == "log_softmax":
         logits = F.log_softmax(logits, dim=1)
     elif score == "softmax":
@@ -445,6 +447,8 @@ def attribute(
             f"{method!r} is display-only (captum) and cannot be differentiated; use one of "
             f"{', '.join(EXPLAINERS.names('differentiable'))}")
     cfg = entry.resolve(config, **options)
+    if isinstance(target, str) and target == "predicted" and method in _WITH_LOGITS:
+        return _WITH_LOGITS[method](model, inputs, None, cfg, create_graph)[0]  # one forward pass, not two
     t = resolve_target(model, inputs, target, labels)
     return entry.obj(model, inputs, t, cfg, create_graph)
 
@@ -453,14 +457,15 @@ def attribute(
 _WITH_LOGITS = {"gradient": _gradient_and_logits, "gradient_x_input": _gradient_x_input_and_logits}
 
 
-def attribute_with_logits(model: nn.Module, inputs: torch.Tensor, method: str, target: torch.Tensor, *,
+def attribute_with_logits(model: nn.Module, inputs: torch.Tensor, method: str, target: torch.Tensor | None, *,
                           create_graph: bool = False, config: dict | Config | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`attribute` for a ``(N,)`` class-index ``target``, plus the model's logits on ``inputs``.
+    """:func:`attribute` for a ``(N,)`` class-index ``target`` (None: the predicted class), plus the model's
+    logits on ``inputs``.
 
     For gradient and gradient × input the logits are those of the attribution's own forward pass
-    (one pass instead of two; with ``create_graph`` they carry the graph, detached otherwise); other
-    methods get one extra forward pass, under ``no_grad`` unless ``create_graph``.
+    (one pass instead of two, three with ``target=None``; with ``create_graph`` they carry the graph,
+    detached otherwise); other methods get one extra forward pass, under ``no_grad`` unless ``create_graph``.
     """
     entry = EXPLAINERS.get(method)
     cfg = entry.resolve(config)
@@ -469,7 +474,8 @@ def attribute_with_logits(model: nn.Module, inputs: torch.Tensor, method: str, t
             raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
         attr, logits = _WITH_LOGITS[method](model, inputs, target, cfg, create_graph)
         return attr, (logits if create_graph else logits.detach())
-    attr = attribute(model, inputs, method, target=target, create_graph=create_graph, config=cfg)
+    attr = attribute(model, inputs, method, target="predicted" if target is None else target,
+                     create_graph=create_graph, config=cfg)
     with torch.set_grad_enabled(create_graph):
         logits = model(inputs)
     return attr, logits

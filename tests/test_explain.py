@@ -239,3 +239,26 @@ def test_attribute_with_logits_is_attribute_plus_one_forward(method):
     x_req = x.clone().requires_grad_(True)
     attr_g, logits_g = attribute_with_logits(model, x_req, method, target, create_graph=True, config=options)
     assert attr_g.requires_grad and logits_g.requires_grad  # both carry the graph back to the input
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradient_x_input", "integrated_gradients"])
+def test_the_predicted_class_is_read_off_the_attributions_own_forward_pass(net, batch, method):
+    from explrobust_core.explain import attribute_with_logits
+
+    x, _ = batch
+    options = {"n_steps": 4} if method == "integrated_gradients" else {}
+    pred = net(x).argmax(1)
+    calls = []  # on the classifier's head, which the explainers' pool-first view of the ConvNet shares
+    hook = net.head.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        attr = attribute(net, x, method, config=options)  # target="predicted"
+        attr_none, logits = attribute_with_logits(net, x, method, None, config=options)
+    finally:
+        hook.remove()
+    expected = attribute(net, x, method, target=pred, config=options)
+    torch.testing.assert_close(attr, expected, rtol=0, atol=0)
+    torch.testing.assert_close(attr_none, expected, rtol=0, atol=0)
+    assert torch.equal(logits.argmax(1), pred)
+    # gradient and gradient × input: one forward pass per call; integrated gradients: a prediction pass and its path
+    if method != "integrated_gradients":
+        assert len(calls) == 2, calls

@@ -125,6 +125,19 @@ def test_average_ranks_match_scipy_rankdata():
     np.testing.assert_allclose(M.average_ranks(v)[0].numpy(), scipy.stats.rankdata(v[0].numpy()))
 
 
+def test_average_ranks_cpu_sort_path_equals_the_searchsorted_path():
+    # float32 and integer maps on the CPU take the packed-key sort; float64 (and maps with a NaN) the torch sort and
+    # searchsorted: the same values in both dtypes must get the same ranks, ±0, ±inf and heavy ties included
+    g = torch.Generator().manual_seed(4)
+    v = (torch.rand(6, 300, generator=g) * 7).floor() - 3
+    v[0] = torch.rand(300, generator=g)
+    v[1, ::4], v[1, 1::4], v[2, ::3], v[2, 1::3] = -0.0, 0.0, float("inf"), -float("inf")
+    fast = M.average_ranks(v)
+    assert torch.equal(fast, M.average_ranks(v.double()))
+    np.testing.assert_array_equal(fast.numpy(), scipy.stats.rankdata(v.numpy(), axis=1))
+    assert torch.equal(M.average_ranks((v[3:] + 3).to(torch.uint8)), fast[3:])  # rows of small integers
+
+
 # --------------------------------------------------------------------------------------------
 # top-k intersection
 # --------------------------------------------------------------------------------------------
@@ -592,3 +605,20 @@ def test_every_comparison_metric_has_a_label_and_exactly_one_direction():
         assert isinstance(entry.meta, MetricInfo) and metric_label(entry.name) == entry.meta.label
         assert higher_is_robust(entry.name) == ("similarity" in entry.tags) != ("distance" in entry.tags)
     assert higher_is_robust("kendall_tau") and not higher_is_robust("center_of_mass_shift")
+
+
+@pytest.mark.parametrize("name", ["kendall_tau", "topk_intersection", "spearman_rho"])
+def test_comparison_against_a_fixed_reference_equals_the_comparison(name):
+    # an attack scores every step's maps against the original through comparison_against: Kendall's prepared
+    # ranks (a few rows per chunk here) must give exactly the comparison's values, ties and NaN rows included
+    g = torch.Generator().manual_seed(5)
+    ref = mnist_like(g, 7, side=12)
+    ref[1] = 0.5  # constant: NaN
+    options = {"k": 10} if name == "topk_intersection" else {"max_elements": 300} if name == "kendall_tau" else {}
+    against = M.comparison_against(name, ref, **options)
+    fn = M.COMPARISONS.get(name).obj
+    for _ in range(3):
+        other = (torch.rand(7, 12, 12, generator=g) * 5).floor()
+        torch.testing.assert_close(against(other), fn(ref, other, **options), rtol=0, atol=0, equal_nan=True)
+    with pytest.raises(ValueError, match="differ in shape"):
+        against(torch.rand(7, 144))

@@ -25,8 +25,8 @@ from ..cancellation import raise_if_cancelled
 from ..explain import EXPLAINERS, attribute_with_logits
 from ..kernels import fast_kernels
 from ..metrics import (COMPARISONS, EXPLANATION_LOSS_UNIT, attribution_to_map, center_of_mass, center_of_mass_shift,
-                       explanation_loss, higher_is_robust, in_paper_units, kendall_tau, metric_label, spearman_rho,
-                       topk_intersection)
+                       comparison_against, explanation_loss, higher_is_robust, in_paper_units, kendall_tau,
+                       metric_label, spearman_rho, topk_intersection)
 from ..models import beta_schedule, eval_mode, has_piecewise_linear_activations, pool_before_relu, softplus_view
 from ..registry import Config, Registry
 from ..results import Result, summarize
@@ -243,10 +243,10 @@ def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _Explainer
     return attribution_to_map(attr)
 
 
-def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice,
+def _maps_and_logits(net: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, cfg: _ExplainerChoice,
                      create_graph: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Maps and logits from one forward pass where the explainer allows it (gradient, gradient × input):
-    the label check of a candidate then costs nothing extra."""
+    the label check of a candidate then costs nothing extra. ``labels=None``: the maps of the predicted classes."""
     with _input_only_kernels(x, create_graph):
         attr, logits = attribute_with_logits(net, x, cfg.explainer, labels,
                                              create_graph=create_graph, config=cfg.explainer_options)
@@ -259,12 +259,13 @@ def _check_k(k: int, pixels: int, name: str) -> None:
         raise ValueError(f"{name}={k} is larger than the map ({pixels} pixels)")
 
 
-def _lower_is_stronger(measure: Measure, original: torch.Tensor, current: torch.Tensor, k: int) -> torch.Tensor:
-    """A score the attack minimises: the metric signed by its direction (a similarity as it is, a distance
-    negated), so lower is always less robust."""
-    entry = COMPARISONS.get(measure)
-    value = entry.obj(original, current, **({"k": k} if "k" in entry.config.model_fields else {}))
-    return value if higher_is_robust(measure) else -value
+def _lower_is_stronger(measure: Measure, original: torch.Tensor, k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The score the attack minimises, of a map against ``original``: the metric signed by its direction (a
+    similarity as it is, a distance negated), so lower is always less robust. What depends on the original
+    alone is computed once (:func:`~explrobust_core.metrics.comparison_against`)."""
+    options = {"k": k} if "k" in COMPARISONS.get(measure).config.model_fields else {}
+    against, sign = comparison_against(measure, original, **options), 1 if higher_is_robust(measure) else -1
+    return lambda current: sign * against(current)
 
 
 def _mask(flags: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -341,9 +342,9 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
     _check_k(cfg.eval_k, pixels, "eval_k")
     with eval_mode(model):
         net, view_note = attack_view(model, x, cfg.beta)
-        with torch.no_grad():
-            keep = model(x).argmax(1) if labels is None else labels.to(x.device)
-        original, clean_logits = _maps_and_logits(model, x, keep, cfg)
+        # without labels the predictions to keep come from the original map's own forward pass
+        original, clean_logits = _maps_and_logits(model, x, None if labels is None else labels.to(x.device), cfg)
+        keep = clean_logits.argmax(1) if labels is None else labels.to(x.device)
         mask = torch.zeros_like(original.flatten(1), dtype=torch.bool)
         mask.scatter_(1, original.flatten(1).topk(cfg.k, dim=1).indices, True)
         centre = center_of_mass(original)
@@ -354,7 +355,8 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
         sign = 1.0 if higher_is_robust(cfg.measure) else -1.0  # a distance's score is minus the distance
         kept0 = clean_logits.argmax(1) == keep
         # recorded as float32 device tensors, read back once at the end (no per-step synchronisation)
-        rec_score = [sign * _lower_is_stronger(cfg.measure, original, original, cfg.k).float()]
+        score_of = _lower_is_stronger(cfg.measure, original, cfg.k)
+        rec_score = [sign * score_of(original).float()]
         rec_loss = [explanation_loss(original, original).float()]
         rec_kept = [kept0]
         total, done = cfg.steps * cfg.restarts, 0
@@ -380,7 +382,7 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
                 # one forward pass gives the candidate's label check and its map (on the original model)
                 candidate_map, candidate_logits = _maps_and_logits(model, candidate, keep, cfg)
                 kept = candidate_logits.argmax(1) == keep
-                score = _lower_is_stronger(cfg.measure, original, candidate_map, cfg.k).to(torch.float64)
+                score = score_of(candidate_map).to(torch.float64)
                 rec_score.append(sign * score.float())
                 rec_loss.append(explanation_loss(original, candidate_map).float())
                 rec_kept.append(kept)
