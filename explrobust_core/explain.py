@@ -95,6 +95,14 @@ def _score(logits: torch.Tensor, target: torch.Tensor | None, score: Score) -> t
     return logits.gather(1, target[:, None]).squeeze(1)
 
 
+def _explainer_kernels(x: torch.Tensor, create_graph: bool):
+    """The differentiable explainers' kernels (:mod:`~explrobust_core.kernels`). A map alone differentiates the
+    input only: the weights are constants, and a one-channel first layer's input gradient is a fold (faster than
+    torch's CPU kernel; the same bits for any batch). With ``create_graph`` the caller may differentiate the
+    map with respect to the weights (SEP's training loss), which keep their gradients."""
+    return fast_kernels(weight_gradients=create_graph, first_order_input=None if create_graph else x)
+
+
 def _prepare_input(x: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """With create_graph the caller's graph is kept; otherwise work on a detached copy."""
     if create_graph:
@@ -123,7 +131,7 @@ def _weighted_gradient_sum(
     per_chunk = max(1, internal_batch_size // max(n, 1))
     total = torch.zeros_like(x)
     model = pool_before_relu(model)  # the same gradients bit for bit, less work (see there)
-    with torch.enable_grad(), fast_kernels(first_order_input=None if create_graph else x):
+    with torch.enable_grad(), _explainer_kernels(x, create_graph):
         for start in range(0, n_points, per_chunk):
             points, multiplier = make_points(slice(start, min(n_points, start + per_chunk)))
             k = points.shape[0]
@@ -199,7 +207,7 @@ def _gradient_and_logits(model, x, target, cfg: GradientConfig, create_graph: bo
     """∂score/∂x and the logits of the same forward pass (with the graph when ``create_graph``)."""
     x = _prepare_input(x, create_graph)
     model = pool_before_relu(model)  # the same logits and gradients bit for bit, less work (see there)
-    with torch.enable_grad(), fast_kernels(first_order_input=None if create_graph else x):
+    with torch.enable_grad(), _explainer_kernels(x, create_graph):
         inp = x if create_graph else x.detach().requires_grad_(True)
         logits = model(inp)
         (g,) = torch.autograd.grad(_score(logits, target, cfg.score).sum(), inp, create_graph=create_graph)

@@ -15,11 +15,15 @@ of those steps on the CPU (bench/profile_attack.py, bench/REPORT.md) showed four
   :class:`_SmoothReLU` evaluates σ(βx) once and its second derivative β·σ(1 − σ) in one fused op.
 * **a weight gradient nobody asked for**: torch's double backward of a convolution also convolves for the
   weights; attacks, which differentiate the input only, use :class:`_InputOnlyConv2d` (``weight_gradients=False``).
+* **a one-channel first layer's input gradient**: torch's CPU kernel is about twice as slow as a 1×1 convolution
+  and a col2im (:class:`_InputGradientByFold`), which every map of grey images takes (``weight_gradients=False``:
+  the explainers' maps, first and second order, and the attacks); those maps are torch's up to rounding (a few
+  units in the last place), the same bits in any batch.
 
 :class:`FastKernels` applies them to any model through ``__torch_function__`` (so it also catches
 ``F.relu`` called directly); :class:`~explrobust_core.models.SoftplusView` uses the smooth ReLU and the pooling.
-The channels-last pooling is used only for large CPU tensors (on a GPU torch's kernels are kept); the
-others hold on any device. tests/test_kernels.py checks them against torch's kernels: identical pooled
+The channels-last pooling is used only for large CPU tensors and the fold only on the CPU (on a GPU torch's
+kernels are kept); the others hold on any device. tests/test_kernels.py checks them against torch's kernels: identical pooled
 values and indices, identical ReLU-network gradients, Softplus and convolution derivatives to rounding
 (Softplus' slope σ(βx) differs from torch's by at most e⁻²⁰ ≈ 2e-9, where βx > 20 and torch takes exactly 1;
 in float32 both round to 1 there).
@@ -265,9 +269,12 @@ class _InputGradientByFold(torch.autograd.Function):
         ctx.args = (stride, padding, dilation)
         c_out, columns = weight.shape[0], weight[0].numel()
         as_1x1 = weight.reshape(c_out, columns).t().reshape(columns, c_out, 1, 1)
-        cols = F.conv2d(grad, as_1x1).flatten(2)  # (N, C_in·kh·kw, L)
-        return F.fold(cols, tuple(input_shape[2:]), tuple(weight.shape[2:]), dilation=dilation, padding=padding,
-                      stride=stride)
+        # images at a time within the memory bound: every batch size takes this path, the same bits per image
+        rows = max(1, _FOLD_MAX_COLUMNS // (columns * grad.shape[2] * grad.shape[3]))
+        return torch.cat([
+            F.fold(F.conv2d(part, as_1x1).flatten(2),  # (n, C_in·kh·kw, L) → the input's shape
+                   tuple(input_shape[2:]), tuple(weight.shape[2:]), dilation=dilation, padding=padding, stride=stride)
+            for part in grad.split(rows)])
 
     @staticmethod
     def backward(ctx, gg):
@@ -283,11 +290,10 @@ def _input_gradient_by_fold(grad: torch.Tensor, weight: torch.Tensor, input_shap
 
 def _fold_applies(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
     return (groups == 1 and weight.shape[1] <= _FOLD_MAX_IN_CHANNELS and x.device.type == "cpu"
-            and x.dtype in (torch.float32, torch.float64)
-            and x.shape[0] * weight[0].numel() * x.shape[2] * x.shape[3] <= _FOLD_MAX_COLUMNS)
+            and x.dtype in (torch.float32, torch.float64))
 
 
-def _input_only_conv2d(args: tuple, kwargs: dict, second_order: bool) -> torch.Tensor | None:
+def _input_only_conv2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     bound = dict(zip(names, args), **kwargs)
     padding = bound.get("padding", 0)
@@ -295,8 +301,8 @@ def _input_only_conv2d(args: tuple, kwargs: dict, second_order: bool) -> torch.T
     if isinstance(padding, str) or x.dim() != 4:  # 'same'/'valid' and unbatched inputs: torch's op
         return None
     bias = bound.get("bias")
-    # first-order passes keep torch's kernels: the maps an attack reports stay torch's bit for bit
-    by_fold = second_order and _fold_applies(x, weight, groups)
+    # first and second order alike (one path for every map, so that a map is the same bits wherever it is made)
+    by_fold = _fold_applies(x, weight, groups)
     return _InputOnlyConv2d.apply(x, weight, None if bias is None else bias.detach(), _pair(bound.get("stride", 1)),
                                   _pair(padding), _pair(bound.get("dilation", 1)), groups, by_fold)
 
@@ -312,12 +318,9 @@ class FastKernels(TorchFunctionMode):
     ``.grad``), and convolutions take :class:`_InputOnlyConv2d`.
     """
 
-    def __init__(self, weight_gradients: bool = True, activations: Any = None, second_order: bool = False):
+    def __init__(self, weight_gradients: bool = True, activations: Any = None):
         super().__init__()
         self.weight_gradients = weight_gradients
-        # the passes are differentiated twice (an attack's gradient step): with ``weight_gradients=False`` the input
-        # gradients of one-channel first layers then take :func:`_input_gradient_by_fold`
-        self.second_order = second_order
         # an object whose ``replace(func, args, kwargs)`` swaps activation functions (the Softplus view's),
         # returning NotImplemented for the rest: one mode does both, one Python call per torch operation
         self.activations = activations
@@ -352,7 +355,7 @@ class FastKernels(TorchFunctionMode):
             return max_pool2d(*args, **kwargs)
         if not self.weight_gradients:
             if func is F.conv2d:
-                out = _input_only_conv2d(args, kwargs, self.second_order)
+                out = _input_only_conv2d(args, kwargs)
                 if out is not None:
                     return out
             elif func is F.linear:
@@ -370,21 +373,27 @@ def active() -> FastKernels | None:
     return _ACTIVE.get()
 
 
-# inputs of first-order passes below this many elements (a few small images) get no mode: at first order every
-# path above is bitwise torch's own, and the mode's Python calls on each operation cost more than they save
+# inputs of first-order passes below this many elements (a few small images) get no mode where every path above is
+# bitwise torch's own: the mode's Python calls on each operation would cost more than they save
 _SMALL_INPUT_ELEMENTS = 1 << 12
 
 
-def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor | None = None,
-                 second_order: bool = False) -> FastKernels | contextlib.nullcontext:
+def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor | None = None
+                 ) -> FastKernels | contextlib.nullcontext:
     """A :class:`FastKernels` context, or a no-op one inside an active context that already does as much:
     every active mode adds a Python call to each torch operation, which small batches notice.
     (``weight_gradients=True`` asks for nothing; inside an attack's ``False`` the weights stay constant.)
-    ``first_order_input``: the input of a pass that is differentiated once only; a small one gets no mode.
-    ``second_order``: the pass is differentiated twice (see :class:`FastKernels`); an outer context decides."""
+    ``first_order_input``: the input of a pass that is differentiated once only; a small one gets no mode, unless
+    the mode changes its bits: one-channel images with ``weight_gradients=False``, whose first layer's input
+    gradient is a fold at every batch size, so that an image's map never depends on the batch it is in."""
     outer = _ACTIVE.get()
     if outer is not None and (weight_gradients or not outer.weight_gradients):
         return contextlib.nullcontext()
-    if first_order_input is not None and first_order_input.numel() < _SMALL_INPUT_ELEMENTS:
+    if (first_order_input is not None and first_order_input.numel() < _SMALL_INPUT_ELEMENTS
+            and (weight_gradients or not _one_channel_cpu_images(first_order_input))):
         return contextlib.nullcontext()
-    return FastKernels(weight_gradients, second_order=second_order)
+    return FastKernels(weight_gradients)
+
+
+def _one_channel_cpu_images(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.shape[1] <= _FOLD_MAX_IN_CHANNELS and x.device.type == "cpu"

@@ -6,6 +6,7 @@ where ties are the point (then only values and indices are compared).
 """
 
 import contextlib
+from unittest import mock
 
 import pytest
 import torch
@@ -199,7 +200,7 @@ def test_input_only_convolution_matches_torch_to_second_order(stride, padding, d
 
 @pytest.mark.parametrize("stride,padding,dilation,size", [(1, 1, 1, 9), (2, 1, 1, 9), (2, 0, 2, 10), (3, 2, 1, 11)])
 def test_first_layer_input_gradient_by_fold_matches_torch_to_second_order(stride, padding, dilation, size):
-    # an attack's gradient step (second_order) takes fold(Wᵀ·g) for layers of one input channel
+    # maps and an attack's gradient step take fold(Wᵀ·g) for layers of one input channel, to second order
     torch.manual_seed(0)
     x = torch.randn(2, 1, size, size + 1, dtype=torch.float64, requires_grad=True)
     w = torch.randn(6, 1, 3, 3, dtype=torch.float64)
@@ -211,12 +212,27 @@ def test_first_layer_input_gradient_by_fold_matches_torch_to_second_order(stride
         (h,) = torch.autograd.grad((g.sin() * g).sum(), x)
         return out, g, h
 
-    ours = derivatives(FastKernels(weight_gradients=False, second_order=True))
+    ours = derivatives(FastKernels(weight_gradients=False))
     assert "ByFold" in type(ours[1].grad_fn).__name__  # the fold path ran
     for a, b in zip(ours, derivatives(contextlib.nullcontext())):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    first = derivatives(FastKernels(weight_gradients=False))[1]  # first order: torch's own kernel
-    assert "ByFold" not in type(first.grad_fn).__name__
+
+
+def test_one_channel_maps_are_the_same_bits_in_any_batch(one_torch_thread):
+    # the fold path serves one-channel images at every batch size (small ones get the mode too, and large ones
+    # are folded in parts), so it never makes an image's map depend on its batch. (With torch's own kernels,
+    # batches of 1-3 images differ from larger ones by ~1e-9, and on two threads more sizes do.)
+    from explrobust_core.explain import attribute
+
+    torch.manual_seed(0)
+    model = build_model("convnet", input_shape=(1, 28, 28), num_classes=10, mean=(0.13,), std=(0.3,)).eval()
+    x = torch.rand(40, 1, 28, 28)
+    whole = attribute(model, x, "gradient", target=torch.arange(40) % 10)
+    for start, stop in ((0, 4), (4, 9), (9, 40)):  # 5 images: below the size that gets a mode for speed alone
+        part = attribute(model, x[start:stop], "gradient", target=torch.arange(start, stop) % 10)
+        assert torch.equal(part, whole[start:stop]), (start, stop)
+    with mock.patch.object(kernels, "_FOLD_MAX_COLUMNS", 9 * 28 * 28 * 3):  # folded three images at a time
+        assert torch.equal(attribute(model, x, "gradient", target=torch.arange(40) % 10), whole)
 
 
 def test_fold_input_gradient_is_the_same_for_any_batch_size():
@@ -287,6 +303,11 @@ def test_small_first_order_passes_get_no_mode():
         assert not isinstance(small, FastKernels)
     with fast_kernels(first_order_input=torch.zeros(64, 1, 28, 28)) as large:
         assert isinstance(large, FastKernels)
+    with fast_kernels(weight_gradients=False, first_order_input=torch.zeros(2, 3, 8, 8)) as small_rgb:
+        assert not isinstance(small_rgb, FastKernels)
+    # one-channel images with constant weights: the first layer's fold changes the bits, so every size gets it
+    with fast_kernels(weight_gradients=False, first_order_input=torch.zeros(1, 1, 8, 8)) as one:
+        assert isinstance(one, FastKernels)
 
 
 def test_freed_memory_is_kept_for_reuse_on_glibc():

@@ -230,8 +230,7 @@ def attack_view(model: nn.Module, sample: torch.Tensor, beta: float) -> tuple[nn
 
 def _input_only_kernels(x: torch.Tensor, create_graph: bool):
     """The attacks' kernels: only the input is differentiated, once (a map) or twice (a gradient step)."""
-    return fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x,
-                        second_order=create_graph)
+    return fast_kernels(weight_gradients=False, first_order_input=None if create_graph else x)
 
 
 def _maps(net: nn.Module, x: torch.Tensor, labels: torch.Tensor, cfg: _ExplainerChoice, create_graph: bool = False):
