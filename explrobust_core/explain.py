@@ -97,10 +97,10 @@ def _score(logits: torch.Tensor, target: torch.Tensor | None, score: Score) -> t
 
 def _explainer_kernels(x: torch.Tensor, create_graph: bool):
     """The differentiable explainers' kernels (:mod:`~explrobust_core.kernels`). A map alone differentiates the
-    input only: the weights are constants, and a one-channel first layer's input gradient is a fold (faster than
-    torch's CPU kernel; the same bits for any batch). With ``create_graph`` the caller may differentiate the
-    map with respect to the weights (SEP's training loss), which keep their gradients."""
-    return fast_kernels(weight_gradients=create_graph, first_order_input=None if create_graph else x)
+    input only: a one-channel first layer's input gradient is then a fold (faster than torch's CPU kernel; the
+    same bits for any batch). With ``create_graph`` the caller may differentiate the map with respect to the
+    weights (SEP's training loss), and every layer keeps torch's convolution."""
+    return fast_kernels(first_order_input=None if create_graph else x, fold_one_channel=not create_graph)
 
 
 def _prepare_input(x: torch.Tensor, create_graph: bool) -> torch.Tensor:

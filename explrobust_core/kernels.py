@@ -23,8 +23,8 @@ of those steps on the CPU (bench/profile_attack.py, bench/REPORT.md) showed four
 :class:`FastKernels` applies them to any model through ``__torch_function__`` (so it also catches
 ``F.relu`` called directly); :class:`~explrobust_core.models.SoftplusView` uses the smooth ReLU and the pooling.
 The channels-last pooling is used only for large CPU tensors and the fold only on the CPU (on a GPU torch's
-kernels are kept); the others hold on any device. tests/test_kernels.py checks them against torch's kernels: identical pooled
-values and indices, identical ReLU-network gradients, Softplus and convolution derivatives to rounding
+kernels are kept); the others hold on any device. tests/test_kernels.py checks them against torch's kernels:
+identical pooled values and indices, identical ReLU-network gradients, Softplus and convolution derivatives to rounding
 (Softplus' slope σ(βx) differs from torch's by at most e⁻²⁰ ≈ 2e-9, where βx > 20 and torch takes exactly 1;
 in float32 both round to 1 there).
 """
@@ -293,7 +293,9 @@ def _fold_applies(x: torch.Tensor, weight: torch.Tensor, groups: int) -> bool:
             and x.dtype in (torch.float32, torch.float64))
 
 
-def _input_only_conv2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
+def _input_only_conv2d(args: tuple, kwargs: dict, fold_only: bool = False) -> torch.Tensor | None:
+    """:class:`_InputOnlyConv2d` for ``F.conv2d``'s arguments, or None for torch's own op (``fold_only``: unless
+    the fold path applies)."""
     names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     bound = dict(zip(names, args), **kwargs)
     padding = bound.get("padding", 0)
@@ -303,6 +305,8 @@ def _input_only_conv2d(args: tuple, kwargs: dict) -> torch.Tensor | None:
     bias = bound.get("bias")
     # first and second order alike (one path for every map, so that a map is the same bits wherever it is made)
     by_fold = _fold_applies(x, weight, groups)
+    if fold_only and not by_fold:
+        return None
     return _InputOnlyConv2d.apply(x, weight, None if bias is None else bias.detach(), _pair(bound.get("stride", 1)),
                                   _pair(padding), _pair(bound.get("dilation", 1)), groups, by_fold)
 
@@ -315,12 +319,15 @@ class FastKernels(TorchFunctionMode):
 
     ``weight_gradients=False`` (explanation attacks: only the input is differentiated) also makes the
     weights of ``F.conv2d`` and ``F.linear`` constants: no gradient reaches the parameters (nor their
-    ``.grad``), and convolutions take :class:`_InputOnlyConv2d`.
+    ``.grad``), and convolutions take :class:`_InputOnlyConv2d`. ``fold_one_channel=True`` (a map's
+    first-order pass) does so for one-channel convolutions only, which then take the fold path; the other
+    layers keep torch's kernels, faster at first order on large batches (ResNet-18 integrated gradients 8 %).
     """
 
-    def __init__(self, weight_gradients: bool = True, activations: Any = None):
+    def __init__(self, weight_gradients: bool = True, activations: Any = None, fold_one_channel: bool = False):
         super().__init__()
         self.weight_gradients = weight_gradients
+        self.fold_one_channel = fold_one_channel or not weight_gradients
         # an object whose ``replace(func, args, kwargs)`` swaps activation functions (the Softplus view's),
         # returning NotImplemented for the rest: one mode does both, one Python call per torch operation
         self.activations = activations
@@ -353,15 +360,14 @@ class FastKernels(TorchFunctionMode):
             return relu(args[0])
         if func is F.max_pool2d:
             return max_pool2d(*args, **kwargs)
-        if not self.weight_gradients:
-            if func is F.conv2d:
-                out = _input_only_conv2d(args, kwargs)
-                if out is not None:
-                    return out
-            elif func is F.linear:
-                bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
-                bias = bound.get("bias")
-                return F.linear(bound["input"], bound["weight"].detach(), None if bias is None else bias.detach())
+        if func is F.conv2d and self.fold_one_channel:
+            out = _input_only_conv2d(args, kwargs, fold_only=self.weight_gradients)
+            if out is not None:
+                return out
+        elif not self.weight_gradients and func is F.linear:
+            bound = dict(zip(("input", "weight", "bias"), args), **kwargs)
+            bias = bound.get("bias")
+            return F.linear(bound["input"], bound["weight"].detach(), None if bias is None else bias.detach())
         return func(*args, **kwargs)
 
 
@@ -378,21 +384,24 @@ def active() -> FastKernels | None:
 _SMALL_INPUT_ELEMENTS = 1 << 12
 
 
-def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor | None = None
-                 ) -> FastKernels | contextlib.nullcontext:
+def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor | None = None,
+                 fold_one_channel: bool = False) -> FastKernels | contextlib.nullcontext:
     """A :class:`FastKernels` context, or a no-op one inside an active context that already does as much:
     every active mode adds a Python call to each torch operation, which small batches notice.
     (``weight_gradients=True`` asks for nothing; inside an attack's ``False`` the weights stay constant.)
+    ``fold_one_channel``: a map's pass, whose one-channel convolutions take the fold path (see :class:`FastKernels`).
     ``first_order_input``: the input of a pass that is differentiated once only; a small one gets no mode, unless
-    the mode changes its bits: one-channel images with ``weight_gradients=False``, whose first layer's input
-    gradient is a fold at every batch size, so that an image's map never depends on the batch it is in."""
+    the mode changes its bits: one-channel images whose first layer's input gradient is a fold at every batch size,
+    so that an image's map never depends on the batch it is in."""
+    folds = fold_one_channel or not weight_gradients
     outer = _ACTIVE.get()
-    if outer is not None and (weight_gradients or not outer.weight_gradients):
+    if (outer is not None and (weight_gradients or not outer.weight_gradients)
+            and (outer.fold_one_channel or not folds)):
         return contextlib.nullcontext()
     if (first_order_input is not None and first_order_input.numel() < _SMALL_INPUT_ELEMENTS
-            and (weight_gradients or not _one_channel_cpu_images(first_order_input))):
+            and not (folds and _one_channel_cpu_images(first_order_input))):
         return contextlib.nullcontext()
-    return FastKernels(weight_gradients)
+    return FastKernels(weight_gradients, fold_one_channel=fold_one_channel)
 
 
 def _one_channel_cpu_images(x: torch.Tensor) -> bool:

@@ -235,6 +235,20 @@ def test_one_channel_maps_are_the_same_bits_in_any_batch(one_torch_thread):
         assert torch.equal(attribute(model, x, "gradient", target=torch.arange(40) % 10), whole)
 
 
+def test_a_maps_pass_folds_one_channel_convolutions_and_leaves_the_others_to_torch():
+    # fold_one_channel (an explainer's first-order pass): a grey image's first layer takes the fold path with
+    # constant weights; a layer of several input channels stays torch's convolution, weights' gradients and all
+    x1 = torch.randn(2, 1, 8, 8, requires_grad=True)
+    x3 = torch.randn(2, 3, 8, 8, requires_grad=True)
+    w1, w3 = torch.randn(4, 1, 3, 3, requires_grad=True), torch.randn(4, 3, 3, 3, requires_grad=True)
+    with FastKernels(fold_one_channel=True):
+        out1, out3 = F.conv2d(x1, w1, padding=1), F.conv2d(x3, w3, padding=1)
+    assert "InputOnly" in type(out1.grad_fn).__name__ and "InputOnly" not in type(out3.grad_fn).__name__
+    (out1.sum() + out3.sum()).backward()
+    assert w1.grad is None and w3.grad is not None and x1.grad is not None
+    torch.testing.assert_close(x1.grad, torch.autograd.grad(F.conv2d(x1, w1, padding=1).sum(), x1)[0])
+
+
 def test_fold_input_gradient_is_the_same_for_any_batch_size():
     torch.manual_seed(0)
     w, g = torch.randn(32, 1, 3, 3), torch.randn(8, 32, 28, 28)
@@ -308,6 +322,12 @@ def test_small_first_order_passes_get_no_mode():
     # one-channel images with constant weights: the first layer's fold changes the bits, so every size gets it
     with fast_kernels(weight_gradients=False, first_order_input=torch.zeros(1, 1, 8, 8)) as one:
         assert isinstance(one, FastKernels)
+    with fast_kernels(first_order_input=torch.zeros(1, 1, 8, 8), fold_one_channel=True) as a_map:
+        assert isinstance(a_map, FastKernels)
+        with fast_kernels(first_order_input=torch.zeros(64, 1, 28, 28)) as inner:  # the outer one does as much
+            assert not isinstance(inner, FastKernels)
+    with FastKernels(), fast_kernels(first_order_input=torch.zeros(64, 1, 28, 28), fold_one_channel=True) as more:
+        assert isinstance(more, FastKernels)  # the outer mode does not fold
 
 
 def test_freed_memory_is_kept_for_reuse_on_glibc():
