@@ -16,9 +16,9 @@ of those steps on the CPU (bench/profile_attack.py, bench/REPORT.md) showed four
 * **a weight gradient nobody asked for**: torch's double backward of a convolution also convolves for the
   weights; attacks, which differentiate the input only, use :class:`_InputOnlyConv2d` (``weight_gradients=False``).
 * **a one-channel first layer's input gradient**: torch's CPU kernel is about twice as slow as a 1×1 convolution
-  and a col2im (:class:`_InputGradientByFold`), which every map of grey images takes (``weight_gradients=False``:
-  the explainers' maps, first and second order, and the attacks); those maps are torch's up to rounding (a few
-  units in the last place), the same bits in any batch.
+  and a col2im (:class:`_InputGradientByFold`), which every map of grey images takes (``fold_one_channel``: the
+  explainers' first-order maps; ``weight_gradients=False``: the attacks, to second order); those maps are torch's
+  up to rounding (a few units in the last place), the same bits in any batch.
 
 :class:`FastKernels` applies them to any model through ``__torch_function__`` (so it also catches
 ``F.relu`` called directly); :class:`~explrobust_core.models.SoftplusView` uses the smooth ReLU and the pooling.

@@ -341,9 +341,10 @@ def ifia(model: nn.Module, images: torch.Tensor, cfg: IFIAConfig, labels: torch.
     _check_k(cfg.eval_k, pixels, "eval_k")
     with eval_mode(model):
         net, view_note = attack_view(model, x, cfg.beta)
+        given = None if labels is None else labels.to(x.device)
         # without labels the predictions to keep come from the original map's own forward pass
-        original, clean_logits = _maps_and_logits(model, x, None if labels is None else labels.to(x.device), cfg)
-        keep = clean_logits.argmax(1) if labels is None else labels.to(x.device)
+        original, clean_logits = _maps_and_logits(model, x, given, cfg)
+        keep = clean_logits.argmax(1) if given is None else given
         mask = torch.zeros_like(original.flatten(1), dtype=torch.bool)
         mask.scatter_(1, original.flatten(1).topk(cfg.k, dim=1).indices, True)
         centre = center_of_mass(original)
