@@ -91,12 +91,12 @@ def test_browser_deep_link_first_on_a_fresh_server_shows_the_real_navigation(tmp
 
 
 def test_the_file_watcher_does_not_walk_the_checkout():
-    """watchdog (Streamlit's default) watches the app's folder recursively, a .venv inside it included;
-    the polling watcher Streamlit picks from our config watches the app's own files one by one."""
+    """watchdog (Streamlit's default) watches the app's folder recursively, a .venv inside it included; our
+    config turns the watcher off (no walk, and no scan of every module's path after a run that imported one)."""
     import subprocess
     import sys
 
     code = ("import streamlit.config as c; c.get_config_options(force_reparse=True); "
             "from streamlit.watcher.path_watcher import get_default_path_watcher_class as w; print(w().__name__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert out.stdout.strip().splitlines()[-1] == "PollingPathWatcher", out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "NoOpPathWatcher", out.stderr[-2000:]
