@@ -482,9 +482,12 @@ def spearman_rho(map_a: Tensor, map_b: Tensor) -> Tensor:
     """Spearman's rho over all pixels (Pearson on average ranks), as scipy.stats.spearmanr.
 
     Spearman's ρ per image: Pearson correlation of average ranks (ties get their mean rank),
-    equal to ``scipy.stats.spearmanr``. NaN where a map is constant, as scipy."""
+    equal to ``scipy.stats.spearmanr``. NaN where a map is constant or has a NaN, as scipy."""
     a, b = _flat_pair(map_a, map_b, "spearman_rho")
-    rho = _pearson_rows(average_ranks(a.detach()), average_ranks(b.detach()))
+    a, b = a.detach(), b.detach()
+    rho = _pearson_rows(average_ranks(a), average_ranks(b))
+    if a.is_floating_point() or b.is_floating_point():  # a NaN has no rank: scipy's 'propagate'
+        rho = torch.where(a.isnan().any(dim=1) | b.isnan().any(dim=1), torch.full_like(rho, float("nan")), rho)
     return rho.to(_out_dtype(map_a))
 
 

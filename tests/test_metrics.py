@@ -118,6 +118,13 @@ def test_rank_correlations_nan_cases_and_single_pixel():
     one = torch.tensor([[[0.3]]])
     assert torch.isnan(M.kendall_tau(one, one)).all()
     assert torch.isnan(M.spearman_rho(one, one)).all()
+    # a map with a NaN: NaN, as scipy (which propagates it); the other rows are untouched
+    c, d = torch.rand(3, 10, generator=torch.Generator().manual_seed(6)), torch.rand(3, 10)
+    c[1, 4] = float("nan")
+    for fn, ref in ((M.kendall_tau, kendall_ref), (M.spearman_rho, spearman_ref)):
+        r = fn(c, d)
+        assert torch.isnan(r[1]) and not torch.isnan(r[[0, 2]]).any()
+        assert np.isnan(ref(c[1:2], d[1:2])[0])
 
 
 def test_average_ranks_match_scipy_rankdata():
