@@ -327,7 +327,7 @@ class FastKernels(TorchFunctionMode):
     def __init__(self, weight_gradients: bool = True, activations: Any = None, fold_one_channel: bool = False):
         super().__init__()
         self.weight_gradients = weight_gradients
-        self.fold_one_channel = fold_one_channel or not weight_gradients
+        self.fold_one_channel = _folds(weight_gradients, fold_one_channel)
         # an object whose ``replace(func, args, kwargs)`` swaps activation functions (the Softplus view's),
         # returning NotImplemented for the rest: one mode does both, one Python call per torch operation
         self.activations = activations
@@ -393,7 +393,7 @@ def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor 
     ``first_order_input``: the input of a pass that is differentiated once only; a small one gets no mode, unless
     the mode changes its bits: one-channel images whose first layer's input gradient is a fold at every batch size,
     so that an image's map never depends on the batch it is in."""
-    folds = fold_one_channel or not weight_gradients
+    folds = _folds(weight_gradients, fold_one_channel)
     outer = _ACTIVE.get()
     if (outer is not None and (weight_gradients or not outer.weight_gradients)
             and (outer.fold_one_channel or not folds)):
@@ -402,6 +402,11 @@ def fast_kernels(weight_gradients: bool = True, first_order_input: torch.Tensor 
             and not (folds and _one_channel_cpu_images(first_order_input))):
         return contextlib.nullcontext()
     return FastKernels(weight_gradients, fold_one_channel=fold_one_channel)
+
+
+def _folds(weight_gradients: bool, fold_one_channel: bool) -> bool:
+    """Whether a mode with these settings sends one-channel convolutions through the fold path (attacks always)."""
+    return fold_one_channel or not weight_gradients
 
 
 def _one_channel_cpu_images(x: torch.Tensor) -> bool:

@@ -104,6 +104,16 @@ def pool_before_relu(model: nn.Module) -> nn.Module:
     return view
 
 
+def lean_forward(model: nn.Module, x: torch.Tensor, embed: bool = False) -> torch.Tensor:
+    """``model(x)`` (``model.embed(x)`` with ``embed``) for reading, not differentiating: through
+    :func:`pool_before_relu` and the fast CPU pooling (:func:`~explrobust_core.kernels.fast_kernels`), the same
+    numbers bit for bit with less work. Predictions, features and attack outcomes use it; the caller sets
+    ``no_grad`` and eval mode."""
+    net = pool_before_relu(model)
+    with kernels.fast_kernels(first_order_input=x):
+        return net.embed(x) if embed else net(x)
+
+
 class WrappedClassifier(nn.Module):
     """Any classifier module behind explrobust's :class:`Normalize`: ``normalize → net``.
 
@@ -576,12 +586,8 @@ def _per_image_outputs(model: nn.Module, images: torch.Tensor | Any, of_logits: 
         info = getattr(images, "info", None)  # datasets know their input shape; anything else shows one image
         numel = int(torch.Size(info.input_shape).numel()) if info is not None else batch(0, 1)[0].numel()
 
-    net = pool_before_relu(model)  # the same logits, less work
-
     def classify(start: int, stop: int) -> torch.Tensor:
-        x = batch(start, stop).to(device)
-        with kernels.fast_kernels(first_order_input=x):  # the same logits, faster CPU pooling
-            out = of_logits(net(x)).cpu()
+        out = of_logits(lean_forward(model, batch(start, stop).to(device))).cpu()
         if progress is not None:
             progress(stop, len(chosen))
         return out

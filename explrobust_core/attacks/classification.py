@@ -18,7 +18,7 @@ from torch import nn
 
 from ..cancellation import raise_if_cancelled
 from ..kernels import fast_kernels
-from ..models import eval_mode, pool_before_relu
+from ..models import eval_mode, lean_forward, pool_before_relu
 from ..registry import Config, ConfigError, MissingExtraError, Registry
 from ..results import Result
 
@@ -278,10 +278,8 @@ def run_classification_attack(
     labels = labels.to(images.device)
     with eval_mode(model):
         x_adv, success = entry.obj(model, images, labels, cfg)
-        net = pool_before_relu(model)
-        with torch.no_grad(), fast_kernels(first_order_input=images):  # the same logits, faster CPU pooling
-            clean_pred = net(images).argmax(1)
-            adv_pred = net(x_adv).argmax(1)
+        with torch.no_grad():
+            clean_pred, adv_pred = lean_forward(model, images).argmax(1), lean_forward(model, x_adv).argmax(1)
     delta = (x_adv - images).flatten(1)
     per_image = {
         "label": labels, "clean_pred": clean_pred, "adv_pred": adv_pred, "success": success,
