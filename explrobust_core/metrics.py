@@ -455,7 +455,7 @@ def average_ranks(v: Tensor) -> Tensor:
     keys = _ordered_int32_keys(v) if v.device.type == "cpu" else None
     if keys is not None and not (v.is_floating_point() and v.isnan().any()):
         # the CPU path: one packed numpy sort, the tied runs read off the sorted rows (a torch sort and two
-        # searchsorted cost several times as much: a fifth of an explanation attack's fixed cost on 64 maps)
+        # searchsorted took 8.0 ms against 0.6 ms on 64 maps of 28×28, one thread)
         sorted_keys, perm = _sorted_with_permutation(v, keys)
         lo, _ = _pairs_in_runs(sorted_keys)  # per sorted position: the number of values below it
         idx = torch.arange(v.shape[1], dtype=torch.int64).expand_as(sorted_keys)
